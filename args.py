@@ -1,0 +1,378 @@
+"""Command line of run_metasegnet.py, turned once into frozen config dataclasses.
+
+Every flag of the paper's `run_metasegnet.py` is accepted (dashes and underscores as the
+original spells them), plus the flags this project adds. `parse_args(argv)` returns a
+`Config`; library code only ever sees the dataclasses inside it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+from meta.config import EvalConfig, InnerConfig, KShotConfig, MetaConfig, MTLConfig, UHOConfig
+from models.config import LossConfig, ModelConfig
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports bad or contradictory flags as one line on stderr (exit 2), no usage dump."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the shards are and how classes are split into meta-train / val / test."""
+
+    data_dir: str | None = None
+    image_size: int = 224
+    fss_1000: bool = False
+    test_tasks_file: str | None = None
+    num_test_tasks: int = 0
+    num_val_tasks: int = 0
+    fp_k_test_set: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What this invocation does and where it writes."""
+
+    checkpoint: str = "model_checkpoint"
+    pretrained: bool = False
+    continue_training_from_checkpoint: str | None = None
+    do_not_restore_final_layer_weights: bool = False
+    export_keras: str | None = None
+    fine_tune_task: str | None = None
+    fine_tuned_checkpoint: str | None = None
+    optimize_update_hyperparms_on_val_set: bool = False
+    run_k_shot_learning_curves_experiment: bool = False
+    joint_train: bool = False
+    joint_train_epochs: int = 10
+    compare_random_init: bool = False
+    mtl: bool = False  # --phase given: the meta-transfer-learning pipeline
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs, resolved from the command line."""
+
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig
+    inner: InnerConfig
+    meta: MetaConfig
+    eval: EvalConfig
+    uho: UHOConfig
+    kshot: KShotConfig
+    mtl: MTLConfig
+    run: RunConfig
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _add_data_flags(p):
+    g = p.add_argument_group("data and splits")
+    g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
+                   help="directory of TFRecord shards written by fss_1000_image_to_tfrecord.py")
+    g.add_argument("--fss_1000", action="store_true", help="FSS-1000 mode (one UHO objective "
+                   "repetition per configuration instead of 4)")
+    g.add_argument("--image_size", type=int, default=224, help="image side the shards store")
+    g.add_argument("--test_tasks_file", default=None,
+                   help="file with one meta-test class per line (e.g. FSS-1000's fss_test_set.txt)")
+    g.add_argument("--num_test_tasks", type=int, default=0,
+                   help="without --test_tasks_file: hold out N random (seeded) classes as meta-test")
+    g.add_argument("--num_val_tasks", type=int, default=0,
+                   help="hold out the N alphabetically last meta-train classes as meta-val")
+    g.add_argument("--eval_val_tasks", action="store_true",
+                   help="final evaluation on the val classes instead of test")
+    g.add_argument("--fp_k_test_set", action="store_true", help="FP-k experiment split")
+    g.add_argument("--seed", type=int, default=0, help="the one seed every RNG derives from")
+
+
+def _add_model_flags(p):
+    g = p.add_argument_group("model")
+    g.add_argument("--model_name", default="efficientlab", choices=["efficientlab", "unet", "mtl_unet"])
+    g.add_argument("--feature_extractor_name", default="efficientnet-b0",
+                   choices=["efficientnet-b0", "efficientnet-b3"])
+    g.add_argument("--rsd", type=int, nargs="*", default=[2, 4],
+                   help="reductions (1-4) that get a residual skip decoder module; "
+                        "`--rsd` alone means none")
+    g.add_argument("--spatial_pyramid_pooling", action="store_true")
+    g.add_argument("--skip_decoding", action="store_true")
+    g.add_argument("--disable_rsd_residual_connections", action="store_true")
+    g.add_argument("--final_layer_dropout_rate", type=float, default=0.0)
+    g.add_argument("--no_align_corners", action="store_true",
+                   help="half-pixel bilinear resizes instead of TF1 align_corners=True (paper)")
+    g.add_argument("--restore_efficient_net_weights_from", default=None,
+                   help="local ImageNet EfficientNet weights (.h5 / .weights.h5); never downloaded")
+    g.add_argument("--n_unet_encoding_stacks", type=int, default=4)
+    g.add_argument("--start_num_feature_maps_power", type=int, default=5)
+    g.add_argument("--classes", type=int, default=1, help="object classes per task (binary only)")
+
+
+def _add_loss_flags(p):
+    g = p.add_argument_group("loss and regularization")
+    g.add_argument("--loss_name", default="cross_entropy",
+                   choices=["cross_entropy", "bce_dice", "soft_iou", "dice", "ce_dice", "focal",
+                            "lovasz"])
+    g.add_argument("--label_smoothing", type=float, default=0.0)
+    g.add_argument("--l2", action="store_true", help="add 5e-4 * sum(w^2)/2 over non-BN weights")
+    g.add_argument("--l1", action="store_true", help="add 5e-4 * sum|w| over non-BN weights")
+    g.add_argument("--darc1", action="store_true", help="add the DARC1 term")
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=1.0,
+                   help="multiply every weight by this before each inner step (1 = off)")
+
+
+def _add_inner_flags(p):
+    g = p.add_argument_group("inner loop")
+    g.add_argument("--sgd", action="store_true", help="plain SGD (default: Adam with beta1 = 0)")
+    g.add_argument("--learning-rate", "--learning_rate", dest="learning_rate", type=float,
+                   default=1e-3)
+    g.add_argument("--learning_rate_scheduler", default="fixed",
+                   choices=["fixed", "constant", "step_decay", "step", "cosine_anneal"])
+    g.add_argument("--step_decay_rate", type=float, default=0.5)
+    g.add_argument("--decay_after_n_steps", type=int, default=5)
+    g.add_argument("--inner-batch", "--inner_batch", dest="inner_batch", type=int, default=8)
+    g.add_argument("--inner-iters", "--inner_iters", dest="inner_iters", type=int, default=8)
+    g.add_argument("--train-shots", "--train_shots", dest="train_shots", type=int, default=5)
+    g.add_argument("--replacement", action="store_true", help="mini-batches with replacement")
+    g.add_argument("--augment", action="store_true")
+    g.add_argument("--aug_rate", type=float, default=0.5)
+
+
+def _add_meta_flags(p):
+    g = p.add_argument_group("meta (outer) loop and checkpoints")
+    g.add_argument("--foml", action="store_true", help="FOMAML instead of Reptile")
+    g.add_argument("--foml-tail", "--foml_tail", dest="foml_tail", type=int, default=None,
+                   help="FOMAML*: held-out tail shots for the last inner step")
+    g.add_argument("--sample_foml_train_val_with_replacement", action="store_true")
+    g.add_argument("--meta-step", "--meta_step", dest="meta_step", type=float, default=0.1)
+    g.add_argument("--meta-step-final", "--meta_step_final", dest="meta_step_final", type=float,
+                   default=0.1)
+    g.add_argument("--meta-batch", "--meta_batch", dest="meta_batch", type=int, default=5)
+    g.add_argument("--meta-iters", "--meta_iters", dest="meta_iters", type=int, default=400_000)
+    g.add_argument("--eval-interval", "--eval_interval", dest="eval_interval", type=int, default=10)
+    g.add_argument("--monitor_tasks", type=int, default=10,
+                   help="tasks per split evaluated every --eval-interval")
+    g.add_argument("--checkpoint", default="model_checkpoint",
+                   help="directory for checkpoints, logs and results")
+    g.add_argument("--keep_checkpoints", type=int, default=2)
+    g.add_argument("--pretrained", action="store_true",
+                   help="skip meta-training; evaluate the checkpoint in --checkpoint")
+    g.add_argument("--continue_training_from_checkpoint", default=None)
+    g.add_argument("--do_not_restore_final_layer_weights", action="store_true")
+    g.add_argument("--export_keras", default=None, help="write the loaded model as a .keras file")
+    g.add_argument("--compare_random_init", action="store_true",
+                   help="also evaluate a random init with the same adaptation budget")
+
+
+def _add_eval_flags(p):
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--shots", type=int, default=5)
+    g.add_argument("--eval-batch", "--eval_batch", dest="eval_batch", type=int, default=8)
+    g.add_argument("--eval-iters", "--eval_iters", dest="eval_iters", type=int, default=4)
+    g.add_argument("--eval-samples", "--eval_samples", dest="eval_samples", type=int, default=200)
+    g.add_argument("--serially_eval_all_test_tasks", action="store_true")
+    g.add_argument("--transductive", action="store_true")
+    g.add_argument("--predictions_dir", default="predictions",
+                   help="where SAVE_PREDICTIONS=1 writes overlays")
+    g.add_argument("--save_fine_tuned_checkpoints", action="store_true")
+    g.add_argument("--save_fine_tuned_checkpoints_train", action="store_true")
+    g.add_argument("--save_fine_tuned_checkpoints_dir", default=None)
+    g.add_argument("--fine-tune-task", "--fine_tune_task", dest="fine_tune_task", default=None,
+                   help="your own folder: support/<n>.jpg+png pairs and query/*.jpg")
+    g.add_argument("--fine-tuned-checkpoint", "--fine_tuned_checkpoint",
+                   dest="fine_tuned_checkpoint", default=None)
+
+
+def _add_uho_flags(p):
+    g = p.add_argument_group("update hyperparameter optimization (UHO)")
+    g.add_argument("--optimize_update_hyperparms_on_val_set", action="store_true")
+    g.add_argument("--num_configs_to_sample", type=int, default=100)
+    g.add_argument("--uho_outer_iters", type=int, default=1,
+                   help="rounds of GP search, each narrowing the lr range to the top 10%%")
+    g.add_argument("--lr_search_range_low", type=float, default=5e-4)
+    g.add_argument("--lr_search_range_high", type=float, default=0.05)
+    g.add_argument("--drop_rate_search_range_low", type=float, default=0.2)
+    g.add_argument("--drop_rate_search_range_high", type=float, default=0.2)
+    g.add_argument("--aug_rate_search_range_low", type=float, default=0.5)
+    g.add_argument("--aug_rate_search_range_high", type=float, default=0.5)
+    g.add_argument("--batch_size_search_range_low", type=int, default=8)
+    g.add_argument("--batch_size_search_range_high", type=int, default=8)
+    g.add_argument("--min_steps", type=int, default=0)
+    g.add_argument("--max_steps", type=int, default=80)
+    g.add_argument("--uho_patience", type=int, default=50)
+    g.add_argument("--eval_tasks_with_median_early_stopping_iterations", action="store_true")
+    g.add_argument("--meta_fine_tune_steps_on_train_val", type=int, default=0)
+    g.add_argument("--uho_results_csv_name", default="val-set_hyper_param_search_results.csv")
+    g.add_argument("--uho_estimator", default="GP")
+
+
+def _add_experiment_flags(p):
+    g = p.add_argument_group("experiments and baselines")
+    g.add_argument("--run_k_shot_learning_curves_experiment", action="store_true")
+    g.add_argument("--k_shot_range", type=int, nargs="+", default=[1, 5, 10, 25, 50, 100, 200])
+    g.add_argument("--k_shot_iter_range", type=int, nargs="+", default=None)
+    g.add_argument("--baseline_checkpoint", default=None,
+                   help="joint-training checkpoint to plot against in the k-shot curves")
+    g.add_argument("--joint_train", action="store_true",
+                   help="train the joint (transfer-learning) baseline instead of meta-learning")
+    g.add_argument("--joint_train_epochs", type=int, default=10)
+
+
+def _add_mtl_flags(p):
+    g = p.add_argument_group("meta-transfer learning (--model_name mtl_unet)")
+    d = MTLConfig()
+    g.add_argument("--phase", default=None, choices=["pre_train", "meta_train", "meta_eval"])
+    for name in ("meta_lr1", "meta_lr2", "base_lr", "gamma", "pre_lr", "pre_gamma",
+                 "pre_custom_weight_decay", "pre_custom_momentum"):
+        g.add_argument(f"--{name}", type=float, default=getattr(d, name))
+    for name in ("update_step", "max_epoch", "num_batch", "step_size", "way", "shot", "teshot",
+                 "train_query", "val_query", "test_query", "pre_max_epoch", "pre_batch_size",
+                 "pre_step_size"):
+        g.add_argument(f"--{name}", type=int, default=getattr(d, name))
+    g.add_argument("--init_weights", default=None, help="pre-trained U-Net weights (meta_train)")
+    g.add_argument("--eval_weights", default=None, help="meta-trained weights (meta_eval)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command line of run_metasegnet.py."""
+    p = _OneLineParser(prog="run_metasegnet.py",
+                       description="Meta-learn and evaluate initializations for few-shot segmentation.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in (_add_data_flags, _add_model_flags, _add_loss_flags, _add_inner_flags,
+                _add_meta_flags, _add_eval_flags, _add_uho_flags, _add_experiment_flags,
+                _add_mtl_flags):
+        add(p)
+    return p
+
+
+def _contradictions(a) -> list[str]:
+    """Flag combinations that cannot mean anything."""
+    problems = []
+    if a.test_tasks_file and a.num_test_tasks:
+        problems.append("--test_tasks_file and --num_test_tasks both choose the test classes; "
+                        "give one")
+    if a.fp_k_test_set and (a.test_tasks_file or a.num_test_tasks):
+        problems.append("--fp_k_test_set fixes the test classes; drop --test_tasks_file/"
+                        "--num_test_tasks")
+    if a.pretrained and a.continue_training_from_checkpoint:
+        problems.append("--pretrained skips meta-training, --continue_training_from_checkpoint "
+                        "resumes it; give one")
+    if a.optimize_update_hyperparms_on_val_set and a.num_val_tasks < 1:
+        problems.append("--optimize_update_hyperparms_on_val_set needs --num_val_tasks >= 1")
+    if a.eval_val_tasks and a.num_val_tasks < 1:
+        problems.append("--eval_val_tasks needs --num_val_tasks >= 1")
+    if a.phase is not None and a.model_name != "mtl_unet":
+        problems.append(f"--phase is the meta-transfer pipeline; it needs --model_name mtl_unet "
+                        f"(got {a.model_name})")
+    if a.model_name == "mtl_unet" and a.phase is None:
+        problems.append("--model_name mtl_unet needs --phase pre_train|meta_train|meta_eval")
+    if a.classes != 1:
+        problems.append(f"--classes must be 1 (binary segmentation tasks). Received: {a.classes}")
+    if a.fine_tuned_checkpoint and not a.fine_tune_task:
+        problems.append("--fine-tuned-checkpoint needs --fine-tune-task")
+    if a.joint_train and (a.pretrained or a.phase):
+        problems.append("--joint_train trains the baseline; it cannot be combined with "
+                        "--pretrained or --phase")
+    if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
+        problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
+    return problems
+
+
+def config_from_namespace(a) -> Config:
+    """Turn parsed flags into the frozen configs (raises ValueError on a bad value)."""
+    data = DataConfig(data_dir=a.data_dir, image_size=a.image_size, fss_1000=a.fss_1000,
+                      test_tasks_file=a.test_tasks_file, num_test_tasks=a.num_test_tasks,
+                      num_val_tasks=a.num_val_tasks, fp_k_test_set=a.fp_k_test_set, seed=a.seed)
+    model = ModelConfig(
+        model_name=a.model_name, image_size=a.image_size,
+        feature_extractor_name=a.feature_extractor_name, rsd=tuple(a.rsd or ()),
+        spatial_pyramid_pooling=a.spatial_pyramid_pooling, skip_decoding=a.skip_decoding,
+        disable_rsd_residual_connections=a.disable_rsd_residual_connections,
+        final_layer_dropout_rate=a.final_layer_dropout_rate, align_corners=not a.no_align_corners,
+        n_unet_encoding_stacks=a.n_unet_encoding_stacks,
+        start_num_feature_maps_power=a.start_num_feature_maps_power,
+        restore_efficient_net_weights_from=a.restore_efficient_net_weights_from, seed=a.seed)
+    loss = LossConfig(loss_name=a.loss_name, label_smoothing=a.label_smoothing, l2=a.l2, l1=a.l1,
+                      darc1=a.darc1)
+    inner = InnerConfig(sgd=a.sgd, learning_rate=a.learning_rate, inner_batch_size=a.inner_batch,
+                        inner_iters=a.inner_iters, augment=a.augment, aug_rate=a.aug_rate,
+                        learning_rate_scheduler=a.learning_rate_scheduler,
+                        step_decay_rate=a.step_decay_rate,
+                        decay_after_n_steps=a.decay_after_n_steps, replacement=a.replacement,
+                        weight_decay=a.weight_decay)
+    meta = MetaConfig(algorithm="fomaml" if a.foml else "reptile", train_shots=a.train_shots,
+                      foml_tail=a.foml_tail,
+                      sample_foml_train_val_with_replacement=a.sample_foml_train_val_with_replacement,
+                      meta_step_size=a.meta_step, meta_step_size_final=a.meta_step_final,
+                      meta_batch_size=a.meta_batch, meta_iters=a.meta_iters,
+                      eval_interval=a.eval_interval, monitor_tasks=a.monitor_tasks,
+                      keep_checkpoints=a.keep_checkpoints, seed=a.seed)
+    # Any non-empty value other than 0/false enables predictions (the reference's
+    # SAVE_PREDICTIONS=0 turned them on; reference-spec 5.3).
+    save_predictions = os.environ.get("SAVE_PREDICTIONS", "").strip().lower() not in (
+        "", "0", "false", "no", "off")
+    evaluation = EvalConfig(
+        shots=a.shots, eval_batch_size=a.eval_batch, eval_iters=a.eval_iters,
+        eval_samples=a.eval_samples, serially_eval_all_test_tasks=a.serially_eval_all_test_tasks,
+        transductive=a.transductive, eval_val_tasks=a.eval_val_tasks,
+        predictions_dir=a.predictions_dir if save_predictions else None,
+        save_fine_tuned_checkpoints=a.save_fine_tuned_checkpoints,
+        save_fine_tuned_checkpoints_train=a.save_fine_tuned_checkpoints_train,
+        save_fine_tuned_checkpoints_dir=a.save_fine_tuned_checkpoints_dir)
+    uho = UHOConfig(
+        num_configs_to_sample=a.num_configs_to_sample, uho_outer_iters=a.uho_outer_iters,
+        lr_range=(a.lr_search_range_low, a.lr_search_range_high),
+        drop_rate_range=(a.drop_rate_search_range_low, a.drop_rate_search_range_high),
+        aug_rate_range=(a.aug_rate_search_range_low, a.aug_rate_search_range_high),
+        batch_size_range=(a.batch_size_search_range_low, a.batch_size_search_range_high),
+        min_steps=a.min_steps, max_steps=a.max_steps, patience=a.uho_patience,
+        eval_tasks_with_median_early_stopping_iterations=(
+            a.eval_tasks_with_median_early_stopping_iterations),
+        meta_fine_tune_steps_on_train_val=a.meta_fine_tune_steps_on_train_val,
+        results_csv_name=a.uho_results_csv_name, estimator=a.uho_estimator)
+    kshot = KShotConfig(k_values=tuple(a.k_shot_range),
+                        k_shot_iter_range=tuple(a.k_shot_iter_range) if a.k_shot_iter_range else None,
+                        baseline_checkpoint=a.baseline_checkpoint)
+    mtl = MTLConfig(phase=a.phase or "meta_train", meta_lr1=a.meta_lr1, meta_lr2=a.meta_lr2,
+                    base_lr=a.base_lr, update_step=a.update_step, max_epoch=a.max_epoch,
+                    num_batch=a.num_batch, step_size=a.step_size, gamma=a.gamma, way=a.way,
+                    shot=a.shot, teshot=a.teshot, train_query=a.train_query,
+                    val_query=a.val_query, test_query=a.test_query, init_weights=a.init_weights,
+                    eval_weights=a.eval_weights, pre_max_epoch=a.pre_max_epoch,
+                    pre_batch_size=a.pre_batch_size, pre_lr=a.pre_lr, pre_gamma=a.pre_gamma,
+                    pre_step_size=a.pre_step_size,
+                    pre_custom_weight_decay=a.pre_custom_weight_decay,
+                    pre_custom_momentum=a.pre_custom_momentum)
+    run = RunConfig(checkpoint=a.checkpoint, pretrained=a.pretrained,
+                    continue_training_from_checkpoint=a.continue_training_from_checkpoint,
+                    do_not_restore_final_layer_weights=a.do_not_restore_final_layer_weights,
+                    export_keras=a.export_keras, fine_tune_task=a.fine_tune_task,
+                    fine_tuned_checkpoint=a.fine_tuned_checkpoint,
+                    optimize_update_hyperparms_on_val_set=a.optimize_update_hyperparms_on_val_set,
+                    run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,
+                    joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,
+                    compare_random_init=a.compare_random_init, mtl=a.phase is not None)
+    return Config(data=data, model=model, loss=loss, inner=inner, meta=meta, eval=evaluation,
+                  uho=uho, kshot=kshot, mtl=mtl, run=run)
+
+
+def parse_args(argv=None) -> Config:
+    """Parse the command line into a Config; bad or contradictory flags exit 2 with one line."""
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    problems = _contradictions(namespace)
+    if problems:
+        parser.error(problems[0])
+    try:
+        return config_from_namespace(namespace)
+    except ValueError as e:
+        parser.error(str(e))

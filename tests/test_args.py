@@ -1,0 +1,81 @@
+"""The command line: the paper's line parses into the right configs; bad flags fail in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from args import parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PAPER_LINE = (
+    "--fss_1000 --image_size 224 --pretrained --rsd 2 4 --l2 --foml --foml-tail 5 "
+    "--final_layer_dropout_rate 0.5 --augment --aug_rate 0.5 --sgd --loss_name bce_dice "
+    "--inner-batch 8 --learning-rate 0.0005 --train-shots 10 --inner-iters 59 "
+    "--learning_rate_scheduler fixed --meta-iters 50000 --meta-batch 5 --eval-interval 500 "
+    "--serially_eval_all_test_tasks --eval-samples 2 --shots 5 --eval-batch 8 --eval-iters 59 "
+    "--transductive --model_name efficientlab --meta-step 0.1 --meta-step-final 0.00001 "
+    "--checkpoint ckpt_dir --data-dir shard_dir"
+).split()
+
+
+def test_paper_line_parses_into_the_paper_settings():
+    cfg = parse_args(PAPER_LINE)
+    assert cfg.model.rsd == (2, 4) and cfg.model.image_size == 224
+    assert cfg.model.final_layer_dropout_rate == 0.5
+    assert cfg.loss.loss_name == "bce_dice" and cfg.loss.l2
+    assert cfg.inner.sgd and cfg.inner.learning_rate == 0.0005
+    assert cfg.inner.inner_batch_size == 8 and cfg.inner.inner_iters == 59
+    assert cfg.inner.augment and cfg.inner.aug_rate == 0.5
+    assert cfg.meta.algorithm == "fomaml" and cfg.meta.foml_tail == 5
+    assert cfg.meta.train_shots == 10 and cfg.meta.meta_batch_size == 5
+    assert cfg.meta.meta_step_size == 0.1 and cfg.meta.meta_step_size_final == 0.00001
+    assert cfg.eval.shots == 5 and cfg.eval.eval_iters == 59 and cfg.eval.transductive
+    assert cfg.eval.serially_eval_all_test_tasks and cfg.eval.eval_samples == 2
+    assert cfg.run.pretrained and cfg.run.checkpoint == "ckpt_dir"
+    assert cfg.data.data_dir == "shard_dir" and cfg.data.fss_1000
+    # The resolved config is JSON-serializable (it is written next to every run's outputs).
+    assert json.loads(cfg.to_json())["meta"]["foml_tail"] == 5
+
+
+def test_defaults_are_reptile_and_no_predictions(monkeypatch):
+    monkeypatch.delenv("SAVE_PREDICTIONS", raising=False)
+    cfg = parse_args([])
+    assert cfg.meta.algorithm == "reptile" and cfg.meta.foml_tail is None
+    assert cfg.eval.predictions_dir is None
+
+
+@pytest.mark.parametrize("value,enabled", [("1", True), ("yes", True), ("0", False), ("", False)])
+def test_save_predictions_zero_means_off(monkeypatch, value, enabled):
+    monkeypatch.setenv("SAVE_PREDICTIONS", value)
+    assert (parse_args([]).eval.predictions_dir is not None) == enabled
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--foml-tail", "5"], "--foml-tail needs --foml"),
+    (["--foml", "--foml-tail", "5", "--train-shots", "5"], "--foml-tail must be in"),
+    (["--pretrained", "--continue_training_from_checkpoint", "x"], "give one"),
+    (["--optimize_update_hyperparms_on_val_set"], "--num_val_tasks >= 1"),
+    (["--phase", "pre_train"], "needs --model_name mtl_unet"),
+    (["--rsd", "5"], "--rsd takes reductions 1..4"),
+    (["--aug_rate", "1.5"], "--aug_rate must be in [0, 1]"),
+    (["--inner-iters", "0"], "--inner-iters must be >= 1"),
+])
+def test_contradictory_or_bad_flags_exit_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_flag_is_one_line_error_from_the_cli():
+    proc = subprocess.run([sys.executable, "-c",
+                           "import sys; from args import parse_args; parse_args(sys.argv[1:])",
+                           "--no_such_flag"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "run_metasegnet.py: error: unrecognized arguments: --no_such_flag"]
