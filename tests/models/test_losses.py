@@ -1,0 +1,154 @@
+"""Losses, regularizers and the IoU metric, each against a second (numpy or Keras) computation."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.build import build_model
+from models.config import LOSS_NAMES, LossConfig, ModelConfig
+from models.losses import make_loss
+from models.metrics import iou_per_image, mean_iou
+from models.mtl import set_mtl_mode
+from models.regularizers import regularized_weights
+
+EPS = 1e-7
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    return build_model(ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=1,
+                                   start_num_feature_maps_power=1))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    masks = (rng.random((3, 32, 32)) < 0.35).astype(np.int32)
+    masks[2] = 0  # an image without foreground
+    logits = rng.normal(size=(3, 32, 32, 2)).astype("float32")
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return np.eye(2, dtype="float32")[masks], probs
+
+
+def _np_soft_iou(y, p):
+    inter = (p[..., 1] * y[..., 1]).sum((1, 2))
+    union = p[..., 1].sum((1, 2)) + y[..., 1].sum((1, 2)) - inter
+    return ((inter + EPS) / (union + EPS)).mean()
+
+
+def _np_ce(y, p, smoothing=0.0):
+    y = y * (1 - smoothing) + smoothing / 2
+    return -(y * np.log(np.clip(p, EPS, 1))).sum(-1)
+
+
+def _np_lovasz_hinge(y, p):
+    """Berman et al.'s binary Lovasz hinge, per image, written with numpy sorting."""
+    out = []
+    for yi, pi in zip(y, p):
+        logit = (np.log(np.clip(pi[..., 1], EPS, 1)) - np.log(np.clip(pi[..., 0], EPS, 1))).ravel()
+        gt = yi[..., 1].ravel()
+        errors = 1 - logit * (2 * gt - 1)
+        order = np.argsort(-errors, kind="stable")
+        e, g = errors[order], gt[order]
+        inter = g.sum() - np.cumsum(g)
+        union = g.sum() + np.cumsum(1 - g)
+        jac = 1 - inter / union
+        jac[1:] = jac[1:] - jac[:-1]
+        out.append(np.dot(np.maximum(e, 0), jac))
+    return np.mean(out)
+
+
+def _value(name, y, p, model, **kw):
+    return float(make_loss(LossConfig(loss_name=name, **kw), model)(y, p))
+
+
+def test_each_loss_matches_its_definition(batch, tiny_unet):
+    y, p = batch
+    ce = _np_ce(y, p).mean()
+    iou = _np_soft_iou(y, p)
+    dice = 2 * iou / (iou + 1)
+    focal = keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0, reduction=None)
+    expected = {"cross_entropy": ce, "bce_dice": ce - np.log(dice), "soft_iou": 1 - iou,
+                "dice": 1 - dice, "ce_dice": ce + 1 - dice,
+                "focal": float(np.mean(focal(y, p))), "lovasz": _np_lovasz_hinge(y, p)}
+    assert set(expected) == set(LOSS_NAMES)
+    for name, value in expected.items():
+        assert _value(name, y, p, tiny_unet) == pytest.approx(value, rel=1e-4), name
+    smoothed = _np_ce(y, p, 0.1).mean()
+    assert _value("cross_entropy", y, p, tiny_unet, label_smoothing=0.1) == \
+        pytest.approx(smoothed, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_loss_is_zero_for_a_perfect_prediction_positive_otherwise_and_differentiable(
+        name, batch, tiny_unet):
+    y, p = batch
+    assert _value(name, y, y, tiny_unet) == pytest.approx(0.0, abs=1e-6)
+    assert _value(name, y, p, tiny_unet) > 0.01
+    logits = tf.Variable(np.log(p))
+    with tf.GradientTape() as tape:
+        loss = make_loss(LossConfig(loss_name=name), tiny_unet)(y, tf.nn.softmax(logits))
+    grad = tape.gradient(loss, logits).numpy()
+    assert np.all(np.isfinite(grad)) and np.abs(grad).sum() > 0
+    # a small step against the gradient lowers the loss
+    after = make_loss(LossConfig(loss_name=name), tiny_unet)(y, tf.nn.softmax(logits - 1e-2 * grad
+                                                                              / np.abs(grad).max()))
+    assert float(after) < float(loss)
+
+
+def test_l2_and_l1_cover_kernels_and_biases_but_not_batch_norm(batch, tiny_unet):
+    y, p = batch
+    weights = regularized_weights(tiny_unet)
+    names = {w.path for w in weights}
+    assert "final_layer_weights/kernel" in names and "final_layer_weights/bias" in names
+    assert "up1_transpose/bias" in names and "enc1_conv1/kernel" in names
+    assert not any("bn" in n.split("/")[0] for n in names)
+    base = _value("cross_entropy", y, p, tiny_unet)
+    l2 = sum(float(np.sum(np.square(w))) for w in weights) / 2 * 0.0005
+    l1 = sum(float(np.sum(np.abs(w))) for w in weights) * 0.0005
+    assert _value("cross_entropy", y, p, tiny_unet, l2=True) == pytest.approx(base + l2, rel=1e-5)
+    assert _value("cross_entropy", y, p, tiny_unet, l1=True) == pytest.approx(base + l1, rel=1e-5)
+    gamma = tiny_unet.get_layer("enc1_bn1").gamma
+    saved = gamma.numpy()
+    gamma.assign(saved * 7.0)  # batch norm is not decayed
+    try:
+        assert _value("cross_entropy", y, p, tiny_unet, l2=True) == pytest.approx(base + l2,
+                                                                                  rel=1e-5)
+    finally:
+        gamma.assign(saved)
+
+
+def test_darc1(batch, tiny_unet):
+    y, p = batch
+    log_p = np.log(p)
+    centred = log_p - log_p.mean(-1, keepdims=True)
+    darc1 = np.abs(centred).sum(0).max() * 0.0005
+    base = _value("cross_entropy", y, p, tiny_unet)
+    assert _value("cross_entropy", y, p, tiny_unet, darc1=True) == pytest.approx(base + darc1,
+                                                                                 rel=1e-5)
+
+
+def test_regularizers_follow_the_mtl_mode():
+    model = build_model(ModelConfig(model_name="mtl_unet", image_size=32, n_unet_encoding_stacks=1,
+                                    start_num_feature_maps_power=1))
+    set_mtl_mode(model, "pre_train")
+    assert "enc1_conv1/kernel" in {w.path for w in regularized_weights(model)}
+    set_mtl_mode(model, "meta_transfer")
+    names = {w.path for w in regularized_weights(model)}
+    assert names == {"final_layer_weights/kernel", "final_layer_weights/bias"}
+
+
+def test_mean_iou_is_the_evaluation_iou():
+    y = np.zeros((3, 8, 8), np.int32)
+    y[0, :4] = 1
+    y[1, :, :2] = 1
+    p = np.zeros((3, 8, 8, 2), np.float32)
+    p[..., 1] = 0.2
+    p[0, :2, :, 1] = 0.9  # 16 of 32 foreground pixels, nothing else
+    p[1, :, :4, 1] = 0.51  # 16 of 32 predicted, covering all 16 true ones
+    p[2, 0, 0, 1] = 0.5  # exactly 0.5 is background: empty prediction of an empty mask scores 1
+    p[..., 0] = 1 - p[..., 1]
+    expected = np.array([16 / 32, 16 / 32, 1.0])
+    np.testing.assert_allclose(np.asarray(iou_per_image(np.eye(2)[y], p)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(iou_per_image(y, p)), expected, rtol=1e-6)
+    assert float(mean_iou(np.eye(2)[y], p)) == pytest.approx(expected.mean())
