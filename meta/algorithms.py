@@ -1,0 +1,197 @@
+"""Reptile, FOMAML and FOMAML*: one "update direction" per task, one meta-update per meta-batch.
+
+The algorithms differ only in what a task contributes (style 6):
+* Reptile: d = phi - theta, the whole adaptation's displacement (reference-spec 3.2).
+* FOMAML: d = phi_after - phi_before of the *last* inner step only, i.e. -lr * grad for SGD
+  (reference-spec 3.3).
+* FOMAML* (`foml_tail=T`): the task's `train_shots` pairs are split into train_shots - T pairs for
+  the first inner_iters - 1 steps and T held-out "tail" pairs that form the last step's batch,
+  unaugmented; d is that last step's update, a gradient on data the earlier steps never saw.
+
+The meta-update theta <- theta + epsilon * mean_i d_i is applied as the pseudo-gradient
+-mean_i d_i to an SGD outer optimizer whose learning rate is the annealed epsilon (style 7), so
+the outer state is an ordinary, checkpointable Keras optimizer. Only the adapted variables are
+meta-updated; BN moving statistics are never reset or averaged and carry over between tasks, as
+in the paper (reference-spec 3.1). The inner optimizer starts fresh on every task.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from data.episodes import sample_episode
+from data.tasks import ClassData
+from meta import weights
+from meta.config import MetaConfig
+from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
+    support_tensors
+from meta.state import Snapshot
+
+# direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
+Direction = Callable[..., tuple[list[tf.Tensor], np.ndarray]]
+
+
+def reptile_direction(loop: InnerLoop, class_data: ClassData, schedule: AdaptationSchedule,
+                      rng: np.random.Generator, *, train_shots: int, start: Snapshot,
+                      before_last: Snapshot | None = None) -> tuple[list[tf.Tensor], np.ndarray]:
+    """Adapt on `train_shots` random pairs of the class; return phi - theta.
+
+    Args:
+        loop: the compiled inner loop (its variables hold theta on entry).
+        class_data: the task's class.
+        schedule: inner-loop schedule (iters, batch, lr schedule, aug rate).
+        rng: draws the pairs, mini-batches and augmentation seeds.
+        train_shots: pairs sampled for the task.
+        start: snapshot holding theta (values read, not restored here).
+        before_last: unused (same signature as fomaml_direction).
+
+    Returns:
+        (d = phi - theta per variable, per-step losses).
+    """
+    del before_last
+    episode = sample_episode(rng, class_data, train_shots, 0)
+    result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng)
+    return weights.subtract(loop.variables, start.values), result.losses
+
+
+def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
+               with_replacement: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the FOMAML* train part and held-out tail (reference-spec 3.3).
+
+    Args:
+        rng: the run's generator.
+        num_pairs: pairs sampled for the task (train_shots).
+        tail_shots: T, pairs held out for the last step.
+        with_replacement: draw num_pairs - T train and T tail indices independently with
+            replacement (--sample_foml_train_val_with_replacement; the parts may overlap).
+
+    Returns:
+        (train indices (num_pairs - T,), tail indices (T,)); disjoint without replacement.
+    """
+    if not 1 <= tail_shots < num_pairs:
+        raise ValueError(f"--foml-tail must be in [1, --train-shots - 1] = [1, {num_pairs - 1}]. "
+                         f"Received: {tail_shots}")
+    if with_replacement:
+        return (rng.integers(0, num_pairs, size=num_pairs - tail_shots),
+                rng.integers(0, num_pairs, size=tail_shots))
+    order = rng.permutation(num_pairs)
+    return order[:num_pairs - tail_shots], order[num_pairs - tail_shots:]
+
+
+def fomaml_direction(loop: InnerLoop, class_data: ClassData, schedule: AdaptationSchedule,
+                     rng: np.random.Generator, *, train_shots: int, start: Snapshot,
+                     before_last: Snapshot, tail_shots: int | None = None,
+                     tail_with_replacement: bool = False) -> tuple[list[tf.Tensor], np.ndarray]:
+    """Adapt for schedule.iters steps; return the last step's update (FOMAML / FOMAML*).
+
+    Args:
+        loop: the compiled inner loop.
+        class_data: the task's class.
+        schedule: inner-loop schedule.
+        rng: draws pairs, split, mini-batches and augmentation seeds.
+        train_shots: pairs sampled for the task.
+        start: snapshot of theta (unused here; the caller restores it).
+        before_last: scratch snapshot that receives the weights before the last step.
+        tail_shots: T for FOMAML*; None is plain FOMAML (the last step is an ordinary batch).
+        tail_with_replacement: --sample_foml_train_val_with_replacement.
+
+    Returns:
+        (d = phi_after - phi_before of the last step, per-step losses).
+    """
+    del start
+    episode = sample_episode(rng, class_data, train_shots, 0)
+    images, masks = episode.support_images, episode.support_masks
+    loop.reset_optimizer()
+    if tail_shots is None:
+        x, m = support_tensors(images, masks)
+        indices, seeds = draw_batches(rng, len(images), schedule)
+        head = run_steps(loop, x, m, indices[:-1], seeds[:-1], schedule)
+        before_last.save()
+        last = run_steps(loop, x, m, indices[-1:], seeds[-1:], schedule,
+                         first_step=schedule.iters - 1)
+    else:
+        train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
+        x, m = support_tensors(images[train], masks[train])
+        indices, seeds = draw_batches(rng, len(train), schedule, schedule.iters - 1)
+        head = run_steps(loop, x, m, indices, seeds, schedule)
+        before_last.save()
+        tail_x, tail_m = support_tensors(images[tail], masks[tail])
+        tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
+        # The whole tail is one batch and is not augmented (reference-spec 3.3).
+        last = run_steps(loop, tail_x, tail_m, np.arange(len(tail), dtype=np.int32)[None],
+                         tail_seed, schedule, first_step=schedule.iters - 1, aug_rate=0.0)
+    direction = weights.subtract(loop.variables, before_last.values)
+    return direction, np.concatenate([head.losses, last.losses])
+
+
+def make_direction(meta: MetaConfig) -> Direction:
+    """The per-task update direction of the configured algorithm.
+
+    Args:
+        meta: algorithm ("reptile" | "fomaml"), train_shots, foml_tail, replacement flag.
+
+    Returns:
+        a `Direction` callable with the algorithm's settings bound.
+    """
+    if meta.algorithm == "reptile":
+        return partial(reptile_direction, train_shots=meta.train_shots)
+    if meta.algorithm == "fomaml":
+        return partial(fomaml_direction, train_shots=meta.train_shots, tail_shots=meta.foml_tail,
+                       tail_with_replacement=meta.sample_foml_train_val_with_replacement)
+    raise ValueError(f"algorithm must be 'reptile' or 'fomaml'. Received: {meta.algorithm!r}")
+
+
+class MetaLearner:
+    """Meta-batches of task directions turned into outer-optimizer steps.
+
+    Args:
+        loop: the compiled inner loop; its `variables` are the meta-learned variables.
+        meta: the meta config (algorithm and its settings).
+        schedule: the inner-loop schedule used for every training task.
+    """
+
+    def __init__(self, loop: InnerLoop, meta: MetaConfig, schedule: AdaptationSchedule):
+        if meta.algorithm == "fomaml" and schedule.iters < 1:
+            raise ValueError("FOMAML needs --inner-iters >= 1.")
+        if meta.foml_tail is not None and schedule.iters < 2:
+            raise ValueError(f"FOMAML* runs inner_iters - 1 steps on the train part and one on "
+                             f"the tail; it needs --inner-iters >= 2. Received: {schedule.iters}")
+        self.loop = loop
+        self.schedule = schedule
+        self.direction = make_direction(meta)
+        self.start = Snapshot(loop.variables, name="theta")
+        self.before_last = Snapshot(loop.variables, name="before_last_step")
+        self.outer_optimizer = keras.optimizers.SGD(learning_rate=meta.meta_step_size)
+        self.outer_optimizer.build(loop.variables)
+        self._apply = tf.function(
+            lambda pseudo_gradients: self.outer_optimizer.apply(pseudo_gradients,
+                                                                 self.loop.variables))
+
+    def meta_step(self, tasks: Sequence[ClassData], rng: np.random.Generator,
+                  meta_step_size: float) -> float:
+        """Adapt on each task from theta, then move theta by epsilon * mean direction.
+
+        Args:
+            tasks: the meta-batch (classes; repeats allowed).
+            rng: draws everything inside the tasks.
+            meta_step_size: epsilon of this meta-iteration.
+
+        Returns:
+            mean inner-loop loss over all steps of all tasks.
+        """
+        self.start.save()
+        total, losses = None, []
+        for class_data in tasks:
+            direction, task_losses = self.direction(self.loop, class_data, self.schedule, rng,
+                                                    start=self.start,
+                                                    before_last=self.before_last)
+            total = direction if total is None else weights.add(total, direction)
+            losses.append(task_losses)
+            self.start.restore()  # model state only: BN statistics carry over
+        self.outer_optimizer.learning_rate.assign(meta_step_size)
+        self._apply(weights.scale(total, -1.0 / len(tasks)))
+        return float(np.mean(np.concatenate(losses)))

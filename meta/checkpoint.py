@@ -1,0 +1,266 @@
+"""Atomic, resumable meta-training checkpoints (style 12).
+
+Layout under the run directory (--checkpoint DIR):
+    DIR/ckpt-<step>/variables.npz  every variable of each group, in order
+    DIR/ckpt-<step>/state.json     step, numpy RNG bit-generator state, variable paths/shapes
+    DIR/ckpt-<step>/config.json    the run's resolved config
+    DIR/LAST                       name of the newest complete checkpoint
+
+A checkpoint is written into a temporary sibling folder and renamed into place with os.replace;
+LAST is rewritten (temp file + os.replace) only after that, and older checkpoints beyond `keep`
+are deleted last. A crash at any point leaves LAST naming a complete checkpoint.
+
+Groups are named lists of variables, e.g. {"model": model.variables (weights, BN statistics,
+dropout seed states), "inner_optimizer": ..., "outer_optimizer": ...}. Loading checks every
+group's variable count, order, shapes and dtypes and names every mismatch; nothing is assigned
+unless everything matches.
+
+Resume order (run_metasegnet.py): build the model and optimizers exactly as for a fresh run, then
+load the model, inner and outer optimizer variables, then set the RNG state, then continue at
+meta-iteration `step` (the number of completed meta-iterations).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Mapping, Sequence
+
+import numpy as np
+
+LAST = "LAST"
+PREFIX = "ckpt-"
+FORMAT_VERSION = 1
+_MAX_LISTED = 12
+
+
+def _name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def _normalized_path(path: str) -> str:
+    # Keras uniquifies auto-named layers per process ("conv2d_3"); compare names without that.
+    return "/".join(re.sub(r"_\d+$", "", part) for part in path.split("/"))
+
+
+def _describe(variables: Sequence) -> list[list]:
+    return [[getattr(v, "path", getattr(v, "name", "?")), list(v.shape), str(v.dtype)]
+            for v in variables]
+
+
+def list_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """Complete checkpoint folders in `directory`, oldest first.
+
+    Args:
+        directory: the run directory.
+
+    Returns:
+        list of (step, path).
+    """
+    if not os.path.isdir(directory):
+        return []
+    out = []
+    for entry in os.listdir(directory):
+        match = re.fullmatch(rf"{PREFIX}(\d+)", entry)
+        if match and os.path.isfile(os.path.join(directory, entry, "state.json")):
+            out.append((int(match.group(1)), os.path.join(directory, entry)))
+    return sorted(out)
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """The checkpoint LAST points to, or None when the directory holds none.
+
+    Args:
+        directory: the run directory.
+
+    Returns:
+        path of the checkpoint folder, or None.
+
+    Raises:
+        FileNotFoundError: LAST names a folder that does not exist.
+    """
+    pointer = os.path.join(directory, LAST)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as f:
+        name = f.read().strip()
+    path = os.path.join(directory, name)
+    if not os.path.isfile(os.path.join(path, "state.json")):
+        raise FileNotFoundError(f"{pointer} names {name!r}, which is not a complete checkpoint "
+                                f"in {directory!r}. Delete {pointer} to start over.")
+    return path
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *,
+                    rng_state: dict | None, config_json: str, keep: int = 2,
+                    extra: dict | None = None) -> str:
+    """Write checkpoint `step` atomically, point LAST at it, keep the newest `keep`.
+
+    Args:
+        directory: the run directory (created if missing).
+        step: completed meta-iterations.
+        groups: group name -> variables (Keras or tf variables).
+        rng_state: `rng.bit_generator.state` of the training generator (JSON-serializable).
+        config_json: the run's resolved config (args.Config.to_json()).
+        keep: how many checkpoints to keep (>= 1).
+        extra: more JSON-serializable fields for state.json.
+
+    Returns:
+        path of the new checkpoint folder.
+    """
+    os.makedirs(directory, exist_ok=True)
+    for entry in os.listdir(directory):  # leftovers of a crashed write
+        if entry.startswith(f".{PREFIX}") and ".tmp-" in entry:
+            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=f".{_name(step)}.tmp-", dir=directory)
+    try:
+        arrays = {f"{group}/{i:05d}": np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+                  for group, variables in groups.items() for i, v in enumerate(variables)}
+        with open(os.path.join(tmp, "variables.npz"), "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        state = {"format": FORMAT_VERSION, "step": int(step), "rng_state": rng_state,
+                 "variables": {g: _describe(v) for g, v in groups.items()}, **(extra or {})}
+        _write_text_atomic(os.path.join(tmp, "state.json"), json.dumps(state, indent=1))
+        _write_text_atomic(os.path.join(tmp, "config.json"), config_json)
+        final = os.path.join(directory, _name(step))
+        if os.path.exists(final):  # the same step written again (e.g. a rerun)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_text_atomic(os.path.join(directory, LAST), _name(step) + "\n")
+    for _, old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(path: str) -> dict:
+    """state.json of a checkpoint folder (or of LAST in a run directory).
+
+    Args:
+        path: checkpoint folder or run directory.
+
+    Returns:
+        the parsed state dict (step, rng_state, variables, ...).
+    """
+    path = _resolve(path)
+    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_config(path: str) -> dict:
+    """config.json of a checkpoint folder (or of LAST in a run directory).
+
+    Args:
+        path: checkpoint folder or run directory.
+
+    Returns:
+        the parsed config dict.
+    """
+    path = _resolve(path)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _resolve(path: str) -> str:
+    if os.path.isfile(os.path.join(path, "state.json")):
+        return path
+    latest = latest_checkpoint(path) if os.path.isdir(path) else None
+    if latest is None:
+        raise FileNotFoundError(f"No metaseg checkpoint in {path!r} (expected {LAST} and "
+                                f"{PREFIX}<step>/ written by meta-training).")
+    return latest
+
+
+def load_checkpoint(path: str, groups: Mapping[str, Sequence], *,
+                    skip: Sequence[str] = ()) -> dict:
+    """Assign a checkpoint's arrays to the given variable groups (all checked before any assign).
+
+    Args:
+        path: checkpoint folder, or run directory (LAST is followed).
+        groups: group name -> variables in the same order as when saved; a group may be a subset
+            of the saved groups (e.g. only "model" for --pretrained).
+        skip: variable-path prefixes left as they are (e.g. "final_layer_weights" for
+            --do_not_restore_final_layer_weights).
+
+    Returns:
+        the checkpoint's state dict (step, rng_state, ...).
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        ValueError: a group is missing or its variables differ; the message lists each mismatch.
+    """
+    path = _resolve(path)
+    state = read_state(path)
+    saved = state["variables"]
+    problems = []
+    for group, variables in groups.items():
+        if group not in saved:
+            problems.append(f"group {group!r} is not in the checkpoint (it has {sorted(saved)})")
+            continue
+        mine, theirs = _describe(variables), saved[group]
+        if len(mine) != len(theirs):
+            problems.append(f"{group}: the checkpoint has {len(theirs)} variables, this model "
+                            f"{len(mine)}")
+        listed = 0
+        for i, (a, b) in enumerate(zip(mine, theirs)):
+            if (_normalized_path(a[0]), a[1], a[2]) != (_normalized_path(b[0]), b[1], b[2]):
+                if listed < _MAX_LISTED:
+                    problems.append(f"{group}[{i}]: model {a[0]} {tuple(a[1])} {a[2]} vs "
+                                    f"checkpoint {b[0]} {tuple(b[1])} {b[2]}")
+                listed += 1
+        if listed > _MAX_LISTED:
+            problems.append(f"{group}: ... and {listed - _MAX_LISTED} more mismatches")
+    if problems:
+        raise ValueError(f"Checkpoint {path} does not match this model:\n  " +
+                         "\n  ".join(problems) +
+                         "\nUse the model flags it was written with (see its config.json) or a "
+                         "fresh --checkpoint directory.")
+    with np.load(os.path.join(path, "variables.npz")) as arrays:
+        values = {group: [arrays[f"{group}/{i:05d}"] for i in range(len(variables))]
+                  for group, variables in groups.items()}
+    for group, variables in groups.items():
+        for v, value in zip(variables, values[group]):
+            if any(getattr(v, "path", "").startswith(p) for p in skip):
+                continue
+            v.assign(value)
+    return state
+
+
+def config_differences(saved: Mapping, current: Mapping, sections: Sequence[str],
+                       ignore: Sequence[str] = ()) -> list[str]:
+    """Fields of the given config sections whose values differ.
+
+    Args:
+        saved: config dict of the checkpoint (config.json).
+        current: config dict of this run (json.loads(config.to_json())).
+        sections: top-level sections to compare, e.g. ("model", "loss").
+        ignore: "section.field" names allowed to differ.
+
+    Returns:
+        lines "section.field: checkpoint X, this run Y".
+    """
+    out = []
+    for section in sections:
+        a, b = saved.get(section, {}), current.get(section, {})
+        for field in sorted(set(a) | set(b)):
+            if f"{section}.{field}" in ignore:
+                continue
+            if a.get(field) != b.get(field):
+                out.append(f"{section}.{field}: checkpoint {a.get(field)!r}, this run "
+                           f"{b.get(field)!r}")
+    return out

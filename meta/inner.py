@@ -1,0 +1,325 @@
+"""The compiled inner loop: one optimizer and one traced train step per model, reused by every task.
+
+`InnerLoop(model, loss_fn, ...)` builds, once:
+* the inner optimizer (SGD, or Adam with beta1 = 0; reference-spec 2.8), whose slots and
+  `iterations` are reset per task by `reset_optimizer()` (assign, no rebuild);
+* `train_step(images, masks, indices, learning_rate, aug_rate, seed)`: one `tf.function` with an
+  input signature whose batch dimension is None, so 10-shot training tasks, 5-shot evaluation
+  tasks and the FOMAML* tail batch all share a single trace. The mini-batch is gathered and
+  augmented (`data.augment.augment_batch`, stateless, keyed by `seed`) inside the graph; the
+  learning rate is assigned to the optimizer inside the graph; the dropout rate is a model
+  variable (`models.layers.set_dropout_rate`). Changing any of them never retraces;
+* `predict(images)`: the model in inference mode (BN moving statistics), also traced once;
+* `full_state`: a `meta.state.Snapshot` of the model's and the inner optimizer's variables.
+
+`adapt()` runs a task's k steps; `on_step(steps_taken, loss) -> stop?` lets callers score every
+step (UHO early stopping). The adapted variables can be a subset (`variables=`; e.g. the MTL head).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from data.augment import augment_batch
+from data.episodes import mini_batch_indices
+from meta.config import EvalConfig, InnerConfig
+from meta.schedules import inner_learning_rate
+from meta.state import Snapshot, full_state
+
+# on_step(steps_taken, loss) -> True to stop early
+StepCallback = Callable[[int, float], bool]
+_SEED_HIGH = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class AdaptationSchedule:
+    """How one task is adapted: the inner loop of meta-training or test-time adaptation.
+
+    Attributes:
+        learning_rate: lr0 of the inner optimizer.
+        iters: number of inner steps.
+        batch_size: mini-batch size (mini-batches continue across reshuffles of the support).
+        aug_rate: probability that an example is augmented; 0 disables augmentation.
+        scheduler: fixed | constant | step_decay | step | cosine_anneal.
+        step_decay_rate: factor of the step schedule.
+        decay_after_n_steps: period of the step schedule.
+        replacement: draw each mini-batch independently (reference `--replacement`).
+    """
+
+    learning_rate: float
+    iters: int
+    batch_size: int
+    aug_rate: float = 0.0
+    scheduler: str = "fixed"
+    step_decay_rate: float = 0.5
+    decay_after_n_steps: int = 5
+    replacement: bool = False
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of 0-based inner step `step` (T = iters for cosine annealing)."""
+        return inner_learning_rate(step, learning_rate=self.learning_rate,
+                                   scheduler=self.scheduler, total_steps=self.iters,
+                                   step_decay_rate=self.step_decay_rate,
+                                   decay_after_n_steps=self.decay_after_n_steps)
+
+
+def training_schedule(inner: InnerConfig) -> AdaptationSchedule:
+    """The meta-training inner loop's schedule from --learning-rate, --inner-iters, ...
+
+    Args:
+        inner: the inner-loop config.
+
+    Returns:
+        AdaptationSchedule with iters = inner_iters, batch = inner_batch_size.
+    """
+    return AdaptationSchedule(
+        learning_rate=inner.learning_rate, iters=inner.inner_iters,
+        batch_size=inner.inner_batch_size, aug_rate=inner.aug_rate if inner.augment else 0.0,
+        scheduler=inner.learning_rate_scheduler, step_decay_rate=inner.step_decay_rate,
+        decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
+
+
+def evaluation_schedule(inner: InnerConfig, evaluation: EvalConfig) -> AdaptationSchedule:
+    """Test-time adaptation: the inner loop's optimizer settings with --eval-iters/--eval-batch.
+
+    Args:
+        inner: the inner-loop config (lr, schedule, augmentation).
+        evaluation: the evaluation config (eval_iters, eval_batch_size).
+
+    Returns:
+        AdaptationSchedule with iters = eval_iters, batch = eval_batch_size.
+    """
+    return AdaptationSchedule(
+        learning_rate=inner.learning_rate, iters=evaluation.eval_iters,
+        batch_size=evaluation.eval_batch_size,
+        aug_rate=inner.aug_rate if inner.augment else 0.0,
+        scheduler=inner.learning_rate_scheduler, step_decay_rate=inner.step_decay_rate,
+        decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
+
+
+def make_inner_optimizer(sgd: bool, learning_rate: float) -> keras.optimizers.Optimizer:
+    """SGD, or Adam with beta1 = 0, beta2 = 0.999, epsilon = 1e-8 (reference-spec 2.8).
+
+    Args:
+        sgd: plain gradient descent (--sgd).
+        learning_rate: initial value of the (assignable) learning-rate variable.
+
+    Returns:
+        an unbuilt Keras optimizer.
+    """
+    if sgd:
+        return keras.optimizers.SGD(learning_rate=learning_rate)
+    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.0, beta_2=0.999,
+                                 epsilon=1e-8)
+
+
+class InnerLoop:
+    """One model's compiled inner loop (see the module docstring).
+
+    Args:
+        model: Keras model mapping float32 (N,S,S,3) images in [0,255] to (N,S,S,2) probabilities.
+        loss_fn: fn(y_true one-hot (N,S,S,2), y_pred) -> scalar (models.losses.make_loss).
+        sgd: inner optimizer is SGD (else Adam with beta1 = 0).
+        learning_rate: default inner learning rate.
+        weight_decay: multiply every adapted variable by this before each step (1 = off).
+        variables: the variables the inner loop adapts (default: all trainable variables).
+    """
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, sgd: bool = True,
+                 learning_rate: float = 1e-3, weight_decay: float = 1.0,
+                 variables: Sequence | None = None):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.weight_decay = float(weight_decay)
+        self.variables = list(variables) if variables is not None else \
+            list(model.trainable_variables)
+        if not self.variables:
+            raise ValueError("InnerLoop needs at least one variable to adapt; the model has no "
+                             "trainable variables.")
+        self.optimizer = make_inner_optimizer(sgd, learning_rate)
+        self.optimizer.build(self.variables)
+        lr_var = self.optimizer.learning_rate
+        self._reset_vars = [v for v in self.optimizer.variables if v is not lr_var]
+        self.full_state = Snapshot(full_state(model, [self.optimizer]), name="full_state")
+        size = tuple(model.input_shape[1:3])
+        image_spec = tf.TensorSpec((None, *size, 3), tf.float32)
+        mask_spec = tf.TensorSpec((None, *size), tf.float32)
+        self._train_step = tf.function(self._train_step_graph, input_signature=[
+            image_spec, mask_spec, tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((2,), tf.int32)])
+        self._predict = tf.function(self._predict_graph, input_signature=[image_spec])
+        self._reset = tf.function(self._reset_graph)
+
+    # --- graphs (traced once each) -------------------------------------------------------
+    def _train_step_graph(self, images, masks, indices, learning_rate, aug_rate, seed):
+        x = tf.gather(images, indices)
+        m = tf.gather(masks, indices)
+        x, m = tf.cond(aug_rate > 0.0, lambda: augment_batch(x, m, aug_rate, seed),
+                       lambda: (x, m))
+        y = tf.one_hot(tf.cast(tf.round(m), tf.int32), 2, dtype=tf.float32)
+        self.optimizer.learning_rate.assign(learning_rate)
+        if self.weight_decay != 1.0:  # reference --weight-decay: shrink before every step
+            for v in self.variables:
+                v.assign(v * self.weight_decay)
+        with tf.GradientTape() as tape:
+            probabilities = self.model(x, training=True)
+            loss = self.loss_fn(y, probabilities)
+        gradients = tape.gradient(loss, self.variables)
+        self.optimizer.apply(gradients, self.variables)
+        return loss
+
+    def _predict_graph(self, images):
+        return self.model(images, training=False)
+
+    def _reset_graph(self):
+        for v in self._reset_vars:
+            v.assign(tf.zeros_like(v))
+
+    # --- public API ----------------------------------------------------------------------
+    def reset_optimizer(self) -> None:
+        """Zero the inner optimizer's slots and iteration count (a fresh optimizer per task)."""
+        self._reset()
+
+    def train_step(self, images: tf.Tensor, masks: tf.Tensor, indices, learning_rate: float,
+                   aug_rate: float, seed) -> tf.Tensor:
+        """One optimizer step on the mini-batch `images[indices]`.
+
+        Args:
+            images: float32 (n,S,S,3) in [0,255]: the task's support images (a tensor).
+            masks: float32 (n,S,S) in {0,1}.
+            indices: int (b,) indices of this step's mini-batch.
+            learning_rate: lr of this step.
+            aug_rate: probability that an example is augmented (0 = none).
+            seed: int (2,) stateless-RNG key of the augmentation.
+
+        Returns:
+            the scalar loss tensor before the update.
+        """
+        return self._train_step(images, masks, tf.convert_to_tensor(indices, tf.int32),
+                                tf.constant(learning_rate, tf.float32),
+                                tf.constant(aug_rate, tf.float32),
+                                tf.convert_to_tensor(seed, tf.int32))
+
+    def predict(self, images) -> tf.Tensor:
+        """Foreground/background probabilities in inference mode.
+
+        Args:
+            images: (N,S,S,3) in [0,255] (uint8 or float).
+
+        Returns:
+            float32 tensor (N,S,S,2).
+        """
+        return self._predict(tf.convert_to_tensor(np.asarray(images, np.float32)
+                                                  if not tf.is_tensor(images) else
+                                                  tf.cast(images, tf.float32)))
+
+    @property
+    def trace_counts(self) -> dict[str, int]:
+        """How often each compiled function has been traced (tests assert this stays bounded)."""
+        return {"train_step": self._train_step.experimental_get_tracing_count(),
+                "predict": self._predict.experimental_get_tracing_count()}
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """Outcome of one task's adaptation.
+
+    Attributes:
+        steps_taken: inner steps run (fewer than schedule.iters when on_step stopped early).
+        losses: float32 (steps_taken,) loss of each step.
+    """
+
+    steps_taken: int
+    losses: np.ndarray
+
+
+def support_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 support arrays -> float32 tensors, converted once per task.
+
+    Args:
+        images: (k,S,S,3) in 0..255.
+        masks: (k,S,S) in {0,1}.
+
+    Returns:
+        (images float32 (k,S,S,3), masks float32 (k,S,S)).
+    """
+    return (tf.convert_to_tensor(np.asarray(images, np.float32)),
+            tf.convert_to_tensor(np.asarray(masks, np.float32)))
+
+
+def draw_batches(rng: np.random.Generator, num_examples: int,
+                 schedule: AdaptationSchedule, num_steps: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The mini-batch indices and augmentation seeds of an adaptation, drawn from `rng`.
+
+    Args:
+        rng: the run's generator.
+        num_examples: support size.
+        schedule: batch size, replacement.
+        num_steps: steps to draw (default schedule.iters).
+
+    Returns:
+        (indices int32 (steps, batch), seeds int32 (steps, 2)).
+    """
+    steps = schedule.iters if num_steps is None else num_steps
+    indices = mini_batch_indices(rng, num_examples, schedule.batch_size, steps,
+                                 replacement=schedule.replacement).astype(np.int32)
+    seeds = rng.integers(0, _SEED_HIGH, size=(steps, 2), dtype=np.int64).astype(np.int32)
+    return indices, seeds
+
+
+def run_steps(loop: InnerLoop, images: tf.Tensor, masks: tf.Tensor, indices: np.ndarray,
+              seeds: np.ndarray, schedule: AdaptationSchedule, *, first_step: int = 0,
+              aug_rate: float | None = None, on_step: StepCallback | None = None
+              ) -> AdaptResult:
+    """Run len(indices) inner steps (no optimizer reset), step t at schedule lr(first_step + t).
+
+    Args:
+        loop: the compiled inner loop.
+        images, masks: support tensors (support_tensors()).
+        indices: (steps, batch) mini-batch indices.
+        seeds: (steps, 2) augmentation seeds.
+        schedule: learning-rate schedule and augmentation rate.
+        first_step: index of the first step within the whole adaptation (for the lr schedule).
+        aug_rate: overrides schedule.aug_rate (the FOMAML* tail step passes 0).
+        on_step: called after every step with (steps taken so far, loss); True stops.
+
+    Returns:
+        AdaptResult.
+    """
+    rate = schedule.aug_rate if aug_rate is None else aug_rate
+    losses = []
+    for t in range(len(indices)):
+        loss = loop.train_step(images, masks, indices[t],
+                               schedule.learning_rate_at(first_step + t), rate, seeds[t])
+        losses.append(loss)
+        if on_step is not None and on_step(first_step + t + 1, float(loss)):
+            break
+    values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
+    return AdaptResult(steps_taken=len(losses), losses=values)
+
+
+def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: AdaptationSchedule,
+          rng: np.random.Generator, *, on_step: StepCallback | None = None) -> AdaptResult:
+    """Fine-tune the loop's variables on one task's support set (fresh optimizer state).
+
+    Args:
+        loop: the compiled inner loop.
+        images: (k,S,S,3) support images (uint8 or float in 0..255).
+        masks: (k,S,S) support masks in {0,1}.
+        schedule: the adaptation schedule.
+        rng: draws the mini-batches and augmentation seeds.
+        on_step: optional (steps_taken, loss) -> stop callback, e.g. UHO early stopping.
+
+    Returns:
+        AdaptResult.
+    """
+    x, m = support_tensors(images, masks)
+    indices, seeds = draw_batches(rng, len(x), schedule)
+    loop.reset_optimizer()
+    return run_steps(loop, x, m, indices, seeds, schedule, on_step=on_step)

@@ -1,0 +1,111 @@
+"""Which state is snapshotted, said out loud (style 8; reference-spec 3.1).
+
+* **Model state** = the trainable weights (kernels, biases, BN gamma/beta): what meta-training
+  moves. After each meta-training task only this is reset, so BN moving statistics carry over
+  between tasks, as in the paper.
+* **Full state** = every model variable (model state + BN moving statistics + dropout/drop-connect
+  seed-generator states) + every optimizer variable (slots, iterations, learning rate): what an
+  evaluation task must leave untouched.
+
+A `Snapshot` keeps shadow `tf.Variable`s next to the originals and copies between them with one
+compiled group of assigns: no numpy round trip (`get_weights`/`set_weights` costs ~100 ms per task
+on our CPU; method.md "Traps").
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import keras
+import tensorflow as tf
+
+
+def _tf_variable(v) -> tf.Variable:
+    """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
+    inner = getattr(v, "value", None)
+    return inner if isinstance(inner, tf.Variable) else v
+
+
+def unique_variables(variables: Iterable) -> list:
+    """Drop repeated variables (same object), keeping first-seen order.
+
+    Args:
+        variables: Keras or tf variables.
+
+    Returns:
+        list without duplicates.
+    """
+    seen, out = set(), []
+    for v in variables:
+        key = id(_tf_variable(v))
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
+def model_state(model: keras.Model) -> list:
+    """The meta-learned state: the model's trainable variables.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        list of variables (order of `model.trainable_variables`).
+    """
+    return list(model.trainable_variables)
+
+
+def full_state(model: keras.Model, optimizers: Sequence[keras.optimizers.Optimizer] = ()) -> list:
+    """Everything an evaluation may touch: all model variables plus optimizer variables.
+
+    Args:
+        model: a Keras model; `model.variables` includes BN moving statistics and the
+            seed-generator states of dropout / drop-connect layers.
+        optimizers: built optimizers whose variables (slots, iterations, lr) belong to the state.
+
+    Returns:
+        list of unique variables.
+    """
+    variables = list(model.variables)
+    for opt in optimizers:
+        variables += list(opt.variables)
+    return unique_variables(variables)
+
+
+class Snapshot:
+    """Shadow copies of a fixed list of variables, saved and restored in-graph.
+
+    Args:
+        variables: the variables to mirror (their order is the order of `values`).
+        name: used in the shadow variables' names.
+    """
+
+    def __init__(self, variables: Sequence, name: str = "snapshot"):
+        self.variables = list(variables)
+        self._targets = [_tf_variable(v) for v in self.variables]
+        with tf.init_scope():
+            self._copies = [tf.Variable(tf.identity(t), trainable=False, name=f"{name}_{i}")
+                            for i, t in enumerate(self._targets)]
+        self._save = tf.function(self._save_graph)
+        self._restore = tf.function(self._restore_graph)
+
+    def _save_graph(self):
+        for copy, target in zip(self._copies, self._targets):
+            copy.assign(target)
+
+    def _restore_graph(self):
+        for copy, target in zip(self._copies, self._targets):
+            target.assign(copy)
+
+    def save(self) -> None:
+        """Copy the current values of the variables into the snapshot."""
+        self._save()
+
+    def restore(self) -> None:
+        """Copy the snapshot back into the variables."""
+        self._restore()
+
+    @property
+    def values(self) -> list[tf.Variable]:
+        """The saved values (shadow variables, read-only by convention), in `variables` order."""
+        return list(self._copies)

@@ -1,0 +1,179 @@
+"""The outer meta-training loop (reference-spec 3.4), read top to bottom.
+
+Per meta-iteration, in a fixed order: schedule (annealed epsilon), meta-step (meta-batch of
+training classes drawn from the one training RNG), non-finite check, periodic evaluation,
+log, checkpoint. Every periodic action goes through `is_time`. Step numbers count completed
+meta-iterations: the periodic evaluation and checkpoint of step s happen after s meta-iterations
+(s = 0 evaluates the initial weights). The evaluation has its own seeded streams and restores the
+full state, so it never changes the training trajectory: a run resumed from a checkpoint ends
+with exactly the weights of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from data.splits import Splits
+from data.tasks import ClassData
+from meta import checkpoint
+from meta.algorithms import MetaLearner
+from meta.config import EvalConfig, MetaConfig
+from meta.evaluate import STREAM_MONITOR, EvalResult, evaluate
+from meta.inner import AdaptationSchedule
+from meta.logs import TrainingLog
+from meta.progress import Progress
+from meta.schedules import meta_step_size
+
+
+def is_time(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action runs after `step` completed meta-iterations.
+
+    Args:
+        step: completed meta-iterations (0 = before training).
+        every: period (>= 1).
+        total: meta_iters; the last step always counts.
+
+    Returns:
+        True when step is a multiple of every, or the final step.
+    """
+    return step % every == 0 or step == total
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """The periodic evaluation: a few train tasks and a few held-out tasks."""
+
+    train: EvalResult
+    held_out: EvalResult
+
+
+def held_out_split(splits: Splits) -> tuple[str, tuple[str, ...]]:
+    """The split the periodic evaluation monitors: val, or test when there is no val set.
+
+    Args:
+        splits: the class splits.
+
+    Returns:
+        (label, class names).
+    """
+    if splits.val:
+        return "val", splits.val
+    return "test", splits.test
+
+
+def monitor(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits, step: int, *,
+            meta: MetaConfig, evaluation: EvalConfig, schedule: AdaptationSchedule) -> MonitorResult:
+    """Evaluate `meta.monitor_tasks` random train tasks and held-out tasks (no side effects).
+
+    Args:
+        learner: the meta-learner (its inner loop is used).
+        tasks: class name -> ClassData.
+        splits: class splits.
+        step: completed meta-iterations (selects the random stream).
+        meta: monitor_tasks and seed.
+        evaluation: shots, queries, transductive.
+        schedule: the test-time adaptation schedule.
+
+    Returns:
+        MonitorResult.
+    """
+    label, held_out = held_out_split(splits)
+    results = []
+    for index, (split, names) in enumerate((("train", splits.train), (label, held_out))):
+        results.append(evaluate(learner.loop, tasks, names, schedule, shots=evaluation.shots,
+                                num_query=evaluation.num_query,
+                                transductive=evaluation.transductive,
+                                num_samples=min(meta.monitor_tasks, len(names)), all_tasks=False,
+                                seed=meta.seed, stream=(STREAM_MONITOR, step, index),
+                                split=split))
+    return MonitorResult(train=results[0], held_out=results[1])
+
+
+def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits, *,
+               meta: MetaConfig, evaluation: EvalConfig, eval_schedule: AdaptationSchedule,
+               rng: np.random.Generator, run_dir: str, config_json: str,
+               checkpoint_groups: Mapping[str, Sequence], start_step: int = 0,
+               stop_after: int | None = None,
+               on_monitor: Callable[[int, MonitorResult], None] | None = None,
+               meta_step_size_at: Callable[[int], float] | None = None) -> int:
+    """Meta-train from `start_step` to `meta.meta_iters`, evaluating and checkpointing periodically.
+
+    Args:
+        learner: the meta-learner (model, inner loop, outer optimizer).
+        tasks: class name -> ClassData.
+        splits: class splits; meta-batches draw from splits.train only.
+        meta: the meta config (iterations, batch, steps, eval interval, seed, keep).
+        evaluation: evaluation settings for the periodic monitor.
+        eval_schedule: test-time adaptation schedule for the monitor.
+        rng: the training generator (its state is checkpointed).
+        run_dir: --checkpoint directory (checkpoints, CSV, TensorBoard).
+        config_json: resolved config written into every checkpoint.
+        checkpoint_groups: variables to checkpoint ("model", "inner_optimizer", ...).
+        start_step: completed meta-iterations (from a restored checkpoint).
+        stop_after: stop once this many meta-iterations are completed (tests, interruption).
+        on_monitor: called with (step, MonitorResult) after each periodic evaluation.
+        meta_step_size_at: step -> meta step size, replacing the linear anneal (hook added by
+            the MTL engineer: meta-transfer learning's StepLR, meta/mtl.py).
+
+    Returns:
+        completed meta-iterations at exit.
+
+    Raises:
+        FloatingPointError: a meta-iteration produced a non-finite loss.
+    """
+    train_names = list(splits.train)
+    label, _ = held_out_split(splits)
+    log = TrainingLog(run_dir, start_step=start_step)
+    last_saved = start_step
+    end = meta.meta_iters if stop_after is None else min(stop_after, meta.meta_iters)
+
+    def periodic(step: int, epsilon: float, loss: float | None, seconds: float) -> None:
+        result = monitor(learner, tasks, splits, step, meta=meta, evaluation=evaluation,
+                         schedule=eval_schedule)
+        print(f"Meta-iteration {step}: train mIoU={result.train.mean_iou:.4f} "
+              f"{label} mIoU={result.held_out.mean_iou:.4f} meta-step={epsilon:.3g}", flush=True)
+        log.log(step, meta_step_size=epsilon, loss=loss, seconds=seconds,
+                train_miou=result.train.mean_iou, val_miou=result.held_out.mean_iou)
+        if on_monitor is not None:
+            on_monitor(step, result)
+
+    if start_step == 0 and meta.meta_iters > 0:
+        periodic(0, meta.meta_step_size, None, 0.0)
+    progress = Progress(meta.meta_iters, "meta-training", initial=start_step)
+    try:
+        for step in range(start_step, end):
+            start = time.monotonic()
+            # schedule
+            epsilon = meta_step_size(step, initial=meta.meta_step_size,
+                                     final=meta.meta_step_size_final, meta_iters=meta.meta_iters) \
+                if meta_step_size_at is None else meta_step_size_at(step)
+            # meta-step
+            batch = [tasks[train_names[i]]
+                     for i in rng.integers(0, len(train_names), size=meta.meta_batch_size)]
+            loss = learner.meta_step(batch, rng, epsilon)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"Non-finite inner-loop loss ({loss}) in meta-iteration {step + 1}; the last "
+                    f"checkpoint is step {last_saved}, so it diverged within meta-iterations "
+                    f"{last_saved + 1}..{step + 1}. Lower --learning-rate or --meta-step.")
+            done, seconds = step + 1, time.monotonic() - start
+            progress.update(loss=loss, eps=epsilon)
+            # periodic evaluation + log
+            if is_time(done, meta.eval_interval, meta.meta_iters):
+                periodic(done, epsilon, loss, seconds)
+            else:
+                log.log(done, meta_step_size=epsilon, loss=loss, seconds=seconds)
+            # checkpoint
+            if is_time(done, meta.eval_interval, meta.meta_iters):
+                checkpoint.save_checkpoint(run_dir, done, checkpoint_groups,
+                                           rng_state=rng.bit_generator.state,
+                                           config_json=config_json, keep=meta.keep_checkpoints)
+                last_saved = done
+    finally:
+        progress.close()
+        log.close()
+    return max(end, start_step)

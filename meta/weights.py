@@ -1,0 +1,91 @@
+"""Arithmetic on lists of weight tensors: the vocabulary Reptile and FOMAML are written in.
+
+Every function takes and returns plain lists of tensors (one entry per variable, in the same
+order), so the meta-algorithms read like the paper's formulas and each operation is tested
+alone (style 6; supervised-reptile `variables.py`). Inputs may be tensors, variables or arrays.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+Weights = Sequence[tf.Tensor]
+
+
+def _check_same_length(*lists: Weights) -> None:
+    lengths = {len(w) for w in lists}
+    if len(lengths) != 1:
+        raise ValueError(f"Weight lists must have the same length. Received lengths: "
+                         f"{[len(w) for w in lists]}")
+
+
+def add(a: Weights, b: Weights) -> list[tf.Tensor]:
+    """Element-wise a + b.
+
+    Args:
+        a: list of tensors.
+        b: list of tensors with the same shapes as a.
+
+    Returns:
+        list of tensors a[i] + b[i].
+    """
+    _check_same_length(a, b)
+    return [tf.convert_to_tensor(x) + tf.convert_to_tensor(y) for x, y in zip(a, b)]
+
+
+def subtract(a: Weights, b: Weights) -> list[tf.Tensor]:
+    """Element-wise a - b.
+
+    Args:
+        a: list of tensors.
+        b: list of tensors with the same shapes as a.
+
+    Returns:
+        list of tensors a[i] - b[i].
+    """
+    _check_same_length(a, b)
+    return [tf.convert_to_tensor(x) - tf.convert_to_tensor(y) for x, y in zip(a, b)]
+
+
+def scale(a: Weights, factor) -> list[tf.Tensor]:
+    """Element-wise factor * a.
+
+    Args:
+        a: list of tensors.
+        factor: a Python float or scalar tensor.
+
+    Returns:
+        list of tensors factor * a[i] (dtype of a[i]).
+    """
+    return [tf.convert_to_tensor(x) * tf.cast(factor, tf.convert_to_tensor(x).dtype) for x in a]
+
+
+def average(lists: Sequence[Weights]) -> list[tf.Tensor]:
+    """Element-wise mean over several weight lists (e.g. the adapted weights of a meta-batch).
+
+    Args:
+        lists: n >= 1 weight lists of the same structure.
+
+    Returns:
+        list of tensors mean_k lists[k][i].
+    """
+    if not lists:
+        raise ValueError("average() needs at least one weight list. Received: []")
+    _check_same_length(*lists)
+    return [tf.add_n([tf.convert_to_tensor(w[i]) for w in lists]) / len(lists)
+            for i in range(len(lists[0]))]
+
+
+def interpolate(a: Weights, b: Weights, epsilon) -> list[tf.Tensor]:
+    """a + epsilon * (b - a): the Reptile step from a towards b.
+
+    Args:
+        a: start weights (theta).
+        b: target weights (e.g. mean adapted weights).
+        epsilon: step size in [0, 1] (float or scalar tensor); 1 gives b, 0 gives a.
+
+    Returns:
+        list of tensors a[i] + epsilon * (b[i] - a[i]).
+    """
+    return add(a, scale(subtract(b, a), epsilon))

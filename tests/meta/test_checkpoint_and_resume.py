@@ -1,0 +1,124 @@
+"""Checkpoints: atomic writes, keep-last-N, clear mismatch errors, exact resume of meta-training."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data.splits import Splits
+from meta import checkpoint
+from meta.algorithms import MetaLearner
+from meta.config import EvalConfig, MetaConfig
+from meta.inner import AdaptationSchedule, InnerLoop
+from meta.logs import read_log
+from meta.train import is_time, meta_train
+from meta_fixtures import cross_entropy, tiny_model, toy_tasks
+
+SCHEDULE = AdaptationSchedule(learning_rate=0.02, iters=2, batch_size=4, aug_rate=0.5)
+
+
+def _variables(seed=0):
+    model = tiny_model(seed=seed)
+    return model, list(model.variables)
+
+
+def test_is_time():
+    assert [s for s in range(0, 11) if is_time(s, 4, 10)] == [0, 4, 8, 10]
+
+
+def test_save_load_round_trip_keeps_last_n(tmp_path):
+    model, variables = _variables()
+    for step in (1, 2, 3):
+        for v in model.trainable_variables:
+            v.assign(v + 1.0)
+        checkpoint.save_checkpoint(str(tmp_path), step, {"model": variables},
+                                   rng_state={"s": step}, config_json="{}", keep=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [2, 3]
+    saved = [np.array(v.numpy()) for v in variables]
+    for v in model.trainable_variables:
+        v.assign(v * 0.0)
+    state = checkpoint.load_checkpoint(str(tmp_path), {"model": variables})
+    assert state["step"] == 3 and state["rng_state"] == {"s": 3}
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(saved, variables))
+
+
+def test_crash_mid_write_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    model, variables = _variables()
+    checkpoint.save_checkpoint(str(tmp_path), 1, {"model": variables}, rng_state=None,
+                               config_json="{}")
+    first = [np.array(v.numpy()) for v in variables]
+    for v in model.trainable_variables:
+        v.assign(v + 5.0)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+    monkeypatch.setattr(checkpoint, "_write_text_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(str(tmp_path), 2, {"model": variables}, rng_state=None,
+                                   config_json="{}")
+    monkeypatch.undo()
+    assert checkpoint.latest_checkpoint(str(tmp_path)).endswith("ckpt-00000001")
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [1]
+    checkpoint.load_checkpoint(str(tmp_path), {"model": variables})
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(first, variables))
+
+
+def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
+    _, variables = _variables()
+    checkpoint.save_checkpoint(str(tmp_path), 1, {"model": variables}, rng_state=None,
+                               config_json="{}")
+    other = tiny_model(size=16).variables  # same layers, other image size: same shapes
+    wider = list(variables)
+    wider[0] = np.zeros((3, 3, 3, 9), np.float32)  # a conv with 9 filters instead of 8
+
+    class Fake:
+        def __init__(self, array, path):
+            self.shape, self.dtype, self.path = array.shape, "float32", path
+    fake = [Fake(wider[0], "conv/kernel")] + variables[1:]
+    with pytest.raises(ValueError, match=r"model\[0\]: model conv/kernel \(3, 3, 3, 9\)"):
+        checkpoint.load_checkpoint(str(tmp_path), {"model": fake})
+    with pytest.raises(ValueError, match="group 'outer_optimizer' is not in the checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path), {"model": list(other),
+                                                   "outer_optimizer": []})
+    with pytest.raises(FileNotFoundError, match="No metaseg checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path / "nothing"), {"model": variables})
+    diffs = checkpoint.config_differences({"model": {"rsd": [2, 4], "image_size": 64}},
+                                          {"model": {"rsd": [4], "image_size": 64}}, ["model"])
+    assert diffs == ["model.rsd: checkpoint [2, 4], this run [4]"]
+
+
+def _run(run_dir, *, stop_after=None, resume=False):
+    """Meta-train the tiny model 4 iterations (checkpoint every 2); optionally resume first."""
+    tasks = toy_tasks(5, n=8)
+    splits = Splits(train=("class0", "class1", "class2"), val=("class3",), test=("class4",))
+    meta = MetaConfig(algorithm="fomaml", train_shots=6, foml_tail=2, meta_batch_size=2,
+                      meta_iters=4, eval_interval=2, monitor_tasks=1, meta_step_size=0.5,
+                      meta_step_size_final=0.1, seed=3)
+    model = tiny_model(seed=3)
+    loop = InnerLoop(model, cross_entropy, sgd=False, learning_rate=0.02)
+    learner = MetaLearner(loop, meta, SCHEDULE)
+    groups = {"model": list(model.variables), "inner_optimizer": list(loop.optimizer.variables),
+              "outer_optimizer": list(learner.outer_optimizer.variables)}
+    rng = np.random.default_rng([3, 0])
+    start = 0
+    if resume:
+        state = checkpoint.load_checkpoint(run_dir, groups)
+        rng.bit_generator.state = state["rng_state"]
+        start = state["step"]
+    meta_train(learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=2, eval_iters=2),
+               eval_schedule=SCHEDULE, rng=rng, run_dir=run_dir, config_json="{}",
+               checkpoint_groups=groups, start_step=start, stop_after=stop_after)
+    return [np.array(v.numpy()) for v in model.variables]
+
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_weights(tmp_path):
+    straight = _run(str(tmp_path / "a"))
+    _run(str(tmp_path / "b"), stop_after=3)  # "killed" after 3 iterations; last checkpoint: 2
+    assert checkpoint.read_state(str(tmp_path / "b"))["step"] == 2
+    resumed = _run(str(tmp_path / "b"), resume=True)
+    assert all(np.array_equal(a, b) for a, b in zip(straight, resumed))
+    log_a = read_log(str(tmp_path / "a" / "training_log.csv"))
+    log_b = read_log(str(tmp_path / "b" / "training_log.csv"))
+    assert [r["meta_iter"] for r in log_b] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in log_a[1:]] == [r["loss"] for r in log_b[1:]]
+    assert not np.isnan(log_b[2]["val_miou"]) and np.isnan(log_b[1]["val_miou"])

@@ -1,0 +1,130 @@
+"""run_metasegnet.py end to end at 32 px: outputs, exact resume, --pretrained, clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import run_metasegnet
+from data.demo import make_demo_dataset
+from fss_1000_image_to_tfrecord import convert
+from meta import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PAPER_LINE = (
+    "--fss_1000 --image_size 224 --pretrained --rsd 2 4 --l2 --foml --foml-tail 5 "
+    "--final_layer_dropout_rate 0.5 --augment --aug_rate 0.5 --sgd --loss_name bce_dice "
+    "--inner-batch 8 --learning-rate 0.0005 --train-shots 10 --inner-iters 59 "
+    "--learning_rate_scheduler fixed --meta-iters 50000 --meta-batch 5 --eval-interval 500 "
+    "--serially_eval_all_test_tasks --eval-samples 2 --shots 5 --eval-batch 8 --eval-iters 59 "
+    "--transductive --model_name efficientlab --meta-step 0.1 --meta-step-final 0.00001"
+).split()
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "run_metasegnet.py", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _error_lines(stderr):
+    """Our lines of stderr: TensorFlow's C++ start-up notices (absl, CUDA probing) dropped."""
+    noise = ("WARNING: All log messages before absl", "I0000 ", "W0000 ", "E0000 ")
+    return [l for l in stderr.strip().splitlines() if l.strip() and not l.startswith(noise)]
+
+
+def test_paper_line_reaches_the_data_and_fails_in_one_clear_line(tmp_path):
+    proc = _cli(*PAPER_LINE, "--checkpoint", str(tmp_path), "--data-dir",
+                str(tmp_path / "no_shards"))
+    assert proc.returncode == 2
+    err = _error_lines(proc.stderr)
+    assert len(err) == 1 and err[0].startswith("run_metasegnet.py: error: "), proc.stderr
+    assert "no_shards" in err[0] and "fss_1000_image_to_tfrecord.py" in err[0]
+
+
+def test_contradictory_flags_one_line_error():
+    proc = _cli("--foml-tail", "3", "--data-dir", "x")
+    assert proc.returncode == 2
+    assert _error_lines(proc.stderr) == [
+        "run_metasegnet.py: error: --foml-tail needs --foml (FOMAML* is FOMAML with a held-out "
+        "tail)."]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_data")
+    make_demo_dataset(str(root / "fss"), num_classes=5, images_per_class=8, image_size=32, seed=0)
+    convert(str(root / "fss"), str(root / "shards"), image_size=32, log=None)
+    return str(root / "shards")
+
+
+def _argv(shards, run_dir, *extra):
+    return ["--data-dir", shards, "--image_size", "32", "--num_test_tasks", "2",
+            "--checkpoint", run_dir, "--foml", "--foml-tail", "2", "--train-shots", "6",
+            "--inner-iters", "2", "--inner-batch", "4", "--meta-iters", "3", "--meta-batch", "2",
+            "--eval-interval", "2", "--monitor_tasks", "1", "--eval-iters", "2",
+            "--eval-batch", "4", "--shots", "2", "--eval-samples", "1",
+            "--serially_eval_all_test_tasks", "--transductive", "--augment", "--sgd",
+            "--learning-rate", "0.01", "--final_layer_dropout_rate", "0.2", "--seed", "1",
+            *extra]
+
+
+def _final_weights(run_dir):
+    path = checkpoint.latest_checkpoint(run_dir)
+    with np.load(os.path.join(path, "variables.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def finished_run(shards, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("run_a"))
+    return run_dir
+
+
+def test_end_to_end_run_writes_every_output(shards, finished_run, capsys):
+    assert run_metasegnet.main(_argv(shards, finished_run, "--compare_random_init")) == 0
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if l.startswith("Mean IoU over all meta-test tasks: ")]
+    assert len(line) == 1 and 0.0 <= float(line[0].split(": ")[1]) <= 1.0
+    for name in ("config.json", "training_log.csv", "training_curves.png", "meta-test_results.json",
+                 "LAST"):
+        assert os.path.isfile(os.path.join(finished_run, name)), name
+    assert [s for s, _ in checkpoint.list_checkpoints(finished_run)] == [2, 3]
+    results = json.load(open(os.path.join(finished_run, "meta-test_results.json")))
+    assert results["split"] == "test" and len(results["per_task"]) == 2
+    assert results["mean_iou"] == pytest.approx(float(line[0].split(": ")[1]))
+    assert "random_init" in results and "class_accumulated_iou" in results
+    assert results["config"]["meta"]["foml_tail"] == 2
+    assert json.load(open(os.path.join(finished_run, "config.json")))["inner"]["sgd"] is True
+
+
+def test_interrupted_run_resumes_to_identical_weights(shards, finished_run, tmp_path, monkeypatch,
+                                                      capsys):
+    run_dir = str(tmp_path / "run_b")
+    real = run_metasegnet.meta_train
+    monkeypatch.setattr(run_metasegnet, "meta_train",
+                        lambda *a, **k: real(*a, **{**k, "stop_after": 2}))  # "killed" after 2
+    run_metasegnet.main(_argv(shards, run_dir, "--compare_random_init"))
+    assert checkpoint.read_state(run_dir)["step"] == 2
+    monkeypatch.setattr(run_metasegnet, "meta_train", real)
+    assert run_metasegnet.main(_argv(shards, run_dir, "--compare_random_init")) == 0
+    assert "Resuming meta-training from" in capsys.readouterr().out
+    a, b = _final_weights(finished_run), _final_weights(run_dir)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    ra = json.load(open(os.path.join(finished_run, "meta-test_results.json")))
+    rb = json.load(open(os.path.join(run_dir, "meta-test_results.json")))
+    assert ra["per_task"] == rb["per_task"]
+
+
+def test_pretrained_evaluates_the_checkpoint_and_rejects_other_models(shards, finished_run,
+                                                                      capsys):
+    assert run_metasegnet.main(_argv(shards, finished_run, "--pretrained")) == 0
+    out = capsys.readouterr().out
+    expected = json.load(open(os.path.join(finished_run, "meta-test_results.json")))["mean_iou"]
+    line = [l for l in out.splitlines() if l.startswith("Mean IoU over all meta-test tasks: ")]
+    assert float(line[0].split(": ")[1]) == pytest.approx(expected, abs=1e-9)
+    assert run_metasegnet.main(_argv(shards, finished_run, "--pretrained", "--rsd", "4")) == 2
+    err = capsys.readouterr().err
+    assert "model.rsd: checkpoint [2, 4], this run [4]" in err
