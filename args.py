@@ -213,13 +213,22 @@ def _add_uho_flags(p):
     g.add_argument("--meta_fine_tune_steps_on_train_val", type=int, default=0)
     g.add_argument("--uho_results_csv_name", default="val-set_hyper_param_search_results.csv")
     g.add_argument("--uho_estimator", default="GP")
+    g.add_argument("--uho_repetitions", type=int, default=None,
+                   help="episodes per val class per configuration (default: 1 with --fss_1000, "
+                        "else 4, as the reference)")
 
 
 def _add_experiment_flags(p):
     g = p.add_argument_group("experiments and baselines")
     g.add_argument("--run_k_shot_learning_curves_experiment", action="store_true")
     g.add_argument("--k_shot_range", type=int, nargs="+", default=[1, 5, 10, 25, 50, 100, 200])
-    g.add_argument("--k_shot_iter_range", type=int, nargs="+", default=None)
+    g.add_argument("--k_shot_iter_range", type=int, nargs="+", default=None,
+                   help="inner steps per k of --k_shot_range (default: --eval-iters below k = 10, "
+                        "early stopping on 20%% of the k examples from k = 10)")
+    g.add_argument("--k_shot_max_steps", type=int, default=500,
+                   help="early-stopping bound of the k-shot experiment (k >= 10)")
+    g.add_argument("--k_shot_num_query", type=int, default=20,
+                   help="held-out images scored per task and k (capped by the class size)")
     g.add_argument("--baseline_checkpoint", default=None,
                    help="joint-training checkpoint to plot against in the k-shot curves")
     g.add_argument("--joint_train", action="store_true",
@@ -338,10 +347,14 @@ def config_from_namespace(a) -> Config:
         eval_tasks_with_median_early_stopping_iterations=(
             a.eval_tasks_with_median_early_stopping_iterations),
         meta_fine_tune_steps_on_train_val=a.meta_fine_tune_steps_on_train_val,
-        results_csv_name=a.uho_results_csv_name, estimator=a.uho_estimator)
+        results_csv_name=a.uho_results_csv_name, estimator=a.uho_estimator,
+        repetitions=a.uho_repetitions if a.uho_repetitions is not None else
+        (1 if a.fss_1000 else 4))
     kshot = KShotConfig(k_values=tuple(a.k_shot_range),
                         k_shot_iter_range=tuple(a.k_shot_iter_range) if a.k_shot_iter_range else None,
-                        baseline_checkpoint=a.baseline_checkpoint)
+                        baseline_checkpoint=a.baseline_checkpoint,
+                        max_steps=a.k_shot_max_steps, num_query=a.k_shot_num_query,
+                        patience=a.uho_patience)
     mtl = MTLConfig(phase=a.phase or "meta_train", meta_lr1=a.meta_lr1, meta_lr2=a.meta_lr2,
                     base_lr=a.base_lr, update_step=a.update_step, max_epoch=a.max_epoch,
                     num_batch=a.num_batch, step_size=a.step_size, gamma=a.gamma, way=a.way,

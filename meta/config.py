@@ -133,6 +133,7 @@ class UHOConfig:
     meta_fine_tune_steps_on_train_val: int = 0
     results_csv_name: str = "val-set_hyper_param_search_results.csv"
     estimator: str = "GP"
+    repetitions: int = 4  # episodes per val class per configuration (reference: 1 with --fss_1000)
 
     def __post_init__(self):
         _check(self.num_configs_to_sample >= 1,
@@ -145,6 +146,8 @@ class UHOConfig:
         _check(self.lr_range[0] > 0, f"--lr_search_range_low must be > 0. Received: {self.lr_range[0]}")
         _check(0 <= self.min_steps <= self.max_steps,
                f"need 0 <= --min_steps <= --max_steps. Received: {self.min_steps}, {self.max_steps}")
+        _check(self.repetitions >= 1,
+               f"--uho_repetitions must be >= 1. Received: {self.repetitions}")
         _check(self.estimator == "GP",
                f"--uho_estimator must be 'GP'. Received: {self.estimator!r}")
 
@@ -157,6 +160,19 @@ class KShotConfig:
     k_shot_iter_range: tuple[int, ...] | None = None
     num_query: int = 20
     baseline_checkpoint: str | None = None  # joint-training baseline to plot against
+    max_steps: int = 500  # early-stopping bound when k >= 10 (reference-spec 4.6)
+    patience: int = 50
+
+    def __post_init__(self):
+        _check(len(self.k_values) >= 1 and all(k >= 1 for k in self.k_values),
+               f"--k_shot_range needs values >= 1. Received: {self.k_values}")
+        if self.k_shot_iter_range is not None:
+            _check(len(self.k_shot_iter_range) == len(self.k_values)
+                   and all(i >= 1 for i in self.k_shot_iter_range),
+                   f"--k_shot_iter_range needs one step count >= 1 per k of --k_shot_range "
+                   f"{self.k_values}. Received: {self.k_shot_iter_range}")
+        _check(self.num_query >= 1, f"k-shot num_query must be >= 1. Received: {self.num_query}")
+        _check(self.max_steps >= 1, f"--k_shot_max_steps must be >= 1. Received: {self.max_steps}")
 
 
 @dataclass(frozen=True)
