@@ -1,0 +1,105 @@
+"""Meta-transfer learning through run_metasegnet.py at 32 px: pre_train -> meta_train -> meta_eval,
+base kernels bit-identical to the pre-trained ones, class-level split guards, clear errors."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+import run_metasegnet
+from data.demo import make_demo_dataset
+from fss_1000_image_to_tfrecord import convert
+from meta import checkpoint
+from models.build import build_model
+from models.config import ModelConfig
+from models.mtl import set_mtl_mode
+from run_mtl import CLASSES_NAME, _base_kernels
+
+UNET = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=2,
+                   start_num_feature_maps_power=2)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mtl_data")
+    make_demo_dataset(str(root / "fss"), num_classes=6, images_per_class=6, image_size=32, seed=0)
+    convert(str(root / "fss"), str(root / "shards"), image_size=32, log=None)
+    return str(root / "shards")
+
+
+def _argv(shards, run_dir, phase, *extra, seed="1"):
+    return ["--data-dir", shards, "--image_size", "32", "--num_test_tasks", "2",
+            "--num_val_tasks", "1", "--checkpoint", str(run_dir), "--seed", seed,
+            "--model_name", "mtl_unet", "--phase", phase, "--n_unet_encoding_stacks", "2",
+            "--start_num_feature_maps_power", "2", "--loss_name", "ce_dice",
+            "--monitor_tasks", "1", "--update_step", "2", "--shot", "2", "--train_query", "1",
+            "--val_query", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def three_phases(shards, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("mtl_run")
+    outputs = {}
+    for phase, extra in (
+            ("pre_train", ("--pre_max_epoch", "2", "--pre_batch_size", "8", "--pre_lr", "0.05")),
+            ("meta_train", ("--init_weights", str(run_dir / "pre_train"), "--max_epoch", "2",
+                            "--num_batch", "2")),
+            ("meta_eval", ("--eval_weights", str(run_dir / "meta_train"), "--init_weights",
+                           str(run_dir / "pre_train"), "--teshot", "2", "--test_query", "2",
+                           "--eval-samples", "1", "--serially_eval_all_test_tasks"))):
+        outputs[phase] = run_metasegnet.main(_argv(shards, run_dir, phase, *extra))
+    return run_dir, outputs
+
+
+def test_three_phases_write_their_outputs(three_phases):
+    run_dir, status = three_phases
+    assert status == {"pre_train": 0, "meta_train": 0, "meta_eval": 0}
+    for phase in ("pre_train", "meta_train", "meta_eval"):
+        with open(run_dir / phase / "config.json") as f:
+            assert json.load(f)["mtl"]["phase"] == phase
+    assert (run_dir / "pre_train" / "best.weights.h5").is_file()
+    assert checkpoint.read_state(str(run_dir / "meta_train"))["step"] == 4  # 2 epochs x 2 tasks
+    with open(run_dir / "meta_eval" / run_metasegnet.RESULTS_NAME) as f:
+        results = json.load(f)
+    assert results["split"] == "test" and results["num_classes"] == 2
+    assert results["meta_iterations"] == 4
+    assert results["pretrained_fine_tuned"]["num_task_samples"] == results["num_task_samples"]
+    assert results["config"]["eval"]["shots"] == 2 and results["config"]["eval"]["eval_iters"] == 2
+    with open(run_dir / "meta_train" / CLASSES_NAME) as f:
+        seen = json.load(f)
+    evaluated = set(results["per_task"])
+    assert evaluated == set(seen["test"])
+    assert not evaluated & (set(seen["trained_on"]) | set(seen["selected_on"]))
+
+
+def test_meta_training_left_every_base_kernel_bit_identical(three_phases):
+    run_dir, _ = three_phases
+    unet = build_model(UNET)
+    unet.load_weights(str(run_dir / "pre_train" / "best.weights.h5"))
+    pretrained = {v.path: v.numpy() for v in unet.variables}
+    mtl = build_model(dataclasses.replace(UNET, model_name="mtl_unet"))
+    set_mtl_mode(mtl, "meta_transfer")
+    frozen = [v.path for v in _base_kernels(mtl)]
+    path = checkpoint.latest_checkpoint(str(run_dir / "meta_train"))
+    described = checkpoint.read_state(path)["variables"]["model"]
+    with np.load(os.path.join(path, "variables.npz")) as f:
+        trained = {d[0]: f[f"model/{i:05d}"] for i, d in enumerate(described)}
+    assert len(frozen) >= 12
+    for p in frozen:
+        np.testing.assert_array_equal(trained[p], pretrained[p], err_msg=p)
+    head = "final_layer_weights/kernel"
+    assert not np.array_equal(trained[head], pretrained[head])  # the head init was meta-learned
+
+
+def test_meta_eval_refuses_classes_seen_in_training(three_phases, shards, tmp_path, capsys):
+    run_dir, _ = three_phases  # another --seed draws other test classes
+    status = run_metasegnet.main(_argv(shards, tmp_path, "meta_eval", "--eval_weights",
+                                       str(run_dir / "meta_train"), seed="3"))
+    assert status == 2
+    assert "was trained or selected on" in capsys.readouterr().err
+
+
+def test_meta_train_needs_init_weights(shards, tmp_path, capsys):
+    assert run_metasegnet.main(_argv(shards, tmp_path, "meta_train")) == 2
+    assert "--init_weights" in capsys.readouterr().err
