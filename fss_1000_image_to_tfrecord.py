@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from data.masks import binarize_mask
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
 JPEG_QUALITY = 95
@@ -121,31 +123,6 @@ def find_class_root(input_dir: str) -> str:
         root = subfolders[0]
     raise ValueError(f"--input_dir {input_dir!r} has no class folders (sub-folders holding "
                      f"<n>.jpg images with <n>.png masks).")
-
-
-def binarize_mask(mask: Image.Image) -> np.ndarray:
-    """Apply the module's one mask rule.
-
-    Args:
-        mask: a PIL image of any mode.
-
-    Returns:
-        uint8 (H, W) array in {0, 1}.
-    """
-    if mask.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        value = np.asarray(mask, np.float32)
-        if value.max(initial=0) > 255:
-            value = value / 257.0
-    else:
-        if mask.mode not in ("L", "LA", "RGB", "RGBA"):
-            mask = mask.convert("RGBA")  # "1", "P" (palette, maybe transparency), CMYK, ...
-        array = np.asarray(mask)
-        value = array if array.ndim == 2 else array[..., :3].max(axis=-1) \
-            if array.shape[-1] >= 3 else array[..., 0]
-        if mask.mode in ("LA", "RGBA"):  # composite over black: colour * alpha / 255
-            value = value.astype(np.float32) * (array[..., -1].astype(np.float32) / 255.0)
-    threshold = 0.5 if value.max(initial=0) <= 1 else 128
-    return (value >= threshold).astype(np.uint8)
 
 
 def _open(path: str, kind: str) -> Image.Image | Problem:

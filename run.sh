@@ -2,9 +2,10 @@
 # metaseg's entry script.
 # * With FSS-1000 shards (fewshot_shards/) and the paper's checkpoint
 #   (EfficientLab-6-3_FOMAML-star_checkpoint/) present: the paper's SOTA evaluation.
-# * Otherwise: the built-in CPU demo, end to end (about 12-15 minutes on 2 cores): draw a small
-#   synthetic few-shot dataset, convert it, meta-train EfficientLab at 64 px, and compare the
-#   meta-learned init with a random init under the same test-time adaptation on held-out classes.
+# * Otherwise: the built-in CPU demo, end to end (about 12 minutes on 2 cores): draw a small
+#   synthetic few-shot dataset, convert it, meta-train EfficientLab at 64 px with Reptile and with
+#   FOMAML*, and compare both meta-learned inits with a random init under the same test-time
+#   adaptation on held-out classes. METASEG_DEMO=mtl ./run.sh runs the MTL U-Net demo instead.
 # Sets up .venv/ on first use (pip install -r requirements.txt), then uses .venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,17 +26,56 @@ if [ -d fewshot_shards ] && [ -e EfficientLab-6-3_FOMAML-star_checkpoint ]; then
 fi
 
 # ===================== DEMO BRANCH (CPU, no downloads) =====================
+# METASEG_DEMO=meta (default): Reptile and FOMAML* meta-train EfficientLab at 64 px on 90 demo
+#   classes (10 more select nothing but are monitored as val), then adapt 20 steps on 5 shots of
+#   each of 20 held-out classes; a table compares both inits with a random init.
+# METASEG_DEMO=mtl: the meta-transfer-learning pipeline's three phases at 64 px:
+#   pre_train (plain U-Net on the pooled meta-train classes) -> meta_train (frozen kernels,
+#   scale/shift + head init meta-learned) -> meta_eval (head adapted on each held-out class),
+#   reported next to the pre-trained U-Net adapted the same way. The same three commands at full
+#   size, on FSS-1000 shards:
+#     run_metasegnet.py --model_name mtl_unet --phase pre_train  --checkpoint RUN --data-dir SHARDS
+#     run_metasegnet.py --model_name mtl_unet --phase meta_train --checkpoint RUN --data-dir SHARDS \
+#       --init_weights RUN/pre_train
+#     run_metasegnet.py --model_name mtl_unet --phase meta_eval  --checkpoint RUN --data-dir SHARDS \
+#       --eval_weights RUN/meta_train --init_weights RUN/pre_train
+# Extra arguments are passed to every run_metasegnet.py call (e.g. ./run.sh --meta-iters 20).
+DEMO="${METASEG_DEMO:-meta}"
 DEMO_SIZE=64
-echo "== metaseg demo: FSS-1000 not found, running the synthetic CPU demo ==" >&2
+case "$DEMO" in meta|mtl) ;; *) echo "run.sh: METASEG_DEMO must be 'meta' or 'mtl'. Received: '$DEMO'" >&2; exit 2;; esac
+echo "== metaseg demo ($DEMO): FSS-1000 not found, running the synthetic CPU demo ==" >&2
 "$PY" -m data.demo --out_dir demo_data --num_classes 120 --images_per_class 10 \
   --image_size "$DEMO_SIZE" --seed 0
 "$PY" fss_1000_image_to_tfrecord.py --input_dir demo_data --tfrecord_dir demo_shards \
   --image_size "$DEMO_SIZE"
+SPLIT=(--data-dir demo_shards --image_size "$DEMO_SIZE" --num_test_tasks 20 --num_val_tasks 10
+       --seed 0)
+EVAL=(--shots 5 --eval-batch 8 --eval-iters 20 --eval-samples 1 --serially_eval_all_test_tasks
+      --transductive --eval-interval 50 --monitor_tasks 5)
+
+if [ "$DEMO" = mtl ]; then
+  rm -rf demo_runs/mtl  # a fresh run each time (the same command would otherwise resume)
+  MTL=(--model_name mtl_unet --checkpoint demo_runs/mtl --n_unet_encoding_stacks 3
+       --start_num_feature_maps_power 4 --loss_name ce_dice --shot 5 --train_query 2
+       --val_query 2)
+  "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase pre_train \
+    --pre_max_epoch 6 --pre_batch_size 16 --pre_lr 0.05 --pre_step_size 4 "$@"
+  "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_train \
+    --init_weights demo_runs/mtl/pre_train --max_epoch 4 --num_batch 25 --update_step 20 \
+    --step_size 2 "$@"
+  exec "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_eval \
+    --eval_weights demo_runs/mtl/meta_train --init_weights demo_runs/mtl/pre_train \
+    --teshot 5 --test_query 5 --update_step 20 "$@"
+fi
+
 # A fresh run each time (rerunning the same run_metasegnet.py command would otherwise resume).
-rm -rf demo_runs/reptile
-"$PY" run_metasegnet.py --data-dir demo_shards --image_size "$DEMO_SIZE" --num_test_tasks 20 \
-  --checkpoint demo_runs/reptile --compare_random_init --seed 0 \
-  --rsd 2 4 --loss_name bce_dice --learning-rate 0.001 --inner-batch 8 --inner-iters 5 \
-  --train-shots 5 --meta-batch 2 --meta-iters 150 --meta-step 1.0 --meta-step-final 0.1 \
-  --eval-interval 50 --monitor_tasks 5 --shots 5 --eval-batch 8 --eval-iters 20 \
-  --eval-samples 1 --serially_eval_all_test_tasks --transductive "$@"
+rm -rf demo_runs/reptile demo_runs/fomaml_star
+INNER=(--rsd 2 4 --loss_name bce_dice --learning-rate 0.001 --inner-batch 8 --inner-iters 5
+       --train-shots 5 --meta-batch 2 --meta-iters 100)
+# Reptile moves theta towards the adapted weights (a whole task's displacement per task) ...
+"$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${INNER[@]}" --checkpoint demo_runs/reptile \
+  --meta-step 1.0 --meta-step-final 0.1 --compare_random_init "$@"
+# ... FOMAML* by the last step's update on 2 held-out pairs only, so it takes a larger step size.
+"$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${INNER[@]}" \
+  --checkpoint demo_runs/fomaml_star --foml --foml-tail 2 --meta-step 3.0 --meta-step-final 0.3 "$@"
+"$PY" scripts/demo_summary.py demo_runs/reptile demo_runs/fomaml_star

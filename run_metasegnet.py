@@ -30,14 +30,15 @@ from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noq
 from meta.inner import InnerLoop, evaluation_schedule, training_schedule  # noqa: E402
 from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
 from meta.progress import Progress, format_seconds  # noqa: E402
+from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 from meta.train import held_out_split, meta_train  # noqa: E402
-from models.build import build_model  # noqa: E402
 from models.losses import make_loss  # noqa: E402
 import run_experiments as experiments  # noqa: E402
 import run_mtl  # noqa: E402
 from meta.uho_objective import dropout_rate  # noqa: E402
 
 RESULTS_NAME = "meta-test_results.json"
+EVAL_CONFIG_NAME = "pretrained_eval_config.json"
 FSS_TEST_LIST = "fss_test_set.txt"
 FP_K_TEST_CLASSES = ("airliner", "bus", "motorbike", "potted_plant", "television")
 # Fields whose change makes a checkpoint's weights meaningless for this model.
@@ -56,7 +57,8 @@ class RunError(Exception):
 # ---------------------------------------------------------------------------------- setup
 def _write_config(run_dir: str, cfg: Config) -> None:
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "config.json")
+    # An evaluation of an existing checkpoint keeps the training run's config.json intact.
+    path = os.path.join(run_dir, EVAL_CONFIG_NAME if cfg.run.pretrained else "config.json")
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         f.write(cfg.to_json())
     os.replace(f"{path}.tmp", path)
@@ -192,7 +194,7 @@ def _fine_tune_task_only(cfg: Config) -> int:
     """--fine-tune-task DIR with the flags' schedule: load --checkpoint's init, adapt, write."""
     task = experiments.load_user_folder(cfg)  # validated before any work or output
     keras.utils.set_random_seed(cfg.meta.seed)
-    model = build_model(cfg.model)
+    model = build_model_with_backbone(cfg.model)
     loop = InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
                      learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay)
     restore(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, pretrained=True)), model,
@@ -306,7 +308,7 @@ def _run(cfg: Config) -> int:
                                                                    eval_split)
         learner = None
     else:
-        model = build_model(cfg.model)
+        model = build_model_with_backbone(cfg.model)
         loop = InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
                          learning_rate=cfg.inner.learning_rate,
                          weight_decay=cfg.inner.weight_decay)
@@ -392,6 +394,7 @@ def _run(cfg: Config) -> int:
         print(f"Same adaptation ({cfg.mtl.update_step} head steps, {cfg.mtl.teshot}-shot) on the "
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "
               f"vs pre-trained U-Net {base.mean_iou:.4f} +/- {base.ci95:.4f}", flush=True)
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
     path = os.path.join(out_dir, RESULTS_NAME)
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -121,3 +122,21 @@ def load_tasks(tfrecord_dir: str, image_size: int | None = None) -> dict[str, Cl
             rows = index
         tasks[name] = ClassData(name=name, images=images[rows], masks=masks[rows])
     return tasks
+
+
+def pool_classes(tasks: Mapping[str, ClassData], names: Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """All image/mask pairs of the given classes in one array each (supervised baselines).
+
+    Args:
+        tasks: class name -> ClassData.
+        names: the classes to pool (the meta-train split).
+
+    Returns:
+        (images uint8 (N,S,S,3), masks uint8 (N,S,S)).
+    """
+    if not names:
+        raise ValueError("Supervised training on pooled classes needs at least one meta-train "
+                         "class; the split is empty.")
+    return (np.concatenate([tasks[n].images for n in names]),
+            np.concatenate([tasks[n].masks for n in names]))

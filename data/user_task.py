@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-# The converter owns the project's one mask rule. It belongs in data/ (a data/masks.py both
-# import); until the data engineer moves it, import it from the script rather than copy it.
-from fss_1000_image_to_tfrecord import binarize_mask
+from data.masks import binarize_mask
 
 SUPPORT_IMAGE_EXTS = (".jpg", ".jpeg")
 MASK_EXT = ".png"
@@ -97,7 +95,7 @@ def read_mask(path: str) -> np.ndarray:
     """Decode a mask PNG as uint8 (H, W) in {0, 1}, with the converter's one mask rule.
 
     0/255 (FSS-1000), 0/1, anti-aliased, coloured and alpha masks are all accepted (see
-    `binarize_mask` in fss_1000_image_to_tfrecord.py).
+    `data.masks.binarize_mask`).
 
     Args:
         path: mask file.

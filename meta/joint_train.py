@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from data.episodes import mini_batch_indices
-from data.tasks import ClassData
+from data.tasks import ClassData, pool_classes
 from meta import checkpoint
 from meta.inner import InnerLoop
 from meta.progress import Progress
@@ -34,23 +34,6 @@ KIND = "joint_train"
 LOG_NAME = "joint_train_log.csv"
 FINAL_LR_FRACTION = 1e-4
 _SEED_HIGH = 2**31 - 1
-
-
-def pool_classes(tasks: Mapping[str, ClassData], names: Sequence[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """All image/mask pairs of the given classes, in one array each.
-
-    Args:
-        tasks: class name -> ClassData.
-        names: the classes to pool (the meta-train split).
-
-    Returns:
-        (images uint8 (N,S,S,3), masks uint8 (N,S,S)).
-    """
-    if not names:
-        raise ValueError("Joint training needs at least one meta-train class.")
-    return (np.concatenate([tasks[n].images for n in names]),
-            np.concatenate([tasks[n].masks for n in names]))
 
 
 def epoch_learning_rate(epoch: int, epochs: int, learning_rate: float) -> float:

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from data.augment import augment_batch
 from data.splits import Splits
-from data.tasks import ClassData
+from data.tasks import ClassData, pool_classes
 from meta import checkpoint
 from meta.config import MTLConfig
 from meta.evaluate import STREAM_PRETRAIN, evaluate
@@ -60,22 +60,6 @@ class PretrainResult:
     best_epoch: int
     best_val_miou: float
     epochs: int
-
-
-def pooled_examples(tasks: Mapping[str, ClassData], names) -> tuple[np.ndarray, np.ndarray]:
-    """All image/mask pairs of the given classes, concatenated.
-
-    Args:
-        tasks: class name -> ClassData.
-        names: the classes to pool (the meta-train split).
-
-    Returns:
-        (images uint8 (N,S,S,3), masks uint8 (N,S,S)).
-    """
-    if not names:
-        raise ValueError("pre_train needs at least one meta-train class; the split is empty.")
-    return (np.concatenate([tasks[n].images for n in names]),
-            np.concatenate([tasks[n].masks for n in names]))
 
 
 def pre_train_learning_rate(epoch: int, *, pre_lr: float, pre_gamma: float,
@@ -194,7 +178,7 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
         raise ValueError("pre_train keeps the weights with the best val mIoU, so it needs val "
                          "classes: pass --num_val_tasks N (>= 1).")
     os.makedirs(run_dir, exist_ok=True)
-    images, masks = pooled_examples(tasks, splits.train)
+    images, masks = pool_classes(tasks, splits.train)
     step = PretrainStep(model, loss_fn, momentum=mtl.pre_custom_momentum,
                         weight_decay=mtl.pre_custom_weight_decay)
     val_loop = head_inner_loop(model, loss_fn, mtl)

@@ -10,6 +10,7 @@ shadows, `global_step`, blocks the reference builds but never uses, the head und
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -22,6 +23,8 @@ import keras
 import tensorflow as tf
 
 from meta import tf1_names
+from models.build import build_model
+from models.config import ModelConfig
 
 REFERENCE_SCOPES = ("efficientnet-b", "decode/")  # top scopes of the reference's variables
 TAR_SUFFIXES = (".tar.gz", ".tgz")
@@ -281,3 +284,23 @@ def export_keras(model: keras.Model, path: str) -> str:
     model.save(partial)
     os.replace(partial, path)
     return path
+
+
+def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
+    """`models.build.build_model`, also accepting a reference TF1 (TPU EfficientNet) checkpoint
+    for `--restore_efficient_net_weights_from` (read backbone-only; Keras .h5 files go to models/).
+
+    Args:
+        model_cfg: the model config.
+
+    Returns:
+        the built model, its EfficientNet layers restored when the flag names a file.
+    """
+    path = model_cfg.restore_efficient_net_weights_from
+    if not path or not is_tf1_checkpoint(path):
+        return build_model(model_cfg)
+    model = build_model(dataclasses.replace(model_cfg, restore_efficient_net_weights_from=None))
+    report = restore_tf1_checkpoint(model, path, model_cfg, backbone_only=True)
+    print(f"Restored the EfficientNet backbone from TF1 checkpoint {report.checkpoint}: "
+          f"{report.mapped}", flush=True)
+    return model

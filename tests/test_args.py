@@ -7,18 +7,11 @@ import sys
 import pytest
 
 from args import parse_args
+from paper_line import PAPER_LINE as PAPER_LINE_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PAPER_LINE = (
-    "--fss_1000 --image_size 224 --pretrained --rsd 2 4 --l2 --foml --foml-tail 5 "
-    "--final_layer_dropout_rate 0.5 --augment --aug_rate 0.5 --sgd --loss_name bce_dice "
-    "--inner-batch 8 --learning-rate 0.0005 --train-shots 10 --inner-iters 59 "
-    "--learning_rate_scheduler fixed --meta-iters 50000 --meta-batch 5 --eval-interval 500 "
-    "--serially_eval_all_test_tasks --eval-samples 2 --shots 5 --eval-batch 8 --eval-iters 59 "
-    "--transductive --model_name efficientlab --meta-step 0.1 --meta-step-final 0.00001 "
-    "--checkpoint ckpt_dir --data-dir shard_dir"
-).split()
+PAPER_LINE = PAPER_LINE_FLAGS + ["--checkpoint", "ckpt_dir", "--data-dir", "shard_dir"]
 
 
 def test_paper_line_parses_into_the_paper_settings():

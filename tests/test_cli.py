@@ -11,17 +11,10 @@ import run_metasegnet
 from data.demo import make_demo_dataset
 from fss_1000_image_to_tfrecord import convert
 from meta import checkpoint
+from paper_line import PAPER_LINE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PAPER_LINE = (
-    "--fss_1000 --image_size 224 --pretrained --rsd 2 4 --l2 --foml --foml-tail 5 "
-    "--final_layer_dropout_rate 0.5 --augment --aug_rate 0.5 --sgd --loss_name bce_dice "
-    "--inner-batch 8 --learning-rate 0.0005 --train-shots 10 --inner-iters 59 "
-    "--learning_rate_scheduler fixed --meta-iters 50000 --meta-batch 5 --eval-interval 500 "
-    "--serially_eval_all_test_tasks --eval-samples 2 --shots 5 --eval-batch 8 --eval-iters 59 "
-    "--transductive --model_name efficientlab --meta-step 0.1 --meta-step-final 0.00001"
-).split()
 
 
 def _cli(*argv):
@@ -120,8 +113,13 @@ def test_interrupted_run_resumes_to_identical_weights(shards, finished_run, tmp_
 
 def test_pretrained_evaluates_the_checkpoint_and_rejects_other_models(shards, finished_run,
                                                                       capsys):
+    trained_config = open(os.path.join(finished_run, "config.json")).read()
     assert run_metasegnet.main(_argv(shards, finished_run, "--pretrained")) == 0
     out = capsys.readouterr().out
+    # The training run's config stays; the evaluation's own config is written beside it.
+    assert open(os.path.join(finished_run, "config.json")).read() == trained_config
+    evaluated = json.load(open(os.path.join(finished_run, run_metasegnet.EVAL_CONFIG_NAME)))
+    assert evaluated["run"]["pretrained"] is True
     expected = json.load(open(os.path.join(finished_run, "meta-test_results.json")))["mean_iou"]
     line = [l for l in out.splitlines() if l.startswith("Mean IoU over all meta-test tasks: ")]
     assert float(line[0].split(": ")[1]) == pytest.approx(expected, abs=1e-9)

@@ -8,12 +8,13 @@ import pytest
 import tensorflow as tf
 
 from data.splits import Splits
+from data.tasks import pool_classes
 from meta import checkpoint
 from meta.config import MTLConfig
 from meta.evaluate import STREAM_PRETRAIN, evaluate
 from meta.logs import CSV_NAME, read_log
 from meta.mtl import head_inner_loop, mtl_schedule
-from meta.pretrain import (BEST_INFO, BEST_WEIGHTS, PretrainStep, pooled_examples, pre_train,
+from meta.pretrain import (BEST_INFO, BEST_WEIGHTS, PretrainStep, pre_train,
                            pre_train_learning_rate)
 from meta_fixtures import SIZE, cross_entropy, tiny_model, toy_tasks
 
@@ -41,11 +42,11 @@ def test_step_lr():
 
 
 def test_pools_only_the_given_classes(tasks):
-    images, masks = pooled_examples(tasks, SPLITS.train)
+    images, masks = pool_classes(tasks, SPLITS.train)
     assert images.shape == (24, SIZE, SIZE, 3) and masks.shape == (24, SIZE, SIZE)
     np.testing.assert_array_equal(images[8:16], tasks["class1"].images)
     with pytest.raises(ValueError, match="meta-train class"):
-        pooled_examples(tasks, ())
+        pool_classes(tasks, ())
 
 
 def test_step_adds_coupled_weight_decay(tasks):

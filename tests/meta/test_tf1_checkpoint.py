@@ -3,6 +3,7 @@
 `meta/tf1_synthetic.py` rebuilds the reference graph in TF1 graph mode, so variable names come from
 TF1's own auto-naming and the graph's forward pass is an independent reference for our Keras model.
 """
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -295,3 +296,17 @@ def test_paper_architecture_resizes_with_align_corners_by_default(b0):
     resizes = [layer for layer in b0.model.layers if isinstance(layer, ResizeBilinear)]
     assert {layer.name for layer in resizes} == {"rsd2_upsample", "rsd4_upsample", "logits_resize"}
     assert all(layer.align_corners for layer in resizes)
+
+
+def test_restore_efficient_net_weights_from_a_tf1_checkpoint(b0):
+    """--restore_efficient_net_weights_from takes a TF1 checkpoint too: backbone in, decoder not."""
+    from meta.tf1_checkpoint import build_model_with_backbone
+    fresh = build_model(b0.cfg)
+    model = build_model_with_backbone(
+        dataclasses.replace(b0.cfg, restore_efficient_net_weights_from=b0.dir))
+    stem = b0.reader.get_tensor("efficientnet-b0/stem/conv2d/kernel")
+    assert np.array_equal(np.asarray(model.get_layer("stem_conv").weights[0]), stem)
+    assert not np.array_equal(np.asarray(fresh.get_layer("stem_conv").weights[0]), stem)
+    # The decoder keeps the seeded initialization of a plain build.
+    assert np.array_equal(np.asarray(model.get_layer("rsd4_b0_conv").weights[0]),
+                          np.asarray(fresh.get_layer("rsd4_b0_conv").weights[0]))
