@@ -21,7 +21,6 @@ dropout, `--aug_rate`, `--eval-batch`, `--learning-rate`), as in the reference.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -31,9 +30,13 @@ from skopt import Optimizer
 from skopt.space import Integer, Real
 
 from meta.config import UHOConfig
+from meta.progress import Progress
 from meta.uho_csv import UHORow, append_row, read_rows
 
-log = logging.getLogger(__name__)
+
+
+def _say(message: str, *args) -> None:
+    print(message % args, flush=True)
 
 SEARCH_KEYS = ("lr", "drop_rate", "aug_rate", "inner_batch_size")
 TOP_FRACTION = 0.1  # the reference's x: top 10% of configurations define the next lr range
@@ -169,13 +172,16 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
     _check_resumable(csv_path, rows, set(task_names), repetitions)
     measured = _group_configs(rows)
     if measured:
-        log.info("UHO: resuming from %s (%d rows, %d configurations)", csv_path, len(rows),
+        _say("UHO: resuming from %s (%d rows, %d configurations)", csv_path, len(rows),
                  len(measured))
     ranges = {"lr": tuple(cfg.lr_range), "drop_rate": tuple(cfg.drop_rate_range),
               "aug_rate": tuple(cfg.aug_rate_range),
               "inner_batch_size": tuple(cfg.batch_size_range)}
     base = dict(base)
     summary: list[tuple[dict, float, int, list[UHORow]]] = []  # params, mean IoU, steps, rows
+    per_config = repetitions * len(task_names) * (2 if median_mode else 1)
+    progress = Progress(cfg.uho_outer_iters * cfg.num_configs_to_sample * per_config,
+                        "UHO adaptations", initial=len(rows))
     for round_index in range(cfg.uho_outer_iters):
         dims = search_dimensions(ranges)
         budget = cfg.num_configs_to_sample if dims else 1
@@ -209,14 +215,15 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
                                for d, v in zip(dims, x)})
             config_rows = list(done)
             config_rows += _measure(adapt_task, task_names, repetitions, params, done,
-                                    round_index, config_index, fixed_steps, median_mode, csv_path)
+                                    round_index, config_index, fixed_steps, median_mode, csv_path,
+                                    lambda row: progress.update(iou=row.iou))
             objective = _objective_rows(config_rows, median_mode)
             mean_iou = float(np.nanmean([r.iou for r in objective]))
             steps = _median_steps(config_rows)
             if opt is not None:
                 # skopt minimizes; a NaN objective (no finite IoU) is told as the worst value.
                 opt.tell(x, -mean_iou if math.isfinite(mean_iou) else 0.0)
-            log.info("UHO round %d config %d/%d: %s -> mean val IoU %.4f, median steps %d",
+            _say("UHO round %d config %d/%d: %s -> mean val IoU %.4f, median steps %d",
                      round_index, config_index + 1, budget, _fmt(params), mean_iou, steps)
             round_configs.append((params["lr"], mean_iou))
             summary.append((params, mean_iou, steps, config_rows))
@@ -225,20 +232,21 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
             if low == high:  # the top configurations agree: lr is settled, stop searching it
                 base["lr"] = low
             ranges["lr"] = (low, high)
-            log.info("UHO: round %d searches lr in [%g, %g]", round_index + 1, low, high)
+            _say("UHO: round %d searches lr in [%g, %g]", round_index + 1, low, high)
 
+    progress.close()
     best_params, best_iou, best_steps, _ = max(summary, key=lambda s: np.nan_to_num(s[1], nan=-1.0))
     best = UpdateHyperparams(lr=float(best_params["lr"]), steps=int(best_steps),
                              drop_rate=float(best_params["drop_rate"]),
                              aug_rate=float(best_params["aug_rate"]),
                              inner_batch_size=int(best_params["inner_batch_size"]))
     all_rows = tuple(r for s in summary for r in s[3])
-    log.info("UHO best: %s, steps %d, mean val IoU %.4f", _fmt(best_params), best.steps, best_iou)
+    _say("UHO best: %s, steps %d, mean val IoU %.4f", _fmt(best_params), best.steps, best_iou)
     return UHOResult(best=best, best_mean_iou=best_iou, num_configs=len(summary), rows=all_rows)
 
 
 def _measure(adapt_task, task_names, repetitions, params, done, round_index, config_index,
-             fixed_steps, median_mode, csv_path) -> list[UHORow]:
+             fixed_steps, median_mode, csv_path, on_row) -> list[UHORow]:
     """Adapt every (repetition, task) not yet in `done`; append each row as it is measured."""
     have = {(r.kind, r.repetition, r.task) for r in done}
     new_rows = []
@@ -250,6 +258,7 @@ def _measure(adapt_task, task_names, repetitions, params, done, round_index, con
                      inner_batch_size=params["inner_batch_size"])
         append_row(csv_path, row)
         new_rows.append(row)
+        on_row(row)
 
     for repetition in range(repetitions):
         for task in task_names:
