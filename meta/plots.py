@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from meta.uho_csv import UHORow
 
@@ -111,6 +112,10 @@ def plot_k_shot_curves(curves: Mapping[str, Mapping[int, Sequence[float]]], path
         ax.plot(ks, mean, marker="o", label=label)
         ax.fill_between(ks, mean - std, mean + std, alpha=0.2)
     ax.set_xscale("log")
+    # Label exactly the measured k values ("5", not "5x10^0").
+    measured = sorted({k for per_k in curves.values() for k in per_k})
+    ax.set_xticks(measured, [str(k) for k in measured])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("k (labelled support images)")
     ax.set_ylabel("mean query IoU")
     ax.set_title("k-shot learning curves")
