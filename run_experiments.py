@@ -32,9 +32,16 @@ from meta.kshot import run_k_shot_experiment
 from meta.train import meta_train
 from meta.uho import UHOResult, UpdateHyperparams
 from meta.uho_objective import apply_update_hyperparams, dropout_rate, run_uho
+from models.losses import make_loss
 
 META_FINE_TUNE_DIR = "fine-tuned_on_train_val_with_optimized_update_hyperparams"
 _META_FINE_TUNE_STREAM = 7  # meta-fine-tuning's own RNG, apart from meta-training's [seed, 0]
+
+
+def make_inner_loop(cfg: Config, model) -> InnerLoop:
+    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay."""
+    return InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
+                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay)
 
 
 def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits,
@@ -241,14 +248,12 @@ def k_shot_step(cfg: Config, loop: InnerLoop, tasks, names, out_dir: str,
         label -> {k: [IoU]}.
     """
     from models.build import build_model
-    from models.losses import make_loss
 
     loops = {"meta-learned": loop}
     if cfg.kshot.baseline_checkpoint:
-        model = build_model(cfg.model)
-        baseline = InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
-                             learning_rate=cfg.inner.learning_rate,
-                             weight_decay=cfg.inner.weight_decay)
+        # Every weight comes from the baseline's checkpoint: no backbone file to read first.
+        model = build_model(dataclasses.replace(cfg.model, restore_efficient_net_weights_from=None))
+        baseline = make_inner_loop(cfg, model)
         checkpoint.load_checkpoint(cfg.kshot.baseline_checkpoint, {"model": list(model.variables)})
         loops["joint-training baseline"] = baseline
     schedule, drop_rate = final_schedule(cfg, uho)

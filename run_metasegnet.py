@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,7 +33,6 @@ from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
 from meta.progress import Progress, format_seconds  # noqa: E402
 from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 from meta.train import held_out_split, meta_train  # noqa: E402
-from models.losses import make_loss  # noqa: E402
 import run_experiments as experiments  # noqa: E402
 import run_mtl  # noqa: E402
 from meta.uho_objective import dropout_rate  # noqa: E402
@@ -63,12 +63,6 @@ def _write_config(run_dir: str, cfg: Config) -> None:
         f.write(cfg.to_json())
     os.replace(f"{path}.tmp", path)
     print(f"Resolved config written to {path}", flush=True)
-
-
-def _unsupported(cfg: Config) -> list[str]:
-    """Flags that parse but whose pipelines are not part of this entry point yet."""
-    flags = {}
-    return [flag for flag, on in flags.items() if on]
 
 
 # ----------------------------------------------------------------------------------- data
@@ -194,11 +188,9 @@ def _fine_tune_task_only(cfg: Config) -> int:
     """--fine-tune-task DIR with the flags' schedule: load --checkpoint's init, adapt, write."""
     task = experiments.load_user_folder(cfg)  # validated before any work or output
     keras.utils.set_random_seed(cfg.meta.seed)
-    model = build_model_with_backbone(cfg.model)
-    loop = InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
-                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay)
-    restore(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, pretrained=True)), model,
-            None, None)
+    loop = experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
+    restore(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, pretrained=True)),
+            loop.model, None, None)
     experiments.fine_tune_user_folder(cfg, loop, None, task=task)
     return 0
 
@@ -270,9 +262,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: Config) -> int:
     started = time.monotonic()
     # --- setup
-    unsupported = _unsupported(cfg)
-    if unsupported:
-        raise RunError(f"{', '.join(unsupported)}: not available in this entry point yet.")
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return _fine_tune_task_only(cfg)  # needs no --data-dir
     if cfg.data.data_dir is None:
@@ -308,10 +297,8 @@ def _run(cfg: Config) -> int:
                                                                    eval_split)
         learner = None
     else:
-        model = build_model_with_backbone(cfg.model)
-        loop = InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
-                         learning_rate=cfg.inner.learning_rate,
-                         weight_decay=cfg.inner.weight_decay)
+        loop = experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
+        model = loop.model
         learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
     initial_weights = [v.numpy() for v in model.variables] if cfg.run.compare_random_init else None
 
@@ -347,17 +334,20 @@ def _run(cfg: Config) -> int:
         return 0
     schedule, drop_rate = experiments.final_schedule(cfg, uho)
 
-    # --- final evaluation: a few random train tasks, then the meta-test (or val) classes
+    # --- final evaluation: a few random train tasks, then the meta-test (or val) classes.
+    # Every comparison below scores the same held-out episodes (same stream, same samples).
+    evaluate_held_out = partial(final_evaluation, cfg, tasks=tasks, names=eval_names,
+                                split=eval_split, stream=STREAM_TEST,
+                                num_samples=cfg.eval.eval_samples,
+                                all_tasks=cfg.eval.serially_eval_all_test_tasks)
     with dropout_rate(model, drop_rate, cfg.model.final_layer_dropout_rate):
         train_result = final_evaluation(
             cfg, loop, tasks, splits.train, split="train", stream=STREAM_TRAIN,
             num_samples=cfg.eval.eval_samples, all_tasks=False, desc="eval train tasks",
             schedule=schedule, after_adapt=experiments.evaluation_hooks(cfg, model, "train",
                                                                         out_dir))
-        result = final_evaluation(
-            cfg, loop, tasks, eval_names, split=eval_split, stream=STREAM_TEST,
-            num_samples=cfg.eval.eval_samples, all_tasks=cfg.eval.serially_eval_all_test_tasks,
-            desc=f"eval {eval_split} tasks", schedule=schedule,
+        result = evaluate_held_out(
+            loop, desc=f"eval {eval_split} tasks", schedule=schedule,
             after_adapt=experiments.evaluation_hooks(cfg, model, eval_split, out_dir,
                                                      _after_adapt(cfg)))
     _report(train_result, "meta-train")
@@ -367,29 +357,19 @@ def _run(cfg: Config) -> int:
                "meta_iterations": start_step if cfg.run.pretrained else cfg.meta.meta_iters,
                "config": json.loads(cfg.to_json())}
     if uho is not None:  # the flags' fixed schedule on the same episodes, for comparison
-        fixed = final_evaluation(cfg, loop, tasks, eval_names, split=eval_split,
-                                 stream=STREAM_TEST, num_samples=cfg.eval.eval_samples,
-                                 all_tasks=cfg.eval.serially_eval_all_test_tasks,
-                                 desc="eval fixed schedule")
+        fixed = evaluate_held_out(loop, desc="eval fixed schedule")
         results["uho"] = experiments.uho_comparison(cfg, uho, result, fixed)
     if initial_weights is not None:
         for v, value in zip(model.variables, initial_weights):
             v.assign(value)
-        random_result = final_evaluation(cfg, loop, tasks, eval_names, split=eval_split,
-                                         stream=STREAM_TEST, num_samples=cfg.eval.eval_samples,
-                                         all_tasks=cfg.eval.serially_eval_all_test_tasks,
-                                         desc="eval random init")
+        random_result = evaluate_held_out(loop, desc="eval random init")
         results["random_init"] = random_result.summary()
         print(f"Same adaptation ({cfg.eval.eval_iters} steps, {cfg.eval.shots}-shot) on the same "
               f"{eval_split} episodes: meta-learned init mIoU {result.mean_iou:.4f} "
               f"+/- {result.ci95:.4f} vs random init {random_result.mean_iou:.4f} "
               f"+/- {random_result.ci95:.4f}", flush=True)
     if cfg.run.mtl and cfg.mtl.init_weights:  # MTL: the pre-trained U-Net adapted the same way
-        base = final_evaluation(cfg, run_mtl.pretrained_loop(cfg), tasks, eval_names,
-                                split=eval_split, stream=STREAM_TEST,
-                                num_samples=cfg.eval.eval_samples,
-                                all_tasks=cfg.eval.serially_eval_all_test_tasks,
-                                desc="eval pre-trained U-Net")
+        base = evaluate_held_out(run_mtl.pretrained_loop(cfg), desc="eval pre-trained U-Net")
         results["pretrained_fine_tuned"] = base.summary()
         print(f"Same adaptation ({cfg.mtl.update_step} head steps, {cfg.mtl.teshot}-shot) on the "
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "

@@ -123,7 +123,8 @@ def init_checkpoint(tmp_path_factory):
     # ~80 steps leave the moving statistics (momentum 0.99) far from the data's; a long
     # training run would settle them, training-mode passes at momentum 0.9 do so in 40 batches.
     import keras
-    norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    from models.layers import leaf_layers
+    norms = [l for l in leaf_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
     for layer in norms:
         layer.momentum = 0.9
     images = np.concatenate([tasks[n].images for n in sorted(tasks)]).astype(np.float32)
