@@ -181,6 +181,11 @@ def _add_eval_flags(p):
     g.add_argument("--eval-samples", "--eval_samples", dest="eval_samples", type=int, default=200)
     g.add_argument("--serially_eval_all_test_tasks", action="store_true")
     g.add_argument("--transductive", action="store_true")
+    g.add_argument("--protocol", default="paper", choices=["paper", "hsnet"],
+                   help="final evaluation protocol: paper = --eval-samples task samples of "
+                        "--shots supports + 5 queries, mean task IoU; hsnet = every image of every "
+                        "evaluated class a query once with --shots random other images as "
+                        "supports, class-accumulated mIoU and FB-IoU (docs/protocols.md)")
     g.add_argument("--predictions_dir", default="predictions",
                    help="where SAVE_PREDICTIONS=1 writes overlays")
     g.add_argument("--save_fine_tuned_checkpoints", action="store_true")
@@ -336,7 +341,7 @@ def config_from_namespace(a) -> Config:
         predictions_dir=a.predictions_dir if save_predictions else None,
         save_fine_tuned_checkpoints=a.save_fine_tuned_checkpoints,
         save_fine_tuned_checkpoints_train=a.save_fine_tuned_checkpoints_train,
-        save_fine_tuned_checkpoints_dir=a.save_fine_tuned_checkpoints_dir)
+        save_fine_tuned_checkpoints_dir=a.save_fine_tuned_checkpoints_dir, protocol=a.protocol)
     uho = UHOConfig(
         num_configs_to_sample=a.num_configs_to_sample, uho_outer_iters=a.uho_outer_iters,
         lr_range=(a.lr_search_range_low, a.lr_search_range_high),

@@ -30,6 +30,7 @@ from meta.algorithms import MetaLearner  # noqa: E402
 from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
 from meta.inner import InnerLoop, evaluation_schedule, training_schedule  # noqa: E402
 from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
+from meta import protocol_hsnet  # noqa: E402
 from meta.progress import Progress, format_seconds  # noqa: E402
 from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 from meta.train import held_out_split, meta_train  # noqa: E402
@@ -212,7 +213,7 @@ def _after_adapt(cfg: Config):
 
 def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, stream: int,
                      num_samples: int, all_tasks: bool, desc: str, after_adapt=None,
-                     schedule=None) -> EvalResult:
+                     schedule=None, protocol: str = "paper") -> EvalResult:
     """One evaluation of the current init with a progress bar.
 
     Args:
@@ -227,10 +228,20 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
         desc: progress-bar label.
         after_adapt: per-task hook.
         schedule: adaptation schedule (default: the flags' evaluation schedule).
+        protocol: "paper", or "hsnet": every image of `names` a query once (stream, num_samples
+            and all_tasks unused; meta/protocol_hsnet.py).
 
     Returns:
-        EvalResult.
+        EvalResult (HSNetResult for "hsnet").
     """
+    if protocol == protocol_hsnet.PROTOCOL:
+        progress = Progress(protocol_hsnet.num_queries(tasks, names), desc)
+        result = protocol_hsnet.evaluate_hsnet(
+            loop, tasks, names, schedule or evaluation_schedule(cfg.inner, cfg.eval),
+            shots=cfg.eval.shots, transductive=cfg.eval.transductive, seed=cfg.meta.seed,
+            split=split, after_adapt=after_adapt, on_task=lambda s: progress.update(iou=s.iou))
+        progress.close()
+        return result
     total = num_samples * len(names) if all_tasks else num_samples
     progress = Progress(total, desc)
     result = evaluate(loop, tasks, names, schedule or evaluation_schedule(cfg.inner, cfg.eval),
@@ -244,9 +255,13 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
 
 
 def _report(result: EvalResult, label: str) -> None:
-    print(f"Mean of all {len(result.scores)} {label} task-splits: {result.mean_iou:.4f} "
-          f"+/- 95% CI: {result.ci95:.4f} (class-accumulated IoU: "
+    print(f"Mean of all {len(result.scores)} {label} task-splits ({result.protocol} protocol): "
+          f"{result.mean_iou:.4f} +/- 95% CI: {result.ci95:.4f} (class-accumulated IoU: "
           f"{result.class_accumulated_iou:.4f})", flush=True)
+    if isinstance(result, protocol_hsnet.HSNetResult):
+        print(f"{label} under the hsnet protocol ({result.num_queries} queries, each its own "
+              f"{result.shots}-shot episode): mIoU {result.class_accumulated_iou:.4f}, FB-IoU "
+              f"{result.fb_iou:.4f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +300,8 @@ def _run(cfg: Config) -> int:
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
+    if cfg.eval.protocol == protocol_hsnet.PROTOCOL and not cfg.run.mtl:  # before training
+        protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
     _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
@@ -339,7 +356,8 @@ def _run(cfg: Config) -> int:
     evaluate_held_out = partial(final_evaluation, cfg, tasks=tasks, names=eval_names,
                                 split=eval_split, stream=STREAM_TEST,
                                 num_samples=cfg.eval.eval_samples,
-                                all_tasks=cfg.eval.serially_eval_all_test_tasks)
+                                all_tasks=cfg.eval.serially_eval_all_test_tasks,
+                                protocol=cfg.eval.protocol)
     with dropout_rate(model, drop_rate, cfg.model.final_layer_dropout_rate):
         train_result = final_evaluation(
             cfg, loop, tasks, splits.train, split="train", stream=STREAM_TRAIN,

@@ -57,11 +57,55 @@ def sample_episode(rng: np.random.Generator, class_data: ClassData, num_support:
             f"Class {class_data.name!r} has {n} pairs but the episode needs num_support + num_query "
             f"= {num_support} + {num_query} = {num_support + num_query}. Lower the shots/queries.")
     order = rng.permutation(n)
-    support, query = order[:num_support], order[num_support:num_support + num_query]
+    return episode_at(class_data, order[:num_support], order[num_support:num_support + num_query])
+
+
+def episode_at(class_data: ClassData, support: np.ndarray, query: np.ndarray) -> Episode:
+    """The episode made of the given pair indices of one class.
+
+    Args:
+        class_data: the class.
+        support: int (k,) indices of the support pairs.
+        query: int (q,) indices of the query pairs.
+
+    Returns:
+        Episode of uint8 copies (fancy indexing copies).
+    """
+    support, query = np.asarray(support, np.int64), np.asarray(query, np.int64)
     return Episode(support_images=class_data.images[support],
                    support_masks=class_data.masks[support],
                    query_images=class_data.images[query],
                    query_masks=class_data.masks[query])
+
+
+def supports_per_query(rng: np.random.Generator, num_images: int, num_support: int) -> np.ndarray:
+    """Every image of a class as the query once, each with its own k supports from the others.
+
+    The evaluation of HSNet and its successors on FSS-1000 (juhongm999/hsnet data/fss.py): one
+    episode per image. Supports are k distinct images other than the query, drawn uniformly; that
+    loader drew them one at a time and could repeat one, which this does not.
+
+    Args:
+        rng: the generator; the same generator state gives the same supports.
+        num_images: n >= 2 images in the class.
+        num_support: k >= 1 supports per query, k <= n - 1.
+
+    Returns:
+        int64 (n, k): row i holds the support indices of query image i (never i itself).
+
+    Raises:
+        ValueError: k < 1 or k > n - 1.
+    """
+    if num_support < 1:
+        raise ValueError(f"num_support (shots) must be >= 1. Received: {num_support}")
+    if num_support > num_images - 1:
+        raise ValueError(f"Each query needs {num_support} supports among the other images of its "
+                         f"class, but the class has {num_images} images. Lower the shots.")
+    rows = np.empty((num_images, num_support), np.int64)
+    for query in range(num_images):
+        others = rng.permutation(num_images - 1)[:num_support]
+        rows[query] = others + (others >= query)  # skip the query's own index
+    return rows
 
 
 def mini_batch_indices(rng: np.random.Generator, num_examples: int, batch_size: int,

@@ -105,9 +105,12 @@ class EvalConfig:
     save_fine_tuned_checkpoints: bool = False
     save_fine_tuned_checkpoints_train: bool = False
     save_fine_tuned_checkpoints_dir: str | None = None
+    protocol: str = "paper"  # final evaluation: paper | hsnet (meta/protocol_hsnet.py)
 
     def __post_init__(self):
         _check(self.shots >= 1, f"--shots must be >= 1. Received: {self.shots}")
+        _check(self.protocol in ("paper", "hsnet"),
+               f"--protocol must be 'paper' or 'hsnet'. Received: {self.protocol!r}")
         _check(self.num_query >= 1, f"num_query must be >= 1. Received: {self.num_query}")
         _check(self.eval_batch_size >= 1,
                f"--eval-batch must be >= 1. Received: {self.eval_batch_size}")

@@ -19,7 +19,7 @@ Hooks for later work orders:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +38,8 @@ STREAM_UHO = 4
 STREAM_KSHOT = 5
 # Added by the MTL engineer: the per-epoch val episodes of MTL pre-training (meta/pretrain.py).
 STREAM_PRETRAIN = 6
+# The one-episode-per-query FSS-1000 protocol of HSNet and its successors (meta/protocol_hsnet.py).
+STREAM_HSNET = 7
 _PLAN_TAG = 2**31
 
 # after_adapt(task_name, repetition, episode, predicted_foreground, score) -> None
@@ -77,8 +79,10 @@ class EvalResult:
     Attributes:
         split: which classes were evaluated ("train", "val", "test").
         scores: one TaskScore per task sample, in evaluation order.
+        protocol: which evaluation protocol made it ("paper" here).
     """
 
+    protocol: ClassVar[str] = "paper"
     split: str
     scores: tuple[TaskScore, ...]
 
@@ -98,13 +102,18 @@ class EvalResult:
         return iou.confidence_interval_95(self.task_ious)
 
     @property
-    def class_accumulated_iou(self) -> float:
-        """HSNet/DCAMA/VAT metric: per-class sum(I)/sum(U), mean over classes."""
+    def per_class_counts(self) -> dict[str, list[tuple[int, int]]]:
+        """class -> (intersection, union) of every query image scored in it."""
         per_class: dict[str, list[tuple[int, int]]] = {}
         for s in self.scores:
             per_class.setdefault(s.name, []).extend(zip(s.intersections.tolist(),
                                                         s.unions.tolist()))
-        return iou.class_accumulated_iou(per_class)
+        return per_class
+
+    @property
+    def class_accumulated_iou(self) -> float:
+        """HSNet/DCAMA/VAT metric: per-class sum(I)/sum(U), mean over classes."""
+        return iou.class_accumulated_iou(self.per_class_counts)
 
     @property
     def per_task(self) -> dict[str, list[float]]:
@@ -116,7 +125,8 @@ class EvalResult:
 
     def summary(self) -> dict:
         """JSON-ready summary: metrics, counts and per-task IoUs."""
-        return {"split": self.split, "mean_iou": self.mean_iou, "ci95": self.ci95,
+        return {"protocol": self.protocol, "split": self.split, "mean_iou": self.mean_iou,
+                "ci95": self.ci95,
                 "class_accumulated_iou": self.class_accumulated_iou,
                 "num_task_samples": len(self.scores), "num_classes": len(self.per_task),
                 "per_task": self.per_task}

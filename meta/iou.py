@@ -6,7 +6,8 @@ Two conventions are reported because the literature uses both (method.md "Evalua
   task IoU = mean over its queries; reported = mean over task samples +/- 1.96 * std / sqrt(n)
   (population std, as the reference);
 * the class-accumulated IoU of HSNet/DCAMA/VAT: per class, sum of intersections / sum of unions
-  over all its query images (every repetition), then the mean over classes.
+  over all its query images (every repetition), then the mean over classes; beside it their
+  FB-IoU, the mean of the foreground and background IoU accumulated over all query images.
 """
 from __future__ import annotations
 
@@ -81,15 +82,17 @@ def confidence_interval_95(values: Sequence[float]) -> float:
     return float(1.96 * v.std() / np.sqrt(v.size))
 
 
-def class_accumulated_iou(per_class: Mapping[str, Iterable[tuple[int, int]]]) -> float:
+def class_accumulated_iou(per_class: Mapping[str, Iterable[tuple[int, int]]],
+                          empty_class: float = 1.0) -> float:
     """Mean over classes of sum(intersections) / sum(unions) (the FSS-1000 IoU of later papers).
 
     Args:
         per_class: class -> iterable of (intersection, union) pixel counts of its query images.
+        empty_class: the score of a class whose unions sum to 0 (1: nothing to find, nothing
+            predicted; juhongm999/hsnet common/logger.py divides by max(union, 1), i.e. 0).
 
     Returns:
-        the mean class IoU; a class whose unions sum to 0 counts as 1 (nothing to find, nothing
-        predicted).
+        the mean class IoU.
     """
     if not per_class:
         raise ValueError("class_accumulated_iou needs at least one class.")
@@ -97,5 +100,33 @@ def class_accumulated_iou(per_class: Mapping[str, Iterable[tuple[int, int]]]) ->
     for counts in per_class.values():
         counts = np.asarray(list(counts), np.float64).reshape(-1, 2)
         inter, union = counts[:, 0].sum(), counts[:, 1].sum()
-        scores.append(1.0 if union == 0 else inter / union)
+        scores.append(empty_class if union == 0 else inter / union)
     return float(np.mean(scores))
+
+
+def foreground_background_iou(intersections: Sequence[int], unions: Sequence[int],
+                              pixels: Sequence[int]) -> tuple[float, float]:
+    """Foreground and background IoU, each accumulated over all the given images.
+
+    Background counts follow from the foreground ones: a pixel is in neither P nor G exactly when
+    it is outside P | G, so |~P & ~G| = pixels - |P | G| and |~P | ~G| = pixels - |P & G|.
+    FB-IoU (juhongm999/hsnet common/logger.py) is the mean of the two; both sums run over the
+    whole evaluation, not per class.
+
+    Args:
+        intersections: |P & G| per image.
+        unions: |P | G| per image.
+        pixels: pixel count per image.
+
+    Returns:
+        (foreground IoU, background IoU); a side whose unions sum to 0 scores 1.
+    """
+    if len(pixels) == 0:
+        raise ValueError("foreground_background_iou needs at least one image.")
+    inter, union, n = (float(np.sum(np.asarray(v, np.float64)))
+                       for v in (intersections, unions, pixels))
+
+    def ratio(i: float, u: float) -> float:
+        return 1.0 if u == 0 else i / u
+
+    return ratio(inter, union), ratio(n - union, n - inter)
