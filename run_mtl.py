@@ -1,12 +1,15 @@
 """run_metasegnet.py's meta-transfer-learning branch: `--model_name mtl_unet --phase ...` (issue 6).
 
 Three phases, each writing into `<--checkpoint>/<phase>/` (config.json first, like every run):
-* `pre_train`: the plain U-Net trained on the pooled meta-train classes (meta/pretrain.py),
-  best val weights in `pre_train/best.weights.h5`;
+* `pre_train`: the plain U-Net trained on the pooled meta-train classes (meta/pretrain.py), or,
+  with `--dataset COCO|COCOStuff --dataset_dir DIR --num_classes K`, a K-class U-Net on that
+  separate dataset (meta/pretrain_multiclass.py), best val weights in
+  `pre_train/best.weights.h5`;
 * `meta_train --init_weights <pre_train dir or .weights.h5>`: the MTL U-Net gets every pre-trained
   kernel by explicit name (`models.mtl.load_pretrained_unet`, a mismatch is an error), its base
   kernels are frozen, and scale/shift + BN + head init are meta-learned (meta/mtl.py) through the
-  shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs);
+  shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs); a
+  K-class pre-training loads everything but its head, and the `way`-channel head starts fresh;
 * `meta_eval --eval_weights <meta_train dir or ckpt folder>`: run_metasegnet.py's final
   evaluation, unchanged, with the MTL adaptation (head only, --update_step SGD steps at --base_lr,
   --teshot shots, --test_query queries): same IoU, same results JSON, same prediction PNGs.
@@ -45,7 +48,8 @@ from models.mtl import load_pretrained_unet, set_mtl_mode
 CLASSES_NAME = "classes.json"
 # Settings a resumed MTL meta-training run may change.
 RESUME_MAY_CHANGE = ("mtl.max_epoch", "mtl.phase", "mtl.eval_weights", "mtl.teshot",
-                     "mtl.test_query")
+                     "mtl.test_query", "mtl.dataset", "mtl.dataset_dir", "mtl.pre_init_weights",
+                     "mtl.meta_label")
 
 
 def phase_dir(cfg: Config) -> str:

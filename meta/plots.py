@@ -167,7 +167,8 @@ def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: 
 
     epoch = column("meta_iter") / tasks_per_epoch
     if phase == "pre_train":
-        return [_curve_panels("pre-train", "epoch", {f"{val_label} mIoU": (epoch, column("val_miou"))},
+        return [_curve_panels("pre-train", "epoch",
+                              {f"{val_label} mIoU": (epoch, column("val_miou"))},
                               {"train loss": (epoch, column("loss")),
                                f"{val_label} loss": (epoch, column("val_loss"))},
                               os.path.join(out_dir, "pre_train_curves.png"))]
@@ -178,7 +179,8 @@ def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: 
     whole = np.floor(np.maximum(epoch - 1e-9, 0)).astype(int) + 1  # task t belongs to epoch ceil
     epochs = np.unique(whole[~np.isnan(loss)]) if (~np.isnan(loss)).any() else np.array([])
     epoch_loss = np.array([np.nanmean(loss[(whole == e) & ~np.isnan(loss)]) for e in epochs])
-    train = _curve_panels("meta-train", "epoch", {"train tasks mIoU": (epoch, column("train_miou"))},
+    train = _curve_panels("meta-train", "epoch",
+                          {"train tasks mIoU": (epoch, column("train_miou"))},
                           {"query loss per task": (epoch, loss),
                            "epoch mean": (epochs, epoch_loss)},
                           os.path.join(out_dir, "meta_train_curves.png"))

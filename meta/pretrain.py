@@ -266,7 +266,8 @@ def train_epochs(model: keras.Model, step: PretrainStep, images: np.ndarray, tar
                                        extra={"best_epoch": best_epoch,
                                               "best_val_miou": best_miou})
             print(f"Pre-train epoch {done}/{mtl.pre_max_epoch}: lr={lr:.3g} loss={loss:.4f} "
-                  f"val loss={val_loss:.4f} val mIoU={val_miou:.4f} (best {best_miou:.4f} at epoch {best_epoch}) "
+                  f"val loss={val_loss:.4f} val mIoU={val_miou:.4f} "
+                  f"(best {best_miou:.4f} at epoch {best_epoch}) "
                   f"{seconds:.1f}s", flush=True)
     finally:
         log.close()

@@ -186,7 +186,8 @@ def segmentation_head(x, cfg, kernel_initializer="glorot_uniform"):
         foreground; K channels for multi-class pre-training.
     """
     x = VariableDropout(cfg.final_layer_dropout_rate, name=HEAD_DROPOUT_NAME)(x)
-    x = layers.Conv2D(cfg.num_classes, 1, kernel_initializer=kernel_initializer, name="final_layer_weights")(x)
+    x = layers.Conv2D(cfg.num_classes, 1, kernel_initializer=kernel_initializer,
+                      name="final_layer_weights")(x)
     x = ResizeBilinear((cfg.image_size, cfg.image_size), align_corners=cfg.align_corners,
                        name="logits_resize")(x)
     return layers.Activation("softmax", dtype="float32", name="probabilities")(x)

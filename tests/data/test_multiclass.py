@@ -30,7 +30,8 @@ def test_seed_layout_loads_every_pair_with_its_classes(tmp_path):
     assert data.train.images.shape == (4, 32, 32, 3) and data.train.images.dtype == np.uint8
     # resized on load: labels by nearest neighbour, so they stay class ids
     small = load_multiclass("COCO", root, 3, 16)
-    assert small.train.labels.shape == (4, 16, 16) and set(np.unique(small.train.labels)) <= {0, 1, 2}
+    assert small.train.labels.shape == (4, 16, 16)
+    assert set(np.unique(small.train.labels)) <= {0, 1, 2}
 
 
 def test_coco_stuff_keeps_unlabelled_pixels_and_rejects_ids_out_of_range(tmp_path, capsys):
