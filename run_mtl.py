@@ -219,7 +219,7 @@ def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generat
         exit status 0.
     """
     from data.multiclass import load_multiclass
-    from meta.pretrain_multiclass import pre_train_multiclass
+    from meta.pretrain_multiclass import constant_prediction_miou, pre_train_multiclass
     from models.multiclass_losses import make_multiclass_loss
 
     k = cfg.model.num_classes
@@ -228,6 +228,9 @@ def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generat
     print(f"MTL pre_train on --dataset {cfg.mtl.dataset} {data.root}: {len(data.train)} train "
           f"and {len(data.val)} val images, {k} classes; best epoch selected on val mIoU; no "
           f"FSS-1000 class is trained or selected on.", flush=True)
+    majority, constant = constant_prediction_miou(data)
+    print(f"Val mIoU of predicting the most frequent training class ({majority}) everywhere: "
+          f"{constant:.4f}", flush=True)
     _write_classes(out_dir, (), (), Splits((), (), ()))
     model = build_model(_unet_config(cfg))
     loss_fn = make_multiclass_loss(cfg.loss, model)

@@ -9,7 +9,8 @@ over every labelled val pixel, averaged over the classes that occur in the val l
 predictions (a class absent from both has no IoU). Unlabelled pixels (255) count nowhere.
 
 For scale, `constant_prediction_miou` is the val mIoU of predicting the most frequent training
-class everywhere; it is written to best.json next to the best val mIoU.
+class everywhere; it is written to best.json next to the best val mIoU. Epoch lines are printed
+by meta.pretrain.train_epochs, as for the pooled pre-training.
 """
 from __future__ import annotations
 
@@ -118,8 +119,6 @@ def pre_train_multiclass(model: keras.Model, loss_fn, data: MulticlassData, *, m
         raise ValueError(f"The U-Net head has {model.output_shape[-1]} channels but the dataset "
                          f"has --num_classes {data.num_classes}.")
     majority, constant = constant_prediction_miou(data)
-    print(f"Val mIoU of predicting the most frequent training class ({majority}) everywhere: "
-          f"{constant:.4f}", flush=True)
     step = MulticlassStep(model, loss_fn, momentum=mtl.pre_custom_momentum,
                           weight_decay=mtl.pre_custom_weight_decay)
     return train_epochs(model, step, data.train.images, data.train.labels,
