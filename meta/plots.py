@@ -143,6 +143,24 @@ def _curve_panels(title: str, x_label: str, miou: Mapping[str, tuple], loss: Map
     return _save(fig, path)
 
 
+def epoch_means(meta_iter: np.ndarray, values: np.ndarray, tasks_per_epoch: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch means of per-task values: tasks 1..n are epoch 1, n+1..2n epoch 2, ...
+
+    Args:
+        meta_iter: tasks completed at each row (row 0, before training, has no value).
+        values: the value of each row (NaN where there is none).
+        tasks_per_epoch: n.
+
+    Returns:
+        (epoch numbers with at least one value, their means).
+    """
+    ok = ~np.isnan(values) & (meta_iter > 0)
+    epoch = (meta_iter[ok].astype(np.int64) - 1) // tasks_per_epoch + 1
+    numbers = np.unique(epoch)
+    return numbers, np.array([values[ok][epoch == e].mean() for e in numbers])
+
+
 def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: str, *,
                       tasks_per_epoch: int = 1, val_label: str = "val") -> list[str]:
     """Mean IoU and loss per epoch of an MTL phase, as the MTL seed reports them.
@@ -176,9 +194,7 @@ def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: 
         raise ValueError(f"plot_phase_curves: phase must be pre_train or meta_train. "
                          f"Received: {phase!r}")
     loss = column("loss")
-    whole = np.floor(np.maximum(epoch - 1e-9, 0)).astype(int) + 1  # task t belongs to epoch ceil
-    epochs = np.unique(whole[~np.isnan(loss)]) if (~np.isnan(loss)).any() else np.array([])
-    epoch_loss = np.array([np.nanmean(loss[(whole == e) & ~np.isnan(loss)]) for e in epochs])
+    epochs, epoch_loss = epoch_means(column("meta_iter"), loss, tasks_per_epoch)
     train = _curve_panels("meta-train", "epoch",
                           {"train tasks mIoU": (epoch, column("train_miou"))},
                           {"query loss per task": (epoch, loss),
