@@ -98,7 +98,10 @@ def _add_data_flags(p):
 
 def _add_model_flags(p):
     g = p.add_argument_group("model")
-    g.add_argument("--model_name", default="efficientlab", choices=["efficientlab", "unet", "mtl_unet"])
+    g.add_argument("--model_name", default=None, choices=["efficientlab", "unet", "mtl_unet"],
+                   help="default: mtl_unet with --phase, else efficientlab")
+    g.add_argument("--model_type", default=None, choices=["UNet"],
+                   help="the MTL seed's spelling of --model_name mtl_unet")
     g.add_argument("--feature_extractor_name", default="efficientnet-b0",
                    choices=["efficientnet-b0", "efficientnet-b3"])
     g.add_argument("--rsd", type=int, nargs="*", default=[2, 4],
@@ -254,6 +257,23 @@ def _add_mtl_flags(p):
         g.add_argument(f"--{name}", type=int, default=getattr(d, name))
     g.add_argument("--init_weights", default=None, help="pre-trained U-Net weights (meta_train)")
     g.add_argument("--eval_weights", default=None, help="meta-trained weights (meta_eval)")
+    g.add_argument("--dataset", default=None, choices=["COCO", "COCOStuff", "Fewshot"],
+                   help="pre-training data: COCO (the seed's layout, grey-level labels), "
+                        "COCOStuff (official label maps, 255 = unlabelled) or Fewshot (the "
+                        "pooled meta-train classes; also when not given)")
+    g.add_argument("--dataset_dir", default=None, help="root of the COCO / COCO-Stuff dataset")
+    g.add_argument("--num_classes", type=int, default=5,
+                   help="classes of the COCO / COCO-Stuff labels, background included (head "
+                        "channels of the pre-training)")
+    g.add_argument("--mdataset_dir", default=None,
+                   help="the seed's name for the FSS-1000 data of the meta phases: shards "
+                        "written by fss_1000_image_to_tfrecord.py (same as --data-dir)")
+    g.add_argument("--pre_init_weights", default=None,
+                   help="a .weights.h5 of the plain U-Net the pre-training starts from")
+    g.add_argument("--meta_label", default="exp1", help="run label, recorded in config.json")
+    g.add_argument("--gpu", default=None,
+                   help="accepted for the seed's command line; TensorFlow picks the device "
+                        "(restrict it with CUDA_VISIBLE_DEVICES)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,9 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_aliases(a) -> list[str]:
+    """The MTL seed's spellings onto ours: --model_type, --mdataset_dir; the default model."""
+    problems = []
+    if a.model_type and a.model_name not in (None, "mtl_unet"):
+        problems.append(f"--model_type UNet is --model_name mtl_unet; drop --model_name "
+                        f"{a.model_name}")
+    if a.model_name is None:
+        a.model_name = "mtl_unet" if a.phase is not None or a.model_type else "efficientlab"
+    if a.mdataset_dir is not None:
+        if a.data_dir is not None and os.path.abspath(a.data_dir) != \
+                os.path.abspath(a.mdataset_dir):
+            problems.append(f"--mdataset_dir {a.mdataset_dir!r} and --data-dir {a.data_dir!r} "
+                            f"both name the FSS-1000 shards; give one")
+        a.data_dir = a.data_dir or a.mdataset_dir
+    return problems
+
+
 def _contradictions(a) -> list[str]:
     """Flag combinations that cannot mean anything."""
-    problems = []
+    problems = _resolve_aliases(a)
     if a.test_tasks_file and a.num_test_tasks:
         problems.append("--test_tasks_file and --num_test_tasks both choose the test classes; "
                         "give one")
@@ -314,7 +351,9 @@ def config_from_namespace(a) -> Config:
         final_layer_dropout_rate=a.final_layer_dropout_rate, align_corners=not a.no_align_corners,
         n_unet_encoding_stacks=a.n_unet_encoding_stacks,
         start_num_feature_maps_power=a.start_num_feature_maps_power,
-        restore_efficient_net_weights_from=a.restore_efficient_net_weights_from, seed=a.seed)
+        restore_efficient_net_weights_from=a.restore_efficient_net_weights_from, seed=a.seed,
+        num_classes=a.num_classes if a.phase == "pre_train" and a.dataset in ("COCO", "COCOStuff")
+        else 2)
     loss = LossConfig(loss_name=a.loss_name, label_smoothing=a.label_smoothing, l2=a.l2, l1=a.l1,
                       darc1=a.darc1)
     inner = InnerConfig(sgd=a.sgd, learning_rate=a.learning_rate, inner_batch_size=a.inner_batch,
@@ -362,14 +401,17 @@ def config_from_namespace(a) -> Config:
                         patience=a.uho_patience)
     mtl = MTLConfig(phase=a.phase or "meta_train", meta_lr1=a.meta_lr1, meta_lr2=a.meta_lr2,
                     base_lr=a.base_lr, update_step=a.update_step, max_epoch=a.max_epoch,
-                    num_batch=a.num_batch, step_size=a.step_size, gamma=a.gamma, way=a.way,
+                    num_batch=a.num_batch, step_size=a.step_size, gamma=a.gamma,
+                    way=2 if a.way == 1 else a.way,
                     shot=a.shot, teshot=a.teshot, train_query=a.train_query,
                     val_query=a.val_query, test_query=a.test_query, init_weights=a.init_weights,
                     eval_weights=a.eval_weights, pre_max_epoch=a.pre_max_epoch,
                     pre_batch_size=a.pre_batch_size, pre_lr=a.pre_lr, pre_gamma=a.pre_gamma,
                     pre_step_size=a.pre_step_size,
                     pre_custom_weight_decay=a.pre_custom_weight_decay,
-                    pre_custom_momentum=a.pre_custom_momentum)
+                    pre_custom_momentum=a.pre_custom_momentum,
+                    dataset=a.dataset or "Fewshot", dataset_dir=a.dataset_dir,
+                    pre_init_weights=a.pre_init_weights, meta_label=a.meta_label)
     run = RunConfig(checkpoint=a.checkpoint, pretrained=a.pretrained,
                     continue_training_from_checkpoint=a.continue_training_from_checkpoint,
                     do_not_restore_final_layer_weights=a.do_not_restore_final_layer_weights,

@@ -5,6 +5,10 @@
 Behaviour (the format itself is documented in data/tfrecord.py):
 * Class folders are the sub-folders of --input_dir; if none of them holds images, a single
   sub-folder is descended into (the official archive nests `fewshot_data/<class>/`).
+* The MTL seed's FewShotPreprocessing.py layout is read too: `{train,val,test}/images/<class>/`
+  with the masks in `{train,val,test}/labels/<class>/`. When every class is in one split, the
+  manifest records that split (`"split"`) as the meta-train/val/test classes; classes found in
+  several splits are merged and no split is recorded.
 * Pairs are matched by file stem (`7.jpg` <-> `7.png`). Images are stored as JPEG (the original
   bytes when already an RGB JPEG of the target size, else re-encoded at quality 95); other sizes are
   resized to --image_size (bilinear image, nearest mask; non-square inputs are stretched).
@@ -43,6 +47,7 @@ MASK_EXTENSION = ".png"
 JPEG_QUALITY = 95
 PAIRS_PER_SHARD = 500
 MIN_PAIRS_PER_CLASS = 2
+SEED_SPLITS = ("train", "val", "test")
 _SKIP_DIRS = ("__MACOSX",)
 
 
@@ -163,16 +168,26 @@ def _encode_pair(image_path: str, mask_path: str, size: int) -> tuple[bytes, byt
     return image_bytes, buffer.getvalue()
 
 
-def _scan_class(folder: str, problems: list[Problem]) -> tuple[list[tuple[str, str, str]], int]:
+def _scan_class(folder: str, problems: list[Problem], mask_folder: str | None = None
+                ) -> tuple[list[tuple[str, str, str]], int]:
     """(stem, image_path, mask_path) of the complete pairs of one class and the number of stems
-    found (paired or not); appends a Problem for each incomplete pair."""
+    found (paired or not); appends a Problem for each incomplete pair. With `mask_folder` (the
+    MTL seed's labels/<class>/) the masks are read there, as .png or under the image's name."""
     images, masks = {}, {}
-    for name in sorted(os.listdir(folder)):
+    listing = [(folder, name) for name in sorted(os.listdir(folder))]
+    if mask_folder is not None:
+        listing = [(f, n) for f, n in listing
+                   if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+        if os.path.isdir(mask_folder):
+            listing += [(mask_folder, n) for n in sorted(os.listdir(mask_folder))]
+    for where, name in listing:
         stem, ext = os.path.splitext(name)
-        path = os.path.join(folder, name)
+        path = os.path.join(where, name)
         if not os.path.isfile(path):
             continue
-        if ext.lower() in IMAGE_EXTENSIONS:
+        if where == mask_folder and ext.lower() in IMAGE_EXTENSIONS + (MASK_EXTENSION,):
+            masks[stem] = path
+        elif ext.lower() in IMAGE_EXTENSIONS:
             if stem in images:
                 problems.append(Problem(path, f"second image for stem {stem!r} "
                                               f"(also {os.path.basename(images[stem])}); ignored"))
@@ -189,6 +204,65 @@ def _scan_class(folder: str, problems: list[Problem]) -> tuple[list[tuple[str, s
     pairs = [(stem, images[stem], masks[stem])
              for stem in sorted(set(images) & set(masks), key=_natural_key)]
     return pairs, len(set(images) | set(masks))
+
+
+def seed_split_folders(input_dir: str) -> dict[str, tuple[str, str]] | None:
+    """The MTL seed's FewShotPreprocessing.py layout, if input_dir has it.
+
+    That layout is `{train,val,test}/images/<class>/<n>.jpg` with the masks in
+    `{train,val,test}/labels/<class>/` (ahirsharan/MTL-Segmentation FewShotPreprocessing.py,
+    dataloader/mdataset_loader.py).
+
+    Args:
+        input_dir: the folder given as --input_dir.
+
+    Returns:
+        split -> (images folder, labels folder) for each split present, or None.
+    """
+    found = {}
+    for split in SEED_SPLITS:
+        images = os.path.join(input_dir, split, "images")
+        if os.path.isdir(images):
+            found[split] = (images, os.path.join(input_dir, split, "labels"))
+    return found or None
+
+
+def _scan_seed_splits(folders: dict[str, tuple[str, str]], problems: list[Problem]):
+    """Pairs of the seed layout; classes found in several splits are merged into one class."""
+    pairs, num_stems, split_of = [], {}, {}
+    for split, (image_root, label_root) in folders.items():
+        if not os.path.isdir(label_root):
+            problems.append(Problem(label_root, f"missing: the {split} images in {image_root} "
+                                                f"have no labels folder"))
+        for folder in _subfolders(image_root):
+            name = os.path.basename(folder)
+            class_pairs, n = _scan_class(folder, problems, os.path.join(label_root, name))
+            num_stems[name] = num_stems.get(name, 0) + n
+            split_of.setdefault(name, []).append(split)
+            pairs += [(name, stem, i, m) for stem, i, m in class_pairs]
+    seen, unique = set(), []  # a stem repeated across a merged class's splits keeps one pair
+    for pair in pairs:
+        key = (pair[0], pair[1])
+        if key in seen:
+            problems.append(Problem(pair[2], f"second pair for stem {pair[1]!r} of class "
+                                             f"{pair[0]!r} (another split has it); ignored"))
+            continue
+        seen.add(key)
+        unique.append(pair)
+    return unique, num_stems, split_of
+
+
+def _recorded_split(split_of: dict[str, list[str]], written: dict[str, int], log) -> dict | None:
+    """The seed folders' split as meta-train/val/test classes, or None when classes overlap."""
+    shared = sorted(c for c, splits in split_of.items() if len(splits) > 1)
+    if shared:
+        log(f"note: {len(shared)} class(es) appear in more than one of {SEED_SPLITS} (e.g. "
+            f"{shared[:3]}): FewShotPreprocessing.py splits each class's images, not the "
+            f"classes, so no class-level split is recorded and each class's pairs are merged; "
+            f"choose the split with --num_test_tasks / --test_tasks_file / --num_val_tasks")
+        return None
+    return {split: sorted(c for c, s in split_of.items() if s == [split] and c in written)
+            for split in SEED_SPLITS}
 
 
 def _check_output(tfrecord_dir: str, class_root: str) -> None:
@@ -283,7 +357,8 @@ def convert(input_dir: str, tfrecord_dir: str, *, image_size: int = 224,
         raise ValueError(f"--image_size must be >= 8. Received: {image_size}")
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"--num_shards must be >= 1. Received: {num_shards}")
-    class_root = find_class_root(input_dir)
+    seed_folders = seed_split_folders(input_dir) if os.path.isdir(input_dir) else None
+    class_root = os.path.abspath(input_dir) if seed_folders else find_class_root(input_dir)
     _check_output(tfrecord_dir, class_root)
     report = ConversionReport(class_root=class_root, tfrecord_dir=tfrecord_dir,
                               image_size=image_size)
@@ -295,7 +370,10 @@ def convert(input_dir: str, tfrecord_dir: str, *, image_size: int = 224,
     scan_problems: list[Problem] = []
     pairs = []  # (class_name, stem, image_path, mask_path)
     num_stems = {}  # class -> stems found (paired or not), to count skipped pairs
-    for folder in _subfolders(class_root):
+    split_of = None  # the seed layout: class -> the splits it was found in
+    if seed_folders:
+        pairs, num_stems, split_of = _scan_seed_splits(seed_folders, scan_problems)
+    for folder in _subfolders(class_root) if not seed_folders else ():
         name = os.path.basename(folder)
         class_pairs, num_stems[name] = _scan_class(folder, scan_problems)
         pairs += [(name, stem, image_path, mask_path) for stem, image_path, mask_path in class_pairs]
@@ -342,6 +420,8 @@ def convert(input_dir: str, tfrecord_dir: str, *, image_size: int = 224,
                 "num_pairs": len(records), "image_encoding": "jpeg", "mask_encoding": "png {0,1}",
                 "skipped_pairs": report.skipped_pairs,
                 "problems": [str(p) for p in report.problems]}
+    if split_of is not None:  # data/splits.py uses it when no split flag is given
+        manifest["split"] = _recorded_split(split_of, report.classes, log)
     _write_output(records, report, num_shards, manifest)
     report.seconds = time.time() - start
     log(f"done: {len(report.classes)} classes, {report.num_pairs} pairs written to "

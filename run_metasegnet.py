@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from args import Config, parse_args  # noqa: E402
 from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
 from data.tasks import load_tasks  # noqa: E402
+from data.tfrecord import read_manifest  # noqa: E402
 from meta import checkpoint  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
@@ -99,7 +100,8 @@ def make_splits(cfg: Config, class_names: list[str]) -> Splits:
     else:
         splits = split_classes(class_names, test_tasks_file=_test_classes_file(cfg),
                                num_test_tasks=cfg.data.num_test_tasks,
-                               num_val_tasks=cfg.data.num_val_tasks, seed=cfg.data.seed)
+                               num_val_tasks=cfg.data.num_val_tasks, seed=cfg.data.seed,
+                               recorded=read_manifest(cfg.data.data_dir).get("split"))
     if not splits.test:
         raise RunError("No meta-test classes: pass --test_tasks_file FILE, --num_test_tasks N or "
                        "--fss_1000 (with fss_test_set.txt next to the shards).")
@@ -279,9 +281,20 @@ def _run(cfg: Config) -> int:
     # --- setup
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return _fine_tune_task_only(cfg)  # needs no --data-dir
+    if run_mtl.multiclass_pre_training(cfg):  # COCO / COCO-Stuff: needs no FSS-1000 shards
+        out_dir = run_mtl.phase_dir(cfg)
+        _write_config(out_dir, cfg)
+        keras.utils.set_random_seed(cfg.meta.seed)
+        return run_mtl.pre_train_multiclass_phase(cfg, out_dir,
+                                                  np.random.default_rng([cfg.meta.seed, 0]))
     if cfg.data.data_dir is None:
-        raise RunError("--data-dir is required (a directory written by "
+        raise RunError("--data-dir (or --mdataset_dir) is required (a directory written by "
                        "fss_1000_image_to_tfrecord.py).")
+    if not os.path.isfile(os.path.join(cfg.data.data_dir, "manifest.json")) and \
+            os.path.isdir(os.path.join(cfg.data.data_dir, "train", "images")):
+        raise RunError(f"--data-dir {cfg.data.data_dir!r} holds the MTL seed's image folders, "
+                       f"not shards: convert them first with fss_1000_image_to_tfrecord.py "
+                       f"--input_dir {cfg.data.data_dir} --tfrecord_dir SHARDS.")
     run_dir = cfg.run.checkpoint
     if cfg.run.pretrained and not os.path.exists(run_dir):
         raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint {run_dir!r}, which "

@@ -1,12 +1,15 @@
 """run_metasegnet.py's meta-transfer-learning branch: `--model_name mtl_unet --phase ...` (issue 6).
 
 Three phases, each writing into `<--checkpoint>/<phase>/` (config.json first, like every run):
-* `pre_train`: the plain U-Net trained on the pooled meta-train classes (meta/pretrain.py),
-  best val weights in `pre_train/best.weights.h5`;
+* `pre_train`: the plain U-Net trained on the pooled meta-train classes (meta/pretrain.py), or,
+  with `--dataset COCO|COCOStuff --dataset_dir DIR --num_classes K`, a K-class U-Net on that
+  separate dataset (meta/pretrain_multiclass.py), best val weights in
+  `pre_train/best.weights.h5`;
 * `meta_train --init_weights <pre_train dir or .weights.h5>`: the MTL U-Net gets every pre-trained
   kernel by explicit name (`models.mtl.load_pretrained_unet`, a mismatch is an error), its base
   kernels are frozen, and scale/shift + BN + head init are meta-learned (meta/mtl.py) through the
-  shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs);
+  shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs); a
+  K-class pre-training loads everything but its head, and the `way`-channel head starts fresh;
 * `meta_eval --eval_weights <meta_train dir or ckpt folder>`: run_metasegnet.py's final
   evaluation, unchanged, with the MTL adaptation (head only, --update_step SGD steps at --base_lr,
   --teshot shots, --test_query queries): same IoU, same results JSON, same prediction PNGs.
@@ -32,10 +35,11 @@ from args import Config
 from data.splits import Splits
 from meta import checkpoint
 from meta.inner import InnerLoop
-from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves
+from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
 from meta.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
                       mtl_meta_config, mtl_schedule)
-from meta.pretrain import BEST_WEIGHTS, pre_train
+from meta.plots import plot_phase_curves
+from meta.pretrain import BEST_INFO, BEST_WEIGHTS, pre_train
 from meta.train import held_out_split, meta_train
 from models.build import build_model
 from models.losses import make_loss
@@ -44,7 +48,8 @@ from models.mtl import load_pretrained_unet, set_mtl_mode
 CLASSES_NAME = "classes.json"
 # Settings a resumed MTL meta-training run may change.
 RESUME_MAY_CHANGE = ("mtl.max_epoch", "mtl.phase", "mtl.eval_weights", "mtl.teshot",
-                     "mtl.test_query")
+                     "mtl.test_query", "mtl.dataset", "mtl.dataset_dir", "mtl.pre_init_weights",
+                     "mtl.meta_label")
 
 
 def phase_dir(cfg: Config) -> str:
@@ -52,8 +57,14 @@ def phase_dir(cfg: Config) -> str:
     return os.path.join(cfg.run.checkpoint, cfg.mtl.phase)
 
 
-def _unet_config(cfg: Config):
-    return dataclasses.replace(cfg.model, model_name="unet")
+def _unet_config(cfg: Config, num_classes: int | None = None):
+    return dataclasses.replace(cfg.model, model_name="unet",
+                               num_classes=num_classes or cfg.model.num_classes)
+
+
+def multiclass_pre_training(cfg: Config) -> bool:
+    """Whether this run pre-trains on a separate multi-class dataset (no FSS-1000 shards)."""
+    return cfg.run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot"
 
 
 # ------------------------------------------------------------------ class-level split guards
@@ -114,23 +125,56 @@ def pretrained_weights_path(init_weights: str | None) -> str:
     return path
 
 
+def saved_num_classes(path: str) -> int:
+    """Head channels of a pre-trained .weights.h5: from best.json, else config.json beside it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for name, read in ((BEST_INFO, lambda d: d.get("num_classes")),
+                       ("config.json", lambda d: d.get("model", {}).get("num_classes"))):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            with open(candidate, encoding="utf-8") as f:
+                value = read(json.load(f))
+            if value:
+                return int(value)
+    return 2
+
+
 def load_pretrained(cfg: Config, mtl_model: keras.Model | None = None) -> keras.Model:
-    """The plain pre-trained U-Net, and its kernels copied into `mtl_model` when given.
+    """The pre-trained plain U-Net with a `way`-channel head, copied into `mtl_model` when given.
+
+    A K-class pre-training (K != way) loads everything but the head; the head starts fresh
+    (seeded glorot-uniform kernel, zero bias) and the reinitialised layers are printed.
 
     Args:
         cfg: the run config (--init_weights, model flags).
         mtl_model: an MTL U-Net to receive every base kernel (by explicit name mapping).
 
     Returns:
-        the plain U-Net with the pre-trained weights.
+        the plain U-Net with the pre-trained weights and a `way`-channel head.
     """
     path = pretrained_weights_path(cfg.mtl.init_weights)
-    unet = build_model(_unet_config(cfg))
+    saved = saved_num_classes(path)
+    unet = build_model(_unet_config(cfg, saved))
     unet.load_weights(path)
+    if saved != cfg.model.num_classes:
+        fresh = build_model(_unet_config(cfg))
+        reset = load_pretrained_unet(fresh, unet, keep_head=False)
+        print(f"The pre-trained U-Net {path} has a {saved}-class head, this run needs "
+              f"{cfg.model.num_classes} channels (--way {cfg.mtl.way}: background + object): "
+              f"loaded everything but the head; reinitialised {', '.join(reset)} "
+              f"(layer final_layer_weights)", flush=True)
+        unet = fresh
     if mtl_model is not None:
         load_pretrained_unet(mtl_model, unet)
         print(f"Loaded the pre-trained U-Net {path} into the MTL U-Net", flush=True)
     return unet
+
+
+def plot_phase(cfg: Config, out_dir: str, val_label: str = "val") -> list[str]:
+    """The phase's mean-IoU and loss curves per epoch (meta/plots.py), in its folder."""
+    per_epoch = cfg.mtl.num_batch if cfg.mtl.phase == "meta_train" else 1
+    return plot_phase_curves(read_log(os.path.join(out_dir, CSV_NAME)), out_dir, cfg.mtl.phase,
+                             tasks_per_epoch=per_epoch, val_label=val_label)
 
 
 # ---------------------------------------------------------------------------------- phases
@@ -151,14 +195,64 @@ def pre_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     _print_split("pre_train", splits, "best epoch selected on meta-val; meta-test untouched")
     _write_classes(out_dir, splits.train, splits.val, splits)
     model = build_model(_unet_config(cfg))
+    _start_from(cfg, model, out_dir)
     result = pre_train(model, make_loss(cfg.loss, model), tasks, splits, mtl=cfg.mtl,
                        monitor_tasks=cfg.meta.monitor_tasks,
                        aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0,
                        seed=cfg.meta.seed, rng=rng, run_dir=out_dir, config_json=cfg.to_json())
     plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME))
+    plot_phase(cfg, out_dir)
     print(f"Pre-training done: best val mIoU {result.best_val_miou:.4f} after epoch "
           f"{result.best_epoch}; weights in {result.best_path}", flush=True)
     return 0
+
+
+def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generator) -> int:
+    """--phase pre_train --dataset COCO|COCOStuff: the K-class U-Net on a separate dataset.
+
+    Args:
+        cfg: the run config (--dataset, --dataset_dir, --num_classes, pre-training flags).
+        out_dir: <checkpoint>/pre_train.
+        rng: the training generator.
+
+    Returns:
+        exit status 0.
+    """
+    from data.multiclass import load_multiclass
+    from meta.pretrain_multiclass import constant_prediction_miou, pre_train_multiclass
+    from models.multiclass_losses import make_multiclass_loss
+
+    k = cfg.model.num_classes
+    data = load_multiclass(cfg.mtl.dataset, cfg.mtl.dataset_dir, k, cfg.data.image_size,
+                           log=lambda line: print(line, flush=True))
+    print(f"MTL pre_train on --dataset {cfg.mtl.dataset} {data.root}: {len(data.train)} train "
+          f"and {len(data.val)} val images, {k} classes; best epoch selected on val mIoU; no "
+          f"FSS-1000 class is trained or selected on.", flush=True)
+    majority, constant = constant_prediction_miou(data)
+    print(f"Val mIoU of predicting the most frequent training class ({majority}) everywhere: "
+          f"{constant:.4f}", flush=True)
+    _write_classes(out_dir, (), (), Splits((), (), ()))
+    model = build_model(_unet_config(cfg))
+    loss_fn = make_multiclass_loss(cfg.loss, model)
+    _start_from(cfg, model, out_dir)
+    result = pre_train_multiclass(model, loss_fn, data, mtl=cfg.mtl,
+                                  aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0,
+                                  rng=rng, run_dir=out_dir, config_json=cfg.to_json())
+    plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME))
+    plot_phase(cfg, out_dir)
+    print(f"Pre-training done: best val mIoU over {k} classes {result.best_val_miou:.4f} after "
+          f"epoch {result.best_epoch}; weights in {result.best_path}", flush=True)
+    return 0
+
+
+def _start_from(cfg: Config, model: keras.Model, out_dir: str) -> None:
+    """--pre_init_weights: a fresh pre-training starts from these weights (a resume ignores it)."""
+    if cfg.mtl.pre_init_weights and checkpoint.latest_checkpoint(out_dir) is None:
+        if not os.path.isfile(cfg.mtl.pre_init_weights):
+            raise FileNotFoundError(f"--pre_init_weights {cfg.mtl.pre_init_weights!r} does not "
+                                    f"exist (a .weights.h5 of the plain U-Net).")
+        model.load_weights(cfg.mtl.pre_init_weights)
+        print(f"Pre-training starts from {cfg.mtl.pre_init_weights}", flush=True)
 
 
 def _base_kernels(model: keras.Model) -> list:
@@ -232,6 +326,7 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
         raise RuntimeError(f"MTL meta-training changed frozen base kernels: {changed[:5]}")
     plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME),
                          val_label=label)
+    plot_phase(cfg, out_dir, val_label=label)
     print(f"MTL meta-training done ({meta.meta_iters} tasks); {len(frozen)} base kernels "
           f"unchanged; checkpoint {checkpoint.latest_checkpoint(out_dir)}", flush=True)
     return 0

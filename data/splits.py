@@ -1,6 +1,8 @@
 """Meta-train / meta-val / meta-test class splits (reference-spec 1.5).
 
-Rules, in order:
+Rules, in order (when the data records its own split, e.g. the MTL seed's
+`{train,val,test}/images/<class>/` folders converted by fss_1000_image_to_tfrecord.py, and no
+split option is given, that split is used instead):
 1. test: the classes named in `test_tasks_file` (one per line), or `num_test_tasks` classes drawn
    with `np.random.default_rng(seed)` from the sorted class names, or none.
 2. val: the `num_val_tasks` alphabetically last (code-point order) remaining classes, as the
@@ -16,7 +18,7 @@ listing every unmatched name: a silently dropped test class would change the ben
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,8 +121,37 @@ def resolve_class_names(names: Iterable[str], class_names: Iterable[str],
     return resolved
 
 
+def recorded_splits(recorded: Mapping[str, Sequence[str]], class_names: Sequence[str],
+                    source: str = "the manifest's split") -> Splits:
+    """A split stored with the data ({"train": [...], "val": [...], "test": [...]}) as Splits.
+
+    Args:
+        recorded: class lists per split; classes of the data listed nowhere are meta-train.
+        class_names: every available class.
+        source: for error messages.
+
+    Returns:
+        Splits.
+
+    Raises:
+        ValueError: unknown names, or a class listed in two splits.
+    """
+    names = sorted(set(class_names))
+    lists = {k: set(resolve_class_names(recorded.get(k, ()), names, source=f"{source} ({k})"))
+             for k in ("train", "val", "test")}
+    twice = sorted((lists["train"] & lists["val"]) | (lists["train"] & lists["test"])
+                   | (lists["val"] & lists["test"]))
+    if twice:
+        raise ValueError(f"{source}: {len(twice)} class(es) are in two splits ({twice[:5]}); "
+                         f"pass split flags (--num_test_tasks / --test_tasks_file) instead.")
+    train = set(names) - lists["val"] - lists["test"]
+    return Splits(train=tuple(sorted(train)), val=tuple(sorted(lists["val"])),
+                  test=tuple(sorted(lists["test"])))
+
+
 def split_classes(class_names: Sequence[str], *, test_tasks_file: str | None = None,
-                  num_test_tasks: int = 0, num_val_tasks: int = 0, seed: int = 0) -> Splits:
+                  num_test_tasks: int = 0, num_val_tasks: int = 0, seed: int = 0,
+                  recorded: Mapping[str, Sequence[str]] | None = None) -> Splits:
     """Split classes into meta-train / meta-val / meta-test (rules in the module docstring).
 
     Args:
@@ -129,6 +160,8 @@ def split_classes(class_names: Sequence[str], *, test_tasks_file: str | None = N
         num_test_tasks: draw this many test classes at random (seeded) instead.
         num_val_tasks: the alphabetically last N non-test classes become validation classes.
         seed: seeds the num_test_tasks draw.
+        recorded: the data's own split (manifest "split"), used when test_tasks_file,
+            num_test_tasks and num_val_tasks are all unset.
 
     Returns:
         Splits with sorted, disjoint train/val/test tuples.
@@ -138,6 +171,8 @@ def split_classes(class_names: Sequence[str], *, test_tasks_file: str | None = N
             no training class left.
     """
     names = sorted(set(class_names))
+    if recorded and test_tasks_file is None and not num_test_tasks and not num_val_tasks:
+        return recorded_splits(recorded, names)
     if test_tasks_file is not None and num_test_tasks:
         raise ValueError(f"Give either test_tasks_file or num_test_tasks, not both. Received: "
                          f"test_tasks_file={test_tasks_file!r}, num_test_tasks={num_test_tasks}")

@@ -191,7 +191,7 @@ class MTLConfig:
     num_batch: int = 50
     step_size: int = 20
     gamma: float = 0.5
-    way: int = 1
+    way: int = 2  # classes per task as the seed counts them: background + object (1: alias)
     shot: int = 3
     teshot: int = 1
     train_query: int = 1
@@ -206,11 +206,21 @@ class MTLConfig:
     pre_step_size: int = 20
     pre_custom_weight_decay: float = 5e-4
     pre_custom_momentum: float = 0.9
+    dataset: str = "Fewshot"  # pre-training data: Fewshot (pooled FSS classes), COCO, COCOStuff
+    dataset_dir: str | None = None  # root of the COCO / COCO-Stuff dataset
+    pre_init_weights: str | None = None  # .weights.h5 the pre-training starts from
+    meta_label: str = "exp1"  # the seed's run label, recorded in config.json
 
     def __post_init__(self):
         _check(self.phase in ("pre_train", "meta_train", "meta_eval"),
                f"--phase must be pre_train, meta_train or meta_eval. Received: {self.phase!r}")
-        _check(self.way == 1, f"--way must be 1 (binary segmentation). Received: {self.way}")
+        _check(self.way in (1, 2), f"--way counts the classes of a task, background included: "
+                                   f"FSS-1000 tasks are background + object, so --way must be 2 "
+                                   f"(1 is accepted as an alias). Received: {self.way}")
+        _check(self.dataset in ("Fewshot", "COCO", "COCOStuff"),
+               f"--dataset must be Fewshot, COCO or COCOStuff. Received: {self.dataset!r}")
+        _check(self.dataset == "Fewshot" or self.dataset_dir is not None,
+               f"--dataset {self.dataset} needs --dataset_dir DIR (the dataset's root folder)")
         for flag in ("update_step", "max_epoch", "num_batch", "step_size", "shot", "teshot",
                      "train_query", "val_query", "test_query", "pre_max_epoch",
                      "pre_batch_size", "pre_step_size"):

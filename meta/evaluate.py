@@ -57,6 +57,7 @@ class TaskScore:
         intersections: int64 (q,) |P & G| per query image.
         unions: int64 (q,) |P | G| per query image.
         steps_taken: adaptation steps run.
+        query_loss: the training loss of the adapted model on the query images.
     """
 
     name: str
@@ -65,6 +66,7 @@ class TaskScore:
     intersections: np.ndarray
     unions: np.ndarray
     steps_taken: int
+    query_loss: float = float("nan")
 
     @property
     def iou(self) -> float:
@@ -95,6 +97,11 @@ class EvalResult:
     def mean_iou(self) -> float:
         """The paper's metric: mean task IoU over all task samples."""
         return float(np.mean(self.task_ious))
+
+    @property
+    def mean_query_loss(self) -> float:
+        """Mean query loss after adaptation over all task samples."""
+        return float(np.mean([s.query_loss for s in self.scores]))
 
     @property
     def ci95(self) -> float:
@@ -178,12 +185,15 @@ def evaluate_task(loop: InnerLoop, name: str, episode: Episode, schedule: Adapta
     try:
         result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng,
                        on_step=on_step)
-        predicted = iou.foreground(predict_queries(loop, episode.support_images,
-                                                   episode.query_images, transductive))
+        probabilities = predict_queries(loop, episode.support_images, episode.query_images,
+                                        transductive)
+        predicted = iou.foreground(probabilities)
         inter, union = iou.intersections_unions(predicted, episode.query_masks)
+        targets = np.eye(probabilities.shape[-1], dtype=np.float32)[episode.query_masks]
         score = TaskScore(name=name, repetition=repetition,
                           ious=(inter + iou.EPSILON) / (union + iou.EPSILON),
-                          intersections=inter, unions=union, steps_taken=result.steps_taken)
+                          intersections=inter, unions=union, steps_taken=result.steps_taken,
+                          query_loss=float(loop.loss_fn(targets, probabilities)))
         if after_adapt is not None:
             after_adapt(name, repetition, episode, predicted, score)
     finally:

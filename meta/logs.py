@@ -2,7 +2,8 @@
 
 * `DIR/training_log.csv`: one row per meta-iteration, keyed by meta_iter = meta-iterations
   completed (1..meta_iters; row 0 is the evaluation of the initial weights), with meta_step_size,
-  loss, seconds, plus train_miou / val_miou on the rows where the periodic evaluation ran. On
+  loss, seconds, plus train_miou / val_miou / val_loss on the rows where the periodic evaluation
+  ran (val_loss: the held-out tasks' query loss after adaptation). On
   resume from step s the rows after s are dropped first, so a resumed run's log matches an
   uninterrupted one's.
 * `DIR/tensorboard/`: scalars loss, meta_step_size, train_mIoU, val_mIoU.
@@ -24,7 +25,7 @@ from tensorflow.core.framework import summary_pb2
 # op tf.summary.write with the "scalars" plugin metadata writes the identical event.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
-FIELDS = ("meta_iter", "meta_step_size", "loss", "train_miou", "val_miou", "seconds")
+FIELDS = ("meta_iter", "meta_step_size", "loss", "train_miou", "val_miou", "seconds", "val_loss")
 CSV_NAME = "training_log.csv"
 PLOT_NAME = "training_curves.png"
 
@@ -69,7 +70,8 @@ class TrainingLog:
         self._writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
 
     def log(self, meta_iter: int, *, meta_step_size: float, loss: float | None, seconds: float,
-            train_miou: float | None = None, val_miou: float | None = None) -> None:
+            train_miou: float | None = None, val_miou: float | None = None,
+            val_loss: float | None = None) -> None:
         """Append one meta-iteration's numbers.
 
         Args:
@@ -79,13 +81,16 @@ class TrainingLog:
             seconds: wall time of the meta-iteration.
             train_miou: periodic train-task mIoU (None when not evaluated).
             val_miou: periodic val/test-task mIoU (None when not evaluated).
+            val_loss: periodic val/test-task query loss after adaptation (None when not
+                evaluated).
         """
         row = {"meta_iter": meta_iter, "meta_step_size": meta_step_size, "loss": loss,
-               "train_miou": train_miou, "val_miou": val_miou, "seconds": seconds}
+               "train_miou": train_miou, "val_miou": val_miou, "seconds": seconds,
+               "val_loss": val_loss}
         with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, FIELDS).writerow(_format(row))
         scalars = {"loss": loss, "meta_step_size": meta_step_size, "train_mIoU": train_miou,
-                   "val_mIoU": val_miou}
+                   "val_mIoU": val_miou, "val_loss": val_loss}
         with self._writer.as_default():
             for tag, value in scalars.items():
                 if value is not None:

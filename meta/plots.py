@@ -122,3 +122,86 @@ def plot_k_shot_curves(curves: Mapping[str, Mapping[int, Sequence[float]]], path
     ax.legend(loc="best", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
+
+
+def _curve_panels(title: str, x_label: str, miou: Mapping[str, tuple], loss: Mapping[str, tuple],
+                  path: str) -> str:
+    """Two panels, mean IoU and loss, each a few labelled (x, y) curves (NaN points dropped)."""
+    fig = Figure(figsize=(10, 4))
+    for position, (name, curves) in enumerate((("mean IoU", miou), ("loss", loss)), start=1):
+        ax = fig.add_subplot(1, 2, position)
+        for label, (x, y) in curves.items():
+            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            ok = ~np.isnan(y)
+            if ok.any():
+                ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 60 else None, label=label)
+        ax.set(xlabel=x_label, ylabel=name, title=f"{title}: {name}")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def epoch_means(meta_iter: np.ndarray, values: np.ndarray, tasks_per_epoch: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch means of per-task values: tasks 1..n are epoch 1, n+1..2n epoch 2, ...
+
+    Args:
+        meta_iter: tasks completed at each row (row 0, before training, has no value).
+        values: the value of each row (NaN where there is none).
+        tasks_per_epoch: n.
+
+    Returns:
+        (epoch numbers with at least one value, their means).
+    """
+    ok = ~np.isnan(values) & (meta_iter > 0)
+    epoch = (meta_iter[ok].astype(np.int64) - 1) // tasks_per_epoch + 1
+    numbers = np.unique(epoch)
+    return numbers, np.array([values[ok][epoch == e].mean() for e in numbers])
+
+
+def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: str, *,
+                      tasks_per_epoch: int = 1, val_label: str = "val") -> list[str]:
+    """Mean IoU and loss per epoch of an MTL phase, as the MTL seed reports them.
+
+    `pre_train` writes pre_train_curves.png (val mIoU; train and val loss per epoch).
+    `meta_train` writes meta_train_curves.png (train-task mIoU after adaptation; query loss,
+    per task and its epoch mean) and meta_val_curves.png (val-task mIoU and query loss after
+    adaptation, per epoch).
+
+    Args:
+        rows: the phase's training_log.csv rows (meta.logs.read_log).
+        out_dir: the phase folder.
+        phase: "pre_train" or "meta_train".
+        tasks_per_epoch: meta_iter units per epoch (--num_batch for meta_train, 1 for pre_train).
+        val_label: name of the held-out split ("val", or "test" without val classes).
+
+    Returns:
+        the PNG paths written.
+    """
+    def column(key):
+        return np.array([r.get(key, np.nan) for r in rows], np.float64)
+
+    epoch = column("meta_iter") / tasks_per_epoch
+    if phase == "pre_train":
+        return [_curve_panels("pre-train", "epoch",
+                              {f"{val_label} mIoU": (epoch, column("val_miou"))},
+                              {"train loss": (epoch, column("loss")),
+                               f"{val_label} loss": (epoch, column("val_loss"))},
+                              os.path.join(out_dir, "pre_train_curves.png"))]
+    if phase != "meta_train":
+        raise ValueError(f"plot_phase_curves: phase must be pre_train or meta_train. "
+                         f"Received: {phase!r}")
+    loss = column("loss")
+    epochs, epoch_loss = epoch_means(column("meta_iter"), loss, tasks_per_epoch)
+    train = _curve_panels("meta-train", "epoch",
+                          {"train tasks mIoU": (epoch, column("train_miou"))},
+                          {"query loss per task": (epoch, loss),
+                           "epoch mean": (epochs, epoch_loss)},
+                          os.path.join(out_dir, "meta_train_curves.png"))
+    val = _curve_panels(f"meta-{val_label}", "epoch",
+                        {f"{val_label} tasks mIoU": (epoch, column("val_miou"))},
+                        {f"{val_label} query loss": (epoch, column("val_loss"))},
+                        os.path.join(out_dir, f"meta_{val_label}_curves.png"))
+    return [train, val]

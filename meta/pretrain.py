@@ -104,7 +104,7 @@ class PretrainStep:
     def _graph(self, images, masks, learning_rate, aug_rate, seed):
         x, m = tf.cond(aug_rate > 0.0, lambda: augment_batch(images, masks, aug_rate, seed),
                        lambda: (images, masks))
-        y = tf.one_hot(tf.cast(tf.round(m), tf.int32), 2, dtype=tf.float32)
+        y = self.targets(m)
         with tf.GradientTape() as tape:
             loss = self.loss_fn(y, self.model(x, training=True))
         gradients = tape.gradient(loss, self.variables)
@@ -113,6 +113,10 @@ class PretrainStep:
         self.optimizer.learning_rate.assign(learning_rate)
         self.optimizer.apply(gradients, self.variables)
         return loss
+
+    def targets(self, masks: tf.Tensor) -> tf.Tensor:
+        """What the loss compares the prediction with: one-hot (b, S, S, 2) of the {0,1} masks."""
+        return tf.one_hot(tf.cast(tf.round(masks), tf.int32), 2, dtype=tf.float32)
 
     def __call__(self, images: np.ndarray, masks: np.ndarray, learning_rate: float,
                  aug_rate: float, seed) -> tf.Tensor:
@@ -133,14 +137,16 @@ class PretrainStep:
                           tf.constant(seed, tf.int32))
 
 
-def _save_best(run_dir: str, model: keras.Model, epoch: int, val_miou: float) -> str:
+def _save_best(run_dir: str, model: keras.Model, epoch: int, val_miou: float,
+               extra: dict | None = None) -> str:
     path = os.path.join(run_dir, BEST_WEIGHTS)
     tmp = os.path.join(run_dir, f".tmp-{os.getpid()}.{BEST_WEIGHTS}")  # Keras wants .weights.h5
     model.save_weights(tmp)
     os.replace(tmp, path)
     info = os.path.join(run_dir, BEST_INFO)
     with open(f"{info}.tmp", "w", encoding="utf-8") as f:
-        json.dump({"epoch": epoch, "val_miou": val_miou}, f)
+        json.dump({"epoch": epoch, "val_miou": val_miou,
+                   "num_classes": int(model.output_shape[-1]), **(extra or {})}, f)
     os.replace(f"{info}.tmp", info)
     return path
 
@@ -177,12 +183,51 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
     if not splits.val:
         raise ValueError("pre_train keeps the weights with the best val mIoU, so it needs val "
                          "classes: pass --num_val_tasks N (>= 1).")
-    os.makedirs(run_dir, exist_ok=True)
     images, masks = pool_classes(tasks, splits.train)
     step = PretrainStep(model, loss_fn, momentum=mtl.pre_custom_momentum,
                         weight_decay=mtl.pre_custom_weight_decay)
     val_loop = head_inner_loop(model, loss_fn, mtl)
     schedule = mtl_schedule(mtl, mtl.shot)
+
+    def validate() -> tuple[float, float]:
+        result = evaluate(val_loop, tasks, splits.val, schedule, shots=mtl.shot,
+                          num_query=mtl.val_query, transductive=False,
+                          num_samples=monitor_tasks, all_tasks=False, seed=seed,
+                          stream=STREAM_PRETRAIN, split="val")
+        return result.mean_iou, result.mean_query_loss
+
+    return train_epochs(model, step, images, masks, validate, mtl=mtl, aug_rate=aug_rate,
+                        rng=rng, run_dir=run_dir, config_json=config_json,
+                        stop_after=stop_after)
+
+
+def train_epochs(model: keras.Model, step: PretrainStep, images: np.ndarray, targets: np.ndarray,
+                 validate: Callable[[], tuple[float, float]], *, mtl: MTLConfig, aug_rate: float,
+                 rng: np.random.Generator, run_dir: str, config_json: str,
+                 stop_after: int | None = None, best_info: dict | None = None) -> PretrainResult:
+    """The pre-training epochs: shuffled mini-batches, StepLR, val after each epoch, resume.
+
+    Args:
+        model: the network trained by `step`.
+        step: the compiled supervised step.
+        images: uint8 (N, S, S, 3) training images.
+        targets: uint8 (N, S, S) masks or class ids, as `step.targets` reads them.
+        validate: () -> (val mIoU of the current weights (higher is better), val loss).
+        mtl: pre_max_epoch, pre_batch_size, pre_lr, pre_gamma, pre_step_size.
+        aug_rate: augmentation probability of the training batches (0 = none).
+        rng: the training generator (shuffles, augmentation seeds; checkpointed).
+        run_dir: output directory (checkpoint per epoch, best weights, logs).
+        config_json: the run's resolved config, stored in every checkpoint.
+        stop_after: stop once this many epochs are completed (tests, interruption).
+        best_info: more fields for best.json (e.g. the number of classes).
+
+    Returns:
+        PretrainResult.
+
+    Raises:
+        FloatingPointError: an epoch's loss is not finite.
+    """
+    os.makedirs(run_dir, exist_ok=True)
     groups = {"model": list(model.variables), "optimizer": list(step.optimizer.variables)}
     start, best_epoch, best_miou = 0, 0, -math.inf
     latest = checkpoint.latest_checkpoint(run_dir)
@@ -203,27 +248,26 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
             for b in range(0, len(order), mtl.pre_batch_size):
                 batch = order[b:b + mtl.pre_batch_size]
                 key = rng.integers(0, _SEED_HIGH, size=2)
-                losses.append(step(images[batch], masks[batch], lr, aug_rate, key))
+                losses.append(step(images[batch], targets[batch], lr, aug_rate, key))
             loss = float(np.mean(tf.stack(losses).numpy()))
             done = epoch + 1
             if not math.isfinite(loss):
                 raise FloatingPointError(f"Non-finite pre-training loss ({loss}) in epoch {done}; "
                                          f"lower --pre_lr.")
-            val = evaluate(val_loop, tasks, splits.val, schedule, shots=mtl.shot,
-                           num_query=mtl.val_query, transductive=False,
-                           num_samples=monitor_tasks, all_tasks=False, seed=seed,
-                           stream=STREAM_PRETRAIN, split="val")
-            if val.mean_iou > best_miou:
-                best_epoch, best_miou = done, val.mean_iou
-                _save_best(run_dir, model, done, best_miou)
+            val_miou, val_loss = validate()
+            if val_miou > best_miou:
+                best_epoch, best_miou = done, val_miou
+                _save_best(run_dir, model, done, best_miou, best_info)
             seconds = time.monotonic() - began
-            log.log(done, meta_step_size=lr, loss=loss, seconds=seconds, val_miou=val.mean_iou)
+            log.log(done, meta_step_size=lr, loss=loss, seconds=seconds, val_miou=val_miou,
+                    val_loss=val_loss)
             checkpoint.save_checkpoint(run_dir, done, groups, rng_state=rng.bit_generator.state,
                                        config_json=config_json, keep=1,
                                        extra={"best_epoch": best_epoch,
                                               "best_val_miou": best_miou})
             print(f"Pre-train epoch {done}/{mtl.pre_max_epoch}: lr={lr:.3g} loss={loss:.4f} "
-                  f"val mIoU={val.mean_iou:.4f} (best {best_miou:.4f} at epoch {best_epoch}) "
+                  f"val loss={val_loss:.4f} val mIoU={val_miou:.4f} "
+                  f"(best {best_miou:.4f} at epoch {best_epoch}) "
                   f"{seconds:.1f}s", flush=True)
     finally:
         log.close()

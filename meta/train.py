@@ -137,7 +137,8 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
         print(f"Meta-iteration {step}: train mIoU={result.train.mean_iou:.4f} "
               f"{label} mIoU={result.held_out.mean_iou:.4f} meta-step={epsilon:.3g}", flush=True)
         log.log(step, meta_step_size=epsilon, loss=loss, seconds=seconds,
-                train_miou=result.train.mean_iou, val_miou=result.held_out.mean_iou)
+                train_miou=result.train.mean_iou, val_miou=result.held_out.mean_iou,
+                val_loss=result.held_out.mean_query_loss)
         if on_monitor is not None:
             on_monitor(step, result)
 

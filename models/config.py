@@ -30,6 +30,7 @@ class ModelConfig:
     start_num_feature_maps_power: int = 5
     restore_efficient_net_weights_from: str | None = None
     seed: int = 0  # weight-init seed
+    num_classes: int = 2  # head channels: background + object, or K for multi-class pre-training
 
     def __post_init__(self):
         _check(self.model_name in MODEL_NAMES,
@@ -49,6 +50,8 @@ class ModelConfig:
         _check(1 <= self.start_num_feature_maps_power <= 8,
                f"--start_num_feature_maps_power must be in 1..8. "
                f"Received: {self.start_num_feature_maps_power}")
+        _check(2 <= self.num_classes <= 256,
+               f"--num_classes must be in [2, 256]. Received: {self.num_classes}")
         _check(self.model_name == "efficientlab"
                or self.image_size % 2 ** self.n_unet_encoding_stacks == 0,
                f"--image_size {self.image_size} must be divisible by 2**--n_unet_encoding_stacks "

@@ -175,17 +175,19 @@ def get_dropout_rate(model: keras.Model) -> float:
 
 
 def segmentation_head(x, cfg, kernel_initializer="glorot_uniform"):
-    """The shared 2-channel head: variable-rate dropout, 1x1 conv, resize to the input, softmax.
+    """The shared head: variable-rate dropout, 1x1 conv, resize to the input, softmax.
 
     Args:
         x: decoder features (N, h, w, C).
-        cfg: ModelConfig (image_size, final_layer_dropout_rate, align_corners).
+        cfg: ModelConfig (image_size, final_layer_dropout_rate, align_corners, num_classes).
         kernel_initializer: of the 1x1 conv `final_layer_weights` (its bias starts at 0).
     Returns:
-        float32 (N, S, S, 2) probabilities; channel 0 background, 1 foreground.
+        float32 (N, S, S, num_classes) probabilities; with 2 channels, 0 is background and 1
+        foreground; K channels for multi-class pre-training.
     """
     x = VariableDropout(cfg.final_layer_dropout_rate, name=HEAD_DROPOUT_NAME)(x)
-    x = layers.Conv2D(2, 1, kernel_initializer=kernel_initializer, name="final_layer_weights")(x)
+    x = layers.Conv2D(cfg.num_classes, 1, kernel_initializer=kernel_initializer,
+                      name="final_layer_weights")(x)
     x = ResizeBilinear((cfg.image_size, cfg.image_size), align_corners=cfg.align_corners,
                        name="logits_resize")(x)
     return layers.Activation("softmax", dtype="float32", name="probabilities")(x)

@@ -178,23 +178,32 @@ def head_variables(model: keras.Model) -> list:
     return [head.kernel, head.bias]
 
 
-def load_pretrained_unet(mtl_model: keras.Model, unet_model: keras.Model) -> None:
+def load_pretrained_unet(mtl_model: keras.Model, unet_model: keras.Model, *,
+                         keep_head: bool = True) -> list[str]:
     """Copy a pre-trained plain U-Net into an MTL U-Net by layer name; reset scale 1, shift 0.
 
     Every weight of the U-Net (kernels, biases, batch-norm gamma/beta/moving statistics, the head)
-    is copied into the same-named layer and weight of the MTL U-Net. Nothing is skipped: a U-Net
-    weight without a counterpart, a shape mismatch, or an MTL base kernel/bias left without a
-    source raises before anything is assigned (the seed silently dropped most kernels, spec 7.3).
+    is copied into the same-named layer and weight of the target. Nothing is skipped silently: a
+    U-Net weight without a counterpart, a shape mismatch, or an MTL base kernel/bias left without
+    a source raises before anything is assigned (the seed silently dropped most kernels, spec
+    7.3). With keep_head=False the head (`final_layer_weights`) is not copied: the target keeps
+    its freshly initialized head, e.g. a `way`-channel head after a K-class pre-training.
+    The target may also be a plain U-Net (then there is no scale/shift to reset).
 
     Args:
-        mtl_model: target, built with --model_name mtl_unet.
+        mtl_model: target, built with --model_name mtl_unet (or unet).
         unet_model: source, built with --model_name unet and the same U-Net flags.
+        keep_head: copy the head too (False: leave the target's head as initialized).
+    Returns:
+        the paths of the target's variables left as initialized (the head's, or []).
     Raises:
         ValueError: naming every missing layer/weight and every shape mismatch.
     """
     target = {layer.name: layer for layer in leaf_layers(mtl_model)}
     pairs, problems, filled = [], [], set()
     for layer in leaf_layers(unet_model):
+        if not keep_head and layer.name == HEAD_NAME:
+            continue
         for w in layer.weights:
             if w.name == RNG_STATE:
                 continue
@@ -208,7 +217,7 @@ def load_pretrained_unet(mtl_model: keras.Model, unet_model: keras.Model) -> Non
             else:
                 pairs.append((match[0], w))
                 filled.add(id(match[0]))
-    ss = _ss_layers(mtl_model)
+    ss = [layer for layer in leaf_layers(mtl_model) if isinstance(layer, _ScaleShift)]
     problems += [f"{v.path}: MTL base weight with no U-Net source" for layer in ss
                  for v in layer.base_weights() if id(v) not in filled]
     if problems:
@@ -221,3 +230,4 @@ def load_pretrained_unet(mtl_model: keras.Model, unet_model: keras.Model) -> Non
         layer.ss_scale.assign(ops.ones_like(layer.ss_scale))
         if layer.use_bias:
             layer.ss_shift.assign(ops.zeros_like(layer.ss_shift))
+    return [] if keep_head else [v.path for v in head_variables(mtl_model)]

@@ -51,7 +51,7 @@ def test_save_predictions_zero_means_off(monkeypatch, value, enabled):
     (["--foml", "--foml-tail", "5", "--train-shots", "5"], "--foml-tail must be in"),
     (["--pretrained", "--continue_training_from_checkpoint", "x"], "give one"),
     (["--optimize_update_hyperparms_on_val_set"], "--num_val_tasks >= 1"),
-    (["--phase", "pre_train"], "needs --model_name mtl_unet"),
+    (["--phase", "pre_train", "--model_name", "unet"], "needs --model_name mtl_unet"),
     (["--rsd", "5"], "--rsd takes reductions 1..4"),
     (["--aug_rate", "1.5"], "--aug_rate must be in [0, 1]"),
     (["--inner-iters", "0"], "--inner-iters must be >= 1"),
