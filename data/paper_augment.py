@@ -118,7 +118,7 @@ def rotate(images, masks, angle, mode, fill):
 
     Args:
         images: float32 (n, H, W, 3); masks: float32 (n, H, W).
-        angle: float32 (n,) degrees (scipy's sense: positive turns the content anticlockwise).
+        angle: float32 (n,) degrees, in scipy.ndimage.rotate's sense.
         mode: int32 (n,) REFLECT | CONSTANT | MIRROR | WRAP.
         fill: float32 (n, H, W, 3) image value where a constant-mode output samples outside the
             input; the mask is background there.
