@@ -13,7 +13,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from meta.config import EvalConfig, InnerConfig, KShotConfig, MetaConfig, MTLConfig, UHOConfig
+from meta.config import (AUGMENTATIONS, EvalConfig, InnerConfig, KShotConfig, MetaConfig,
+                         MTLConfig, UHOConfig)
 from models.config import LossConfig, ModelConfig
 
 
@@ -148,6 +149,9 @@ def _add_inner_flags(p):
     g.add_argument("--replacement", action="store_true", help="mini-batches with replacement")
     g.add_argument("--augment", action="store_true")
     g.add_argument("--aug_rate", type=float, default=0.5)
+    g.add_argument("--augmentation", default="paper", choices=AUGMENTATIONS,
+                   help="with --augment: the paper's six transforms (random erase, translate, "
+                        "flip, noise, exposure, rotation) or metaseg's affine warp + colour jitter")
 
 
 def _add_meta_flags(p):
@@ -358,6 +362,7 @@ def config_from_namespace(a) -> Config:
                       darc1=a.darc1)
     inner = InnerConfig(sgd=a.sgd, learning_rate=a.learning_rate, inner_batch_size=a.inner_batch,
                         inner_iters=a.inner_iters, augment=a.augment, aug_rate=a.aug_rate,
+                        augmentation=a.augmentation,
                         learning_rate_scheduler=a.learning_rate_scheduler,
                         step_decay_rate=a.step_decay_rate,
                         decay_after_n_steps=a.decay_after_n_steps, replacement=a.replacement,

@@ -39,9 +39,11 @@ _META_FINE_TUNE_STREAM = 7  # meta-fine-tuning's own RNG, apart from meta-traini
 
 
 def make_inner_loop(cfg: Config, model) -> InnerLoop:
-    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay."""
+    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay,
+    augmentation."""
     return InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
-                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay)
+                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay,
+                     augmentation=cfg.inner.augmentation)
 
 
 def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits,

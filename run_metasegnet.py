@@ -124,8 +124,11 @@ def _check_compatible(path: str, cfg: Config, *, resume: bool) -> None:
         {"model": {k: saved.get("model", {}).get(k) for k in MODEL_STRUCTURE}},
         {"model": {k: current["model"].get(k) for k in MODEL_STRUCTURE}}, ["model"])
     if resume:
+        # Runs from before --augmentation used metaseg's; without --augment the choice is moot.
+        saved.get("inner", {}).setdefault("augmentation", "metaseg")
+        moot = () if cfg.inner.augment else ("inner.augmentation",)
         problems += checkpoint.config_differences(saved, current, ["loss", "inner", "meta"],
-                                                  ignore=RESUME_MAY_CHANGE)
+                                                  ignore=RESUME_MAY_CHANGE + moot)
         problems += checkpoint.config_differences(
             {"data": {k: saved.get("data", {}).get(k) for k in ("test_tasks_file", "num_test_tasks",
                                                               "num_val_tasks", "seed")}},

@@ -4,7 +4,7 @@
 
 Builds EfficientLab-B0 --rsd 2 4 (random init), runs one warm-up of everything that is traced
 (train step, predict, snapshots, outer update), then times
-* inner steps of batch `--inner_batch` (augmentation on, rate 0.5, SGD),
+* inner steps of batch `--inner_batch` (`--augmentation` on, rate 0.5, SGD),
 * full meta-iterations (Reptile and FOMAML*) of `--meta_batch` tasks x `--inner_iters` steps,
   and the per-task overhead beyond the inner steps (snapshot/restore, directions, meta-update),
 * one evaluation task (adapt `--inner_iters` steps on 5 shots + predict 5 queries).
@@ -57,6 +57,7 @@ def main(argv=None) -> None:
     p.add_argument("--meta_batch", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="timed inner steps")
     p.add_argument("--meta_iterations", type=int, default=2, help="timed meta-iterations")
+    p.add_argument("--augmentation", default="paper", choices=["paper", "metaseg"])
     a = p.parse_args(argv)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
     model_cfg = ModelConfig(image_size=size, rsd=(2, 4), final_layer_dropout_rate=0.5)
     model = build_model(model_cfg)
     loss = make_loss(LossConfig(loss_name="bce_dice", l2=True), model)
-    loop = InnerLoop(model, loss, sgd=True, learning_rate=5e-4)
+    loop = InnerLoop(model, loss, sgd=True, learning_rate=5e-4, augmentation=a.augmentation)
     schedule = AdaptationSchedule(learning_rate=5e-4, iters=a.inner_iters,
                                   batch_size=a.inner_batch, aug_rate=0.5)
     tasks = [_fake_class(f"c{i}", size, 10, rng) for i in range(a.meta_batch)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LR_SCHEDULERS = ("fixed", "constant", "step_decay", "step", "cosine_anneal")
+AUGMENTATIONS = ("paper", "metaseg")  # data.augmentations.AUGMENTATIONS
 
 
 def _check(condition: bool, message: str) -> None:
@@ -25,6 +26,7 @@ class InnerConfig:
     inner_iters: int = 8
     augment: bool = False
     aug_rate: float = 0.5
+    augmentation: str = "paper"  # the paper's transforms (data/paper_augment.py) or data/augment.py
     learning_rate_scheduler: str = "fixed"
     step_decay_rate: float = 0.5
     decay_after_n_steps: int = 5
@@ -40,6 +42,8 @@ class InnerConfig:
                f"--inner-iters must be >= 1. Received: {self.inner_iters}")
         _check(0.0 <= self.aug_rate <= 1.0,
                f"--aug_rate must be in [0, 1]. Received: {self.aug_rate}")
+        _check(self.augmentation in AUGMENTATIONS,
+               f"--augmentation must be one of {AUGMENTATIONS}. Received: {self.augmentation!r}")
         _check(self.learning_rate_scheduler in LR_SCHEDULERS,
                f"--learning_rate_scheduler must be one of {LR_SCHEDULERS}. "
                f"Received: {self.learning_rate_scheduler!r}")

@@ -6,7 +6,7 @@
 * `train_step(images, masks, indices, learning_rate, aug_rate, seed)`: one `tf.function` with an
   input signature whose batch dimension is None, so 10-shot training tasks, 5-shot evaluation
   tasks and the FOMAML* tail batch all share a single trace. The mini-batch is gathered and
-  augmented (`data.augment.augment_batch`, stateless, keyed by `seed`) inside the graph; the
+  augmented (the `augmentation` named at construction; stateless, keyed by `seed`) in the graph; the
   learning rate is assigned to the optimizer inside the graph; the dropout rate is a model
   variable (`models.layers.set_dropout_rate`). Changing any of them never retraces;
 * `predict(images)`: the model in inference mode (BN moving statistics), also traced once;
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data.augment import augment_batch
+from data.augmentations import augmentation_fn
 from data.episodes import mini_batch_indices
 from meta.config import EvalConfig, InnerConfig
 from meta.schedules import inner_learning_rate
@@ -127,12 +127,14 @@ class InnerLoop:
         learning_rate: default inner learning rate.
         weight_decay: multiply every adapted variable by this before each step (1 = off).
         variables: the variables the inner loop adapts (default: all trainable variables).
+        augmentation: the batch augmentation's name (--augmentation: paper | metaseg).
     """
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, sgd: bool = True,
                  learning_rate: float = 1e-3, weight_decay: float = 1.0,
-                 variables: Sequence | None = None):
+                 variables: Sequence | None = None, augmentation: str = "paper"):
         self.model = model
+        self.augment = augmentation_fn(augmentation)
         self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
         self.variables = list(variables) if variables is not None else \
@@ -159,7 +161,7 @@ class InnerLoop:
     def _train_step_graph(self, images, masks, indices, learning_rate, aug_rate, seed):
         x = tf.gather(images, indices)
         m = tf.gather(masks, indices)
-        x, m = tf.cond(aug_rate > 0.0, lambda: augment_batch(x, m, aug_rate, seed),
+        x, m = tf.cond(aug_rate > 0.0, lambda: self.augment(x, m, aug_rate, seed),
                        lambda: (x, m))
         y = tf.one_hot(tf.cast(tf.round(m), tf.int32), 2, dtype=tf.float32)
         self.optimizer.learning_rate.assign(learning_rate)

@@ -21,7 +21,7 @@ def test_paper_line_parses_into_the_paper_settings():
     assert cfg.loss.loss_name == "bce_dice" and cfg.loss.l2
     assert cfg.inner.sgd and cfg.inner.learning_rate == 0.0005
     assert cfg.inner.inner_batch_size == 8 and cfg.inner.inner_iters == 59
-    assert cfg.inner.augment and cfg.inner.aug_rate == 0.5
+    assert cfg.inner.augment and cfg.inner.aug_rate == 0.5 and cfg.inner.augmentation == "paper"
     assert cfg.meta.algorithm == "fomaml" and cfg.meta.foml_tail == 5
     assert cfg.meta.train_shots == 10 and cfg.meta.meta_batch_size == 5
     assert cfg.meta.meta_step_size == 0.1 and cfg.meta.meta_step_size_final == 0.00001
@@ -38,6 +38,7 @@ def test_defaults_are_reptile_and_no_predictions(monkeypatch):
     cfg = parse_args([])
     assert cfg.meta.algorithm == "reptile" and cfg.meta.foml_tail is None
     assert cfg.eval.predictions_dir is None
+    assert parse_args(["--augmentation", "metaseg"]).inner.augmentation == "metaseg"
 
 
 @pytest.mark.parametrize("value,enabled", [("1", True), ("yes", True), ("0", False), ("", False)])
@@ -54,6 +55,7 @@ def test_save_predictions_zero_means_off(monkeypatch, value, enabled):
     (["--phase", "pre_train", "--model_name", "unet"], "needs --model_name mtl_unet"),
     (["--rsd", "5"], "--rsd takes reductions 1..4"),
     (["--aug_rate", "1.5"], "--aug_rate must be in [0, 1]"),
+    (["--augmentation", "numpy"], "--augmentation: invalid choice"),
     (["--inner-iters", "0"], "--inner-iters must be >= 1"),
 ])
 def test_contradictory_or_bad_flags_exit_2_with_one_line(argv, needle, capsys):

@@ -126,3 +126,19 @@ def test_pretrained_evaluates_the_checkpoint_and_rejects_other_models(shards, fi
     assert run_metasegnet.main(_argv(shards, finished_run, "--pretrained", "--rsd", "4")) == 2
     err = capsys.readouterr().err
     assert "model.rsd: checkpoint [2, 4], this run [4]" in err
+
+
+@pytest.mark.parametrize("flags,refused", [([], False), (["--augment"], True),
+                                           (["--augment", "--augmentation", "metaseg"], False)])
+def test_runs_from_before_the_augmentation_flag_resume_as_metaseg(tmp_path, flags, refused):
+    from args import parse_args
+    saved = json.loads(parse_args(flags).to_json())
+    del saved["inner"]["augmentation"]  # a config.json written before the flag existed
+    (tmp_path / "state.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = parse_args(flags)
+    if refused:
+        with pytest.raises(run_metasegnet.RunError, match="inner.augmentation: checkpoint 'metaseg'"):
+            run_metasegnet._check_compatible(str(tmp_path), cfg, resume=True)
+    else:
+        run_metasegnet._check_compatible(str(tmp_path), cfg, resume=True)
