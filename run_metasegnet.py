@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from args import Config, parse_args  # noqa: E402
 from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
-from data.tasks import load_tasks  # noqa: E402
+from data.tasks import FORMATS, data_format, load_tasks  # noqa: E402
 from meta import checkpoint  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
@@ -102,7 +102,9 @@ def make_splits(cfg: Config, class_names: list[str]) -> Splits:
     if not splits.test:
         raise RunError("No meta-test classes: pass --test_tasks_file FILE, --num_test_tasks N or "
                        "--fss_1000 (with fss_test_set.txt next to the shards).")
-    if not splits.train:
+    # k-shot curves of a given init need no training classes (the paper's FP-k folder has none).
+    if not splits.train and not (cfg.run.pretrained
+                                 and cfg.run.run_k_shot_learning_curves_experiment):
         raise RunError("No meta-training classes left after the test/val split.")
     return splits
 
@@ -278,6 +280,8 @@ def _run(cfg: Config) -> int:
     rng = np.random.default_rng([cfg.meta.seed, 0])  # the one training stream
 
     # --- data
+    print(f"Reading --data-dir {cfg.data.data_dir} as "
+          f"{FORMATS[data_format(cfg.data.data_dir)]}", flush=True)
     tasks = load_tasks(cfg.data.data_dir, cfg.data.image_size)
     splits = make_splits(cfg, sorted(tasks))
     eval_split = "val" if cfg.eval.eval_val_tasks else "test"
