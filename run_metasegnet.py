@@ -175,6 +175,18 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
         source = run_dir  # rerunning the same command resumes where it stopped
     if source is None:
         return 0
+    from meta import tf1_checkpoint
+    if tf1_checkpoint.is_tf1_checkpoint(source):
+        if os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir):
+            source = run_dir  # this run already started from it: resume its own progress
+        else:
+            report = tf1_checkpoint.restore_tf1_checkpoint(
+                model, source, cfg.model,
+                restore_final_layer=not cfg.run.do_not_restore_final_layer_weights)
+            print(f"Continuing meta-training from TF1 checkpoint {report.checkpoint}: its weights "
+                  f"and batch-norm statistics {report.mapped}; optimizer state and meta-iteration "
+                  f"count start fresh", flush=True)
+            return 0
     path = checkpoint.latest_checkpoint(source) if os.path.isdir(source) and not \
         os.path.isfile(os.path.join(source, "state.json")) else source
     if path is None:

@@ -82,3 +82,35 @@ def test_damaged_paper_shards_exit_2_in_one_line_and_write_nothing(damage, tmp_p
     assert len(err) == 1 and err[0].startswith("run_metasegnet.py: error: Paper shard "), err
     assert str(bad) in err[0]
     assert not run.exists()
+
+
+def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
+    """--continue_training_from_checkpoint takes the paper's TF1 files: the init meta-training
+    starts from holds their weights and BN statistics; optimizers and iteration count are fresh."""
+    from args import parse_args
+    from meta.algorithms import MetaLearner
+    from meta.inner import training_schedule
+    from meta.tf1_checkpoint import open_tf1_checkpoint
+    import run_experiments
+    write_synthetic_checkpoint(str(tmp_path / "tf1"), rsd=(2, 4), optimizer="adam", seed=5)
+    cfg = parse_args(["--data-dir", "unused", "--image_size", "32", "--rsd", "2", "4",
+                      "--checkpoint", str(tmp_path / "run"), "--meta-iters", "3",
+                      "--continue_training_from_checkpoint", str(tmp_path / "tf1")])
+    loop = run_experiments.make_inner_loop(cfg, run_metasegnet.build_model_with_backbone(cfg.model))
+    learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+    rng = np.random.default_rng(0)
+    rng_state = rng.bit_generator.state
+    assert run_metasegnet.restore(cfg, loop.model, learner, rng) == 0  # meta-iteration 0
+    assert "Continuing meta-training from TF1 checkpoint" in capsys.readouterr().out
+    with open_tf1_checkpoint(str(tmp_path / "tf1")) as (_, reader):
+        np.testing.assert_array_equal(loop.model.get_layer("final_layer_weights").kernel.numpy(),
+                                      reader.get_tensor("decode/final_layer_weights/kernel"))
+        np.testing.assert_array_equal(
+            loop.model.get_layer("rsd2_b0_bn").moving_variance.numpy(),
+            reader.get_tensor("decode/decode_skip_connections_1/batch_normalization/"
+                              "moving_variance"))
+    for optimizer in (loop.optimizer, learner.outer_optimizer):  # the TF1 Adam slots stay out
+        assert all(not np.any(v.numpy()) for v in optimizer.variables if "iteration" not in v.path
+                   and "learning_rate" not in v.path)
+        assert int(optimizer.iterations.numpy()) == 0
+    assert rng.bit_generator.state == rng_state
