@@ -114,3 +114,16 @@ def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
                    and "learning_rate" not in v.path)
         assert int(optimizer.iterations.numpy()) == 0
     assert rng.bit_generator.state == rng_state
+
+
+def test_fp_k_folder_alone_suits_the_k_shot_curves_only():
+    """The paper's FP-k folder holds just the 5 FP-k classes: no training classes. k-shot curves of
+    a given init (the reference's use of it) accept that; meta-training does not."""
+    from args import parse_args
+    names = ["airliner", "bus", "motorbike", "potted_plant", "television"]
+    base = ["--data-dir", "fp_k", "--fp_k_test_set", "--checkpoint", "ckpt"]
+    kshot = parse_args(base + ["--pretrained", "--run_k_shot_learning_curves_experiment"])
+    splits = run_metasegnet.make_splits(kshot, names)
+    assert splits.test == tuple(names) and splits.train == ()
+    with pytest.raises(run_metasegnet.RunError, match="No meta-training classes"):
+        run_metasegnet.make_splits(parse_args(base), names)
