@@ -233,10 +233,13 @@ def _add_uho_flags(p):
 def _add_experiment_flags(p):
     g = p.add_argument_group("experiments and baselines")
     g.add_argument("--run_k_shot_learning_curves_experiment", action="store_true")
-    g.add_argument("--k_shot_range", type=int, nargs="+", default=[1, 5, 10, 25, 50, 100, 200])
+    g.add_argument("--k_shot_range", type=int, nargs="+", default=[1, 5, 10, 50, 100, 200, 400],
+                   help="support-set sizes k (default: the reference's k grid; k values a class "
+                        "cannot supply are dropped)")
     g.add_argument("--k_shot_iter_range", type=int, nargs="+", default=None,
-                   help="inner steps per k of --k_shot_range (default: --eval-iters below k = 10, "
-                        "early stopping on 20%% of the k examples from k = 10)")
+                   help="inner steps per k of --k_shot_range (default, as the reference always: "
+                        "--eval-iters below k = 10, early stopping on 20%% of the k examples from "
+                        "k = 10)")
     g.add_argument("--k_shot_max_steps", type=int, default=500,
                    help="early-stopping bound of the k-shot experiment (k >= 10)")
     g.add_argument("--k_shot_num_query", type=int, default=20,

@@ -24,8 +24,7 @@ import numpy as np  # noqa: E402
 
 from args import Config, parse_args  # noqa: E402
 from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
-from data.tasks import load_tasks  # noqa: E402
-from data.tfrecord import read_manifest  # noqa: E402
+from data.tasks import FORMATS, data_format, load_tasks, recorded_split  # noqa: E402
 from meta import checkpoint  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
@@ -101,11 +100,13 @@ def make_splits(cfg: Config, class_names: list[str]) -> Splits:
         splits = split_classes(class_names, test_tasks_file=_test_classes_file(cfg),
                                num_test_tasks=cfg.data.num_test_tasks,
                                num_val_tasks=cfg.data.num_val_tasks, seed=cfg.data.seed,
-                               recorded=read_manifest(cfg.data.data_dir).get("split"))
+                               recorded=recorded_split(cfg.data.data_dir))
     if not splits.test:
         raise RunError("No meta-test classes: pass --test_tasks_file FILE, --num_test_tasks N or "
                        "--fss_1000 (with fss_test_set.txt next to the shards).")
-    if not splits.train:
+    # k-shot curves of a given init need no training classes (the paper's FP-k folder has none).
+    if not splits.train and not (cfg.run.pretrained
+                                 and cfg.run.run_k_shot_learning_curves_experiment):
         raise RunError("No meta-training classes left after the test/val split.")
     return splits
 
@@ -179,6 +180,18 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
         source = run_dir  # rerunning the same command resumes where it stopped
     if source is None:
         return 0
+    from meta import tf1_checkpoint
+    if tf1_checkpoint.is_tf1_checkpoint(source):
+        if os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir):
+            source = run_dir  # this run already started from it: resume its own progress
+        else:
+            report = tf1_checkpoint.restore_tf1_checkpoint(
+                model, source, cfg.model,
+                restore_final_layer=not cfg.run.do_not_restore_final_layer_weights)
+            print(f"Continuing meta-training from TF1 checkpoint {report.checkpoint}: its weights "
+                  f"and batch-norm statistics {report.mapped}; optimizer state and meta-iteration "
+                  f"count start fresh", flush=True)
+            return 0
     path = checkpoint.latest_checkpoint(source) if os.path.isdir(source) and not \
         os.path.isfile(os.path.join(source, "state.json")) else source
     if path is None:
@@ -309,6 +322,8 @@ def _run(cfg: Config) -> int:
     rng = np.random.default_rng([cfg.meta.seed, 0])  # the one training stream
 
     # --- data
+    print(f"Reading --data-dir {cfg.data.data_dir} as "
+          f"{FORMATS[data_format(cfg.data.data_dir)]}", flush=True)
     tasks = load_tasks(cfg.data.data_dir, cfg.data.image_size)
     splits = make_splits(cfg, sorted(tasks))
     eval_split = "val" if cfg.eval.eval_val_tasks else "test"

@@ -31,5 +31,17 @@ def binarize_mask(mask: Image.Image) -> np.ndarray:
             if array.shape[-1] >= 3 else array[..., 0]
         if mask.mode in ("LA", "RGBA"):  # composite over black: colour * alpha / 255
             value = value.astype(np.float32) * (array[..., -1].astype(np.float32) / 255.0)
-    threshold = 0.5 if value.max(initial=0) <= 1 else 128
-    return (value >= threshold).astype(np.uint8)
+    return binarize_values(value)
+
+
+def binarize_values(value: np.ndarray) -> np.ndarray:
+    """The rule's threshold step on grey values: a mask whose max is <= 1 is a 0/1 mask.
+
+    Args:
+        value: one mask (H, W) or a stack (n, H, W) of grey values; each mask is judged alone.
+    Returns:
+        uint8 array of the same shape in {0, 1}.
+    """
+    value = np.asarray(value)
+    peak = value.max(axis=(-2, -1), keepdims=True)
+    return (value >= np.where(peak <= 1, 0.5, 128)).astype(np.uint8)

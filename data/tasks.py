@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from data import paper_shards
 from data.tfrecord import parse_pair, read_manifest
 
 _DECODE_BATCH = 256
@@ -46,11 +47,33 @@ class ClassData:
         return int(self.images.shape[0])
 
 
+FORMATS = {"paper": "the paper's per-class shards (<class>.tfrecord.gzip, no manifest.json)",
+           "metaseg": "metaseg shards (manifest.json)"}
+
+
+def data_format(tfrecord_dir: str) -> str:
+    """Which reader a --data-dir takes: "paper" (per-class `.tfrecord.gzip`, no manifest) or
+    "metaseg" (our converter's manifest.json + shards; also every malformed folder, whose error
+    then comes from the manifest check)."""
+    return "paper" if paper_shards.is_paper_format(tfrecord_dir) else "metaseg"
+
+
+def recorded_split(tfrecord_dir: str) -> dict | None:
+    """The class split the converter recorded in manifest.json (seed folders), else None.
+
+    The paper's shards carry no manifest, hence no recorded split.
+    """
+    if data_format(tfrecord_dir) == "paper":
+        return None
+    return read_manifest(tfrecord_dir).get("split")
+
+
 def load_tasks(tfrecord_dir: str, image_size: int | None = None) -> dict[str, ClassData]:
     """Decode every shard of a converted dataset into per-class uint8 arrays.
 
     Args:
-        tfrecord_dir: directory written by `fss_1000_image_to_tfrecord.py` (manifest.json + shards).
+        tfrecord_dir: directory written by `fss_1000_image_to_tfrecord.py` (manifest.json + shards),
+            or a folder of the paper's shards (`data.paper_shards`); told apart by `data_format`.
         image_size: expected image side; None accepts the manifest's size.
 
     Returns:
@@ -62,6 +85,14 @@ def load_tasks(tfrecord_dir: str, image_size: int | None = None) -> dict[str, Cl
         ValueError: image_size differs from the converted size, or the shards disagree with the
             manifest.
     """
+    if data_format(tfrecord_dir) == "paper":
+        tasks = {}
+        for name, (images, masks) in paper_shards.load_paper_shards(tfrecord_dir,
+                                                                    image_size).items():
+            images.flags.writeable = False
+            masks.flags.writeable = False
+            tasks[name] = ClassData(name=name, images=images, masks=masks)
+        return tasks
     manifest = read_manifest(tfrecord_dir)
     size = int(manifest["image_size"])
     if image_size is not None and int(image_size) != size:

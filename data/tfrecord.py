@@ -126,7 +126,8 @@ def read_manifest(tfrecord_dir: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path!r} is missing: {tfrecord_dir!r} was not written by fss_1000_image_to_tfrecord.py "
-            f"(or the conversion did not finish). Re-run the converter into it.")
+            f"(or the conversion did not finish), and it holds no <class>.tfrecord.gzip files of "
+            f"the paper's format either. Re-run the converter into it.")
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)

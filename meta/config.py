@@ -163,7 +163,7 @@ class UHOConfig:
 class KShotConfig:
     """The k-shot learning-curve experiment."""
 
-    k_values: tuple[int, ...] = (1, 5, 10, 25, 50, 100, 200)
+    k_values: tuple[int, ...] = (1, 5, 10, 50, 100, 200, 400)  # ml4ai/mliis DEFAULT_K_RANGE
     k_shot_iter_range: tuple[int, ...] | None = None
     num_query: int = 20
     baseline_checkpoint: str | None = None  # joint-training baseline to plot against

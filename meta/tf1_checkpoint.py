@@ -197,10 +197,9 @@ def restore_tf1_checkpoint(model: keras.Model, path: str, model_cfg, *,
     if model_cfg.model_name != "efficientlab":
         raise ValueError("TF1 checkpoints of the reference hold EfficientLab weights only. "
                          f"Received: --model_name {model_cfg.model_name}")
-    extras = [f for f in ("spatial_pyramid_pooling", "skip_decoding") if getattr(model_cfg, f, False)]
-    if extras:  # the published checkpoint has neither; their TF1 names are not mapped
-        raise ValueError(f"The TF1 loader maps EfficientLab with RSD modules only (the paper's "
-                         f"checkpoint). Received: {' '.join('--' + f for f in extras)}")
+    if getattr(model_cfg, "spatial_pyramid_pooling", False):  # not in the published checkpoint
+        raise ValueError("The TF1 loader maps EfficientLab with RSD modules and --skip_decoding "
+                         "only. Received: --spatial_pyramid_pooling")
     fe = model_cfg.feature_extractor_name
     weights, kept = {}, {}
     for layer in _leaf_layers(model):
@@ -214,15 +213,15 @@ def restore_tf1_checkpoint(model: keras.Model, path: str, model_cfg, *,
                                  "mapping needs unique layer names.")
             else:
                 weights[(layer.name, w.name)] = w
-    mapping, unknown = tf1_names.keras_to_tf1_names(list(weights), fe)
-    for key, (_, group) in list(mapping.items()):
-        reason = (KEEP_DECODER if backbone_only and group != "backbone" else
-                  KEEP_FINAL_LAYER if not restore_final_layer and group == "head" else None)
-        if reason:
-            kept.setdefault(reason, []).append(weights[key].path)
-            del mapping[key]
     with open_tf1_checkpoint(path) as (prefix, reader):
         shapes = reader.get_variable_to_shape_map()
+        mapping, unknown = tf1_names.keras_to_tf1_names(list(weights), fe, list(shapes))
+        for key, (_, group) in list(mapping.items()):
+            reason = (KEEP_DECODER if backbone_only and group != "backbone" else
+                      KEEP_FINAL_LAYER if not restore_final_layer and group == "head" else None)
+            if reason:
+                kept.setdefault(reason, []).append(weights[key].path)
+                del mapping[key]
         ignored, unused, wanted, shared = {}, [], {}, []
         for key, (name, _) in mapping.items():
             if name in wanted:  # two Keras weights claiming one tensor: a mapping bug, never silent

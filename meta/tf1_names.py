@@ -22,6 +22,16 @@ FINAL_LAYER_NAME = "final_layer_weights"  # Keras layer name of the head (CONTRA
 # upsampled map (our `residual` branch, only when its channels differ from F), then branch 0 (1x1),
 # branch 1 (3x3, dilation 2) and the fusing 3x3 conv. Each is conv -> swish -> BN.
 RSD_PARTS = ("residual", "b0", "b1", "fuse")
+# --skip_decoding lives in the unnumbered scope `decode/decode_skip_connections`: tf.layers numbers
+# the skip's 1x1 conv and BN, then per separable block BN, 1x1 conv, BN in call order. Its two
+# depthwise convs are plain Keras layers, whose names come from a graph-wide counter that the
+# backbone's DepthwiseConv2D layers (a Keras/tf.layers hybrid, one per block built) have already
+# advanced: `depthwise_conv2d_<B>`, `_<B+1>` with B the blocks built. The loader takes the two
+# `depthwise_conv2d*` tensors of the scope in numeric order, so the counter need not be exact.
+SKIP_DECODER_SCOPE = f"{DECODER_SCOPE}/decode_skip_connections"
+_SKIP_DECODER_LAYER = re.compile(r"^skipdec_(skip|sep1|sep2)_(conv|bn|dwconv|dw_bn|pwconv|pw_bn)$")
+_SKIP_DEPTHWISE = re.compile(re.escape(SKIP_DECODER_SCOPE) +
+                             r"/(depthwise_conv2d(?:_(\d+))?)/depthwise_kernel$")
 
 # Blocks the backbone taps: stem + blocks_0..N-1 (spec 2.2: 11 for B0, ending at reduction_4 =
 # Keras block5c; 18 for B3, ending at the 136-channel stage = Keras block5e).
@@ -93,7 +103,44 @@ def _numbered(base: str, k: int) -> str:
     return base if k == 0 else f"{base}_{k}"
 
 
-def keras_to_tf1_names(weight_keys: list[tuple[str, str]], feature_extractor_name: str
+def skip_decoder_depthwise_names(feature_extractor_name: str,
+                                 checkpoint_names=None) -> tuple[str, str]:
+    """Scope-relative names of the skip decoder's two depthwise convs.
+
+    Args:
+        feature_extractor_name: the backbone (how many blocks the reference builds).
+        checkpoint_names: the checkpoint's tensor names; when they hold exactly two depthwise
+            kernels in the skip decoder's scope, those are used (numeric order).
+    Returns:
+        (first, second), e.g. ("depthwise_conv2d_11", "depthwise_conv2d_12") for B0.
+    """
+    found = sorted(((int(m.group(2) or 0), m.group(1)) for m in
+                    map(_SKIP_DEPTHWISE.match, checkpoint_names or ()) if m))
+    if len(found) == 2:
+        return found[0][1], found[1][1]
+    built = USED_BLOCKS[feature_extractor_name] + len(UNUSED_BLOCKS[feature_extractor_name])
+    return f"depthwise_conv2d_{built}", f"depthwise_conv2d_{built + 1}"
+
+
+def _skip_decoder_tf_name(part: str, kind: str, weight: str, depthwise: tuple[str, str]
+                          ) -> str | None:
+    """TF1 name (inside the skip decoder's scope) of one `skipdec_*` Keras weight."""
+    if part == "skip":
+        if kind == "conv" and weight == "kernel":
+            return "conv2d/kernel"
+        return f"batch_normalization/{weight}" if kind == "bn" and weight in BN_WEIGHTS else None
+    j = int(part[-1])  # separable block 1 or 2
+    if kind == "dwconv" and weight == "kernel":
+        return f"{depthwise[j - 1]}/depthwise_kernel"
+    if kind == "pwconv" and weight == "kernel":
+        return f"conv2d_{j}/kernel"
+    if kind in ("dw_bn", "pw_bn") and weight in BN_WEIGHTS:
+        return f"batch_normalization_{2 * j - (kind == 'dw_bn')}/{weight}"
+    return None
+
+
+def keras_to_tf1_names(weight_keys: list[tuple[str, str]], feature_extractor_name: str,
+                       checkpoint_names=None
                        ) -> tuple[dict[tuple[str, str], tuple[str, str]], list[tuple[str, str]]]:
     """Map Keras EfficientLab weights (layer name, weight name) onto reference TF1 tensor names.
 
@@ -101,6 +148,8 @@ def keras_to_tf1_names(weight_keys: list[tuple[str, str]], feature_extractor_nam
         weight_keys: (layer name, weight name) of every Keras weight that should come from the
             checkpoint, e.g. ("block2a_expand_conv", "kernel"), ("rsd4_b0_bn", "moving_mean").
         feature_extractor_name: "efficientnet-b0" or "efficientnet-b3" (the TF backbone scope).
+        checkpoint_names: the checkpoint's tensor names, to resolve the skip decoder's depthwise
+            names (`skip_decoder_depthwise_names`); None uses the derived default.
     Returns:
         (mapping, unknown): mapping[(layer, weight)] = (TF1 name, group) with group "backbone",
         "decoder" or "head"; unknown lists the keys no rule covers (the caller reports them).
@@ -117,10 +166,12 @@ def keras_to_tf1_names(weight_keys: list[tuple[str, str]], feature_extractor_nam
             parts.append(m.group(2))
     mapping, unknown = {}, []
     fe = feature_extractor_name
+    depthwise = skip_decoder_depthwise_names(fe, checkpoint_names)
     for layer, weight in weight_keys:
         name, group = None, "backbone"
         block = _KERAS_BLOCK.match(layer)
         rsd = _RSD_LAYER.match(layer)
+        skipdec = _SKIP_DECODER_LAYER.match(layer)
         if layer == "stem_conv" and weight == "kernel":
             name = f"{fe}/stem/conv2d/kernel"
         elif layer == "stem_bn" and weight in BN_WEIGHTS:
@@ -138,6 +189,9 @@ def keras_to_tf1_names(weight_keys: list[tuple[str, str]], feature_extractor_nam
             elif kind == "bn" and weight in BN_WEIGHTS:
                 name = f"{scope}/{_numbered('batch_normalization', k)}/{weight}"
             group = "decoder"
+        elif skipdec:
+            inner = _skip_decoder_tf_name(skipdec.group(1), skipdec.group(2), weight, depthwise)
+            name, group = inner and f"{SKIP_DECODER_SCOPE}/{inner}", "decoder"
         elif layer == FINAL_LAYER_NAME and weight in ("kernel", "bias"):
             name, group = f"{FINAL_LAYER_SCOPE}/{weight}", "head"
         if name is None:

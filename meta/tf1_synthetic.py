@@ -81,23 +81,26 @@ class _ReferenceGraph:
                 y += self._variable("bias", self.rng.normal(0, 0.1, (filters,)))
         return y
 
-    def depthwise(self, x, kernel, stride):
+    def depthwise(self, x, kernel, stride, name=None):
         """The TPU EfficientNet's DepthwiseConv2D: `depthwise_conv2d/depthwise_kernel`."""
         c = int(x.shape[-1])
-        with v1.variable_scope(None, default_name="depthwise_conv2d"):
+        with v1.variable_scope(name, default_name="depthwise_conv2d"):
             k = self._variable("depthwise_kernel",
                                self.rng.normal(0, math.sqrt(2.0 / (kernel * kernel)),
                                                (kernel, kernel, c, 1)))
             return tf.nn.depthwise_conv2d(x, k, [1, stride, stride, 1], "SAME")
 
-    def batch_norm(self, x, base_name):
-        """BN in inference mode with random statistics; TF1 names it `<base_name>[_k]`."""
+    def batch_norm(self, x, base_name, batch_statistics=False):
+        """BN with random statistics, in inference mode unless `batch_statistics` (the skip
+        decoder's BN, always in training mode); TF1 names it `<base_name>[_k]`."""
         c = (int(x.shape[-1]),)
         with v1.variable_scope(None, default_name=base_name):
             gamma = self._variable("gamma", self.rng.uniform(0.5, 1.5, c))
             beta = self._variable("beta", self.rng.normal(0, 0.2, c))
             mean = self._variable("moving_mean", self.rng.normal(0, 0.2, c), trainable=False)
             var = self._variable("moving_variance", self.rng.uniform(0.5, 2.0, c), trainable=False)
+            if batch_statistics:
+                mean, var = tf.nn.moments(x, [0, 1, 2])
             return tf.nn.batch_normalization(x, mean, var, beta, gamma, BN_EPSILON)
 
     def mbconv(self, x, kernel, stride, c_in, c_out, expand):
@@ -128,9 +131,24 @@ def _resize_align_corners(x, size):
                                      half_pixel_centers=False)
 
 
+def _skip_decoder(graph: _ReferenceGraph, embedded, skip, images, filters: int, blocks: int):
+    """The reference's `--skip_decoding` (DeepLab v3+ style), its BNs on batch statistics."""
+    def bn(x):
+        return graph.batch_norm(x, "batch_normalization", batch_statistics=True)
+
+    up = _resize_align_corners(embedded, tf.shape(images)[1:3] // 4)
+    s = tf.nn.swish(bn(graph.conv(skip, filters // 2, 1)))
+    y = tf.concat([up, s], -1)
+    for j in range(2):  # plain Keras depthwise layers: named by the graph-wide counter
+        y = tf.nn.swish(bn(graph.depthwise(y, 3, 1, name=f"depthwise_conv2d_{blocks + j}")))
+        y = tf.nn.swish(bn(graph.conv(y, filters + filters // 2, 1)))
+    return y
+
+
 def build_reference_graph(images, rng: np.random.Generator, *,
                           feature_extractor_name: str = "efficientnet-b0",
-                          rsd: tuple[int, ...] = (2, 4), num_outputs: int = 2):
+                          rsd: tuple[int, ...] = (2, 4), num_outputs: int = 2,
+                          skip_decoding: bool = False):
     """Build the reference EfficientLab in the current TF1 graph (inference mode).
 
     Args:
@@ -139,6 +157,7 @@ def build_reference_graph(images, rng: np.random.Generator, *,
         feature_extractor_name: "efficientnet-b0" or "efficientnet-b3".
         rsd: reductions (1..4) with a residual skip decoder module, as `--rsd`.
         num_outputs: channels of the final 1x1 conv (2 for binary segmentation).
+        skip_decoding: build the `--skip_decoding` decoder before the RSD modules.
     Returns:
         (endpoints, values): endpoints maps "stem", "block_<i>", "reduction_<i>", "decoded",
         "logits", "probabilities" to tensors; values maps each variable to its value.
@@ -163,6 +182,10 @@ def build_reference_graph(images, rng: np.random.Generator, *,
     filters = VARIANTS[feature_extractor_name][3]
     with v1.variable_scope("decode"):
         decoded = ends["reduction_4"]
+        if skip_decoding:
+            with v1.variable_scope("decode_skip_connections"):
+                decoded = _skip_decoder(graph, decoded, ends["reduction_2"], images, filters,
+                                        len(blocks))
         for i in sorted(rsd, reverse=True):
             skip = ends[f"reduction_{i}"]
             with v1.variable_scope(f"decode_skip_connections_{i - 1}"):
@@ -183,7 +206,8 @@ def build_reference_graph(images, rng: np.random.Generator, *,
 
 
 def write_synthetic_checkpoint(out_dir: str, *, feature_extractor_name: str = "efficientnet-b0",
-                               rsd: tuple[int, ...] = (2, 4), num_outputs: int = 2, seed: int = 0,
+                               rsd: tuple[int, ...] = (2, 4), num_outputs: int = 2,
+                               skip_decoding: bool = False, seed: int = 0,
                                step: int = 0, optimizer: str | None = "adam", ema: bool = False,
                                global_step: bool = False, probe_images: np.ndarray | None = None
                                ) -> dict[str, np.ndarray]:
@@ -191,7 +215,8 @@ def write_synthetic_checkpoint(out_dir: str, *, feature_extractor_name: str = "e
 
     Args:
         out_dir: directory to write (created if missing).
-        feature_extractor_name, rsd, num_outputs: the architecture, as in `build_reference_graph`.
+        feature_extractor_name, rsd, num_outputs, skip_decoding: the architecture, as in
+            `build_reference_graph`.
         seed: seed of the random variable values.
         step: global step in the file name, as the reference's Saver writes it.
         optimizer: "adam" adds the slots and beta powers of the reference's inner Adam (beta1 = 0),
@@ -209,7 +234,8 @@ def write_synthetic_checkpoint(out_dir: str, *, feature_extractor_name: str = "e
         images = v1.placeholder(tf.float32, (None, size, size, 3), name="X")
         ends, values = build_reference_graph(images, np.random.default_rng(seed),
                                              feature_extractor_name=feature_extractor_name,
-                                             rsd=rsd, num_outputs=num_outputs)
+                                             rsd=rsd, num_outputs=num_outputs,
+                                             skip_decoding=skip_decoding)
         # The optimizer only has to create its state variables; zero gradients avoid a backward graph.
         optimizers = {"adam": lambda: v1.train.AdamOptimizer(1e-3, beta1=0.0),
                       "momentum": lambda: v1.train.MomentumOptimizer(1e-3, 0.9), None: None}

@@ -208,8 +208,10 @@ def skip_decoder(x, skip, filters: int, cfg: ModelConfig):
 def build_efficientlab(cfg: ModelConfig) -> keras.Model:
     """EfficientLab: truncated EfficientNet, optional pyramid, RSD modules, 2-channel head.
 
-    Decoder order: `--spatial_pyramid_pooling` on the encoder output, then one RSD module per
-    `--rsd` reduction (deepest first), then `--skip_decoding`, then the head.
+    Decoder order (ml4ai/mliis models/efficientlab.py `decode`): `--spatial_pyramid_pooling` on the
+    encoder output, then `--skip_decoding` (to stride 4), then one RSD module per `--rsd`
+    reduction (deepest first; after the skip decoder the first one resizes down to its skip),
+    then the head.
 
     Args:
         cfg: model config with model_name "efficientlab".
@@ -222,10 +224,10 @@ def build_efficientlab(cfg: ModelConfig) -> keras.Model:
     x = skips[4]
     if cfg.spatial_pyramid_pooling:
         x = spatial_pyramid_pooling(x, filters, cfg)
-    for reduction in sorted(cfg.rsd, reverse=True):
-        x = residual_skip_decoder(x, skips[reduction], reduction, filters, cfg)
     if cfg.skip_decoding:
         x = skip_decoder(x, skips[2], filters, cfg)
+    for reduction in sorted(cfg.rsd, reverse=True):
+        x = residual_skip_decoder(x, skips[reduction], reduction, filters, cfg)
     # reference head init: normal(0, sqrt(2 / fan_out)), fan_out = 1 * 1 * 2 -> std 1 (spec 2.3)
     head_init = keras.initializers.RandomNormal(stddev=(2.0 / 2) ** 0.5)
     outputs = segmentation_head(x, cfg, kernel_initializer=head_init)

@@ -74,3 +74,10 @@ def test_unknown_flag_is_one_line_error_from_the_cli():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "run_metasegnet.py: error: unrecognized arguments: --no_such_flag"]
+
+
+def test_k_shot_defaults_follow_the_reference():
+    """The reference's k grid {1, 5, 10, 50, 100, 200, 400}, steps by early stopping from k = 10."""
+    cfg = parse_args(["--data-dir", "x"])
+    assert cfg.kshot.k_values == (1, 5, 10, 50, 100, 200, 400)
+    assert cfg.kshot.k_shot_iter_range is None

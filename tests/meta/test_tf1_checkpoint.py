@@ -310,3 +310,25 @@ def test_restore_efficient_net_weights_from_a_tf1_checkpoint(b0):
     # The decoder keeps the seeded initialization of a plain build.
     assert np.array_equal(np.asarray(model.get_layer("rsd4_b0_conv").weights[0]),
                           np.asarray(fresh.get_layer("rsd4_b0_conv").weights[0]))
+
+
+def test_skip_decoding_runs_before_the_rsd_modules_and_loads_from_tf1(tmp_path):
+    """--skip_decoding as the reference builds it (before the RSD modules, in the unnumbered
+    `decode/decode_skip_connections` scope): every tensor maps and the forward pass matches."""
+    directory = str(tmp_path / "skipdec")
+    reference = write_synthetic_checkpoint(directory, skip_decoding=True, optimizer=None,
+                                           probe_images=PROBE, seed=2)
+    cfg = ModelConfig(image_size=SIZE, rsd=(2, 4), skip_decoding=True)
+    model = build_model(cfg)
+    report = restore_tf1_checkpoint(model, directory, cfg)
+    # skip decoder: 2 depthwise + 3 convs + 5 BNs x 4; RSD 4 gains its residual conv + BN (6)
+    assert report.mapped == {"backbone": 209, "decoder": 36 + 25 + 6, "head": 2}
+    reader = tf.train.load_checkpoint(directory)
+    np.testing.assert_array_equal(
+        model.get_layer("skipdec_sep2_dwconv").kernel.numpy(),
+        reader.get_tensor("decode/decode_skip_connections/depthwise_conv2d_12/depthwise_kernel"))
+    np.testing.assert_array_equal(
+        model.get_layer("skipdec_sep1_pw_bn").gamma.numpy(),
+        reader.get_tensor("decode/decode_skip_connections/batch_normalization_2/gamma"))
+    probabilities = np.asarray(model(PROBE, training=False))
+    np.testing.assert_allclose(probabilities, reference["probabilities"], atol=5e-5)

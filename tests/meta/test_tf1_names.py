@@ -97,3 +97,32 @@ def test_describe_checkpoint():
              "decode/decode_skip_connections_1/conv2d/kernel", "beta1_power"]
     assert tf1_names.describe_checkpoint(names) == {"feature_extractors": ["efficientnet-b3"],
                                                     "rsd": [2, 4]}
+
+
+def test_skip_decoder_names_and_its_depthwise_counter():
+    keys = [("skipdec_skip_conv", "kernel"), ("skipdec_skip_bn", "beta"),
+            ("skipdec_sep1_dwconv", "kernel"), ("skipdec_sep1_dw_bn", "gamma"),
+            ("skipdec_sep1_pwconv", "kernel"), ("skipdec_sep1_pw_bn", "moving_mean"),
+            ("skipdec_sep2_dwconv", "kernel"), ("skipdec_sep2_dw_bn", "beta"),
+            ("skipdec_sep2_pwconv", "kernel"), ("skipdec_sep2_pw_bn", "moving_variance")]
+    mapping, unknown = tf1_names.keras_to_tf1_names(keys, "efficientnet-b0")
+    assert unknown == []
+    scope = "decode/decode_skip_connections/"
+    assert {k: v[0].removeprefix(scope) for k, v in mapping.items()} == {
+        ("skipdec_skip_conv", "kernel"): "conv2d/kernel",
+        ("skipdec_skip_bn", "beta"): "batch_normalization/beta",
+        ("skipdec_sep1_dwconv", "kernel"): "depthwise_conv2d_11/depthwise_kernel",
+        ("skipdec_sep1_dw_bn", "gamma"): "batch_normalization_1/gamma",
+        ("skipdec_sep1_pwconv", "kernel"): "conv2d_1/kernel",
+        ("skipdec_sep1_pw_bn", "moving_mean"): "batch_normalization_2/moving_mean",
+        ("skipdec_sep2_dwconv", "kernel"): "depthwise_conv2d_12/depthwise_kernel",
+        ("skipdec_sep2_dw_bn", "beta"): "batch_normalization_3/beta",
+        ("skipdec_sep2_pwconv", "kernel"): "conv2d_2/kernel",
+        ("skipdec_sep2_pw_bn", "moving_variance"): "batch_normalization_4/moving_variance"}
+    assert {v[1] for v in mapping.values()} == {"decoder"}
+    # B3 builds 26 blocks; a checkpoint whose counter differs is read by its own two names
+    assert tf1_names.skip_decoder_depthwise_names("efficientnet-b3") == (
+        "depthwise_conv2d_26", "depthwise_conv2d_27")
+    names = [scope + n + "/depthwise_kernel" for n in ("depthwise_conv2d_9", "depthwise_conv2d")]
+    assert tf1_names.skip_decoder_depthwise_names("efficientnet-b0", names) == (
+        "depthwise_conv2d", "depthwise_conv2d_9")

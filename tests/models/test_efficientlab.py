@@ -125,9 +125,14 @@ def test_spp_and_skip_decoding_variants(images):
     model = build_model(cfg)
     assert model.get_layer("spp_b1_conv").dilation_rate == (6, 6)
     assert model.get_layer("spp_fuse_conv").output.shape[1:] == (4, 4, 112)
-    assert model.get_layer("rsd4_upsample").input is model.get_layer("spp_fuse_dropout").output
+    # the reference's order: pyramid -> skip decoder (stride 4) -> RSD modules (reference's
+    # `decode`), so RSD 4 resizes the skip decoder's 16x16 map down to its 4x4 skip
+    assert model.get_layer("skipdec_upsample").input is model.get_layer("spp_fuse_dropout").output
     assert model.get_layer("skipdec_skip_conv").input is model.get_layer("block2b_add").output
-    assert model.get_layer("final_layer_weights").input.shape[1:] == (16, 16, 112 + 56)
+    assert model.get_layer("rsd4_upsample").input is model.get_layer("skipdec_sep2_pw_swish").output
+    assert model.get_layer("rsd4_upsample").input.shape[1:] == (16, 16, 112 + 56)
+    assert model.get_layer("rsd4_residual_conv").input.shape[1:] == (4, 4, 112 + 56)
+    assert model.get_layer("final_layer_weights").input.shape[1:] == (4, 4, 112)
     _probabilities_ok(model(images, training=False), 2, SIZE)
     # its batch norms use batch statistics even at prediction: the output depends on the batch
     alone = np.asarray(model(images[:1], training=False))

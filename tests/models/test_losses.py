@@ -152,3 +152,42 @@ def test_mean_iou_is_the_evaluation_iou():
     np.testing.assert_allclose(np.asarray(iou_per_image(np.eye(2)[y], p)), expected, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(iou_per_image(y, p)), expected, rtol=1e-6)
     assert float(mean_iou(np.eye(2)[y], p)) == pytest.approx(expected.mean())
+
+
+CE_LOSSES = ("cross_entropy", "bce_dice", "ce_dice", "focal")
+
+
+@pytest.mark.parametrize("name", CE_LOSSES)
+def test_cross_entropy_terms_have_the_logits_gradient(name, tiny_unet):
+    """A pixel whose logits favour the wrong class by 30 gets d loss / d logit = p - y ~ -1.
+
+    Its true-class probability is e^-30 ~ 1e-13: a log of probabilities clipped at 1e-7 would give
+    it no gradient at all. The other pixels are ordinary; the mean over N pixels scales by 1/N.
+    """
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, 4, 2)).astype("float32")
+    labels = (rng.random((2, 4, 4)) < 0.5).astype(np.int32)
+    labels[0, 1, 2] = 0
+    logits[0, 1, 2] = (0.0, 30.0)  # background pixel, foreground logit ahead by 30
+    y = tf.constant(np.eye(2, dtype="float32")[labels])
+    z = tf.Variable(logits)
+    loss = make_loss(LossConfig(loss_name=name), tiny_unet)
+    with tf.GradientTape() as tape:
+        value = loss(y, keras.activations.softmax(z))
+    grad = tape.gradient(value, z).numpy() * labels.size  # undo the mean over pixels
+    assert grad[0, 1, 2, 0] == pytest.approx(-1.0, abs=1e-3)
+    assert grad[0, 1, 2, 1] == pytest.approx(1.0, abs=1e-3)
+    if name == "cross_entropy":  # everywhere the softmax CE's own gradient p - y
+        p = tf.nn.softmax(logits).numpy()
+        np.testing.assert_allclose(grad, p - y.numpy(), atol=1e-5)
+        assert float(value) == pytest.approx(float(tf.reduce_mean(
+            tf.nn.softmax_cross_entropy_with_logits(y, logits))), rel=1e-5)
+
+
+def test_cross_entropy_values_unchanged_on_ordinary_inputs(batch, tiny_unet):
+    """Against the clipped-log formula the values agree to 1e-5 where no probability is clipped."""
+    y, p = batch
+    assert p.min() > 1e-6
+    for name, clipped in (("cross_entropy", _np_ce(y, p).mean()),
+                          ("focal", np.mean((1 - np.exp(-_np_ce(y, p))) ** 2 * _np_ce(y, p)))):
+        assert _value(name, y, p, tiny_unet) == pytest.approx(clipped, abs=1e-5)
