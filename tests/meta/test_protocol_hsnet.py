@@ -4,6 +4,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from args import parse_args
 from data.episodes import supports_per_query
@@ -11,6 +12,7 @@ from data.tasks import ClassData
 from meta.evaluate import EvalResult
 from meta.inner import AdaptationSchedule
 from meta.protocol_hsnet import HSNetResult, check_classes, evaluate_hsnet, num_queries
+from models.losses import pixel_cross_entropy
 
 
 class _Counter:
@@ -36,6 +38,7 @@ class FakeLoop:
         self.full_state = _Counter()
         self.adapted_on = []  # per train step: ids of the support images it was given
         self.predicted = []  # per predict call: ids of the images
+        self.loss_fn = lambda y_true, y_pred: ops.mean(pixel_cross_entropy(y_true, y_pred))
 
     def reset_optimizer(self):
         pass
