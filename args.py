@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -263,9 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _non_finite(a) -> list[str]:
+    """Float flags given as inf or nan (Python's float() accepts both)."""
+    return [f"--{name} must be a finite number. Received: {value}"
+            for name, value in vars(a).items()
+            if isinstance(value, float) and not math.isfinite(value)]
+
+
 def _contradictions(a) -> list[str]:
     """Flag combinations that cannot mean anything."""
-    problems = []
+    problems = _non_finite(a)
     if a.test_tasks_file and a.num_test_tasks:
         problems.append("--test_tasks_file and --num_test_tasks both choose the test classes; "
                         "give one")
@@ -291,6 +299,11 @@ def _contradictions(a) -> list[str]:
     if a.joint_train and (a.pretrained or a.phase):
         problems.append("--joint_train trains the baseline; it cannot be combined with "
                         "--pretrained or --phase")
+    if a.export_keras and not a.export_keras.endswith(".keras"):
+        problems.append(f"--export_keras must name a .keras file. Received: {a.export_keras!r}")
+    if a.fine_tuned_checkpoint and os.path.isfile(a.fine_tuned_checkpoint):
+        problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
+                        f"folder for the adapted weights")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems

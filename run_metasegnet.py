@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from functools import partial
@@ -23,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from args import Config, parse_args  # noqa: E402
+from data.errors import UserError  # noqa: E402
 from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
 from data.tasks import load_tasks  # noqa: E402
 from meta import checkpoint  # noqa: E402
@@ -50,7 +52,7 @@ RESUME_MAY_CHANGE = ("meta.meta_iters", "meta.eval_interval", "meta.monitor_task
                      "meta.keep_checkpoints", "model.restore_efficient_net_weights_from")
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A problem with the run's inputs; reported as one message, exit status 2."""
 
 
@@ -63,6 +65,47 @@ def _write_config(run_dir: str, cfg: Config) -> None:
         f.write(cfg.to_json())
     os.replace(f"{path}.tmp", path)
     print(f"Resolved config written to {path}", flush=True)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
+
+
+def write_results(out_dir: str, results: dict) -> str:
+    """Write this evaluation's results; earlier evaluations' results are kept.
+
+    The newest is always `meta-test_results.json` (what tools read); every evaluation also has
+    its own `meta-test_results-<n>.json`. A `meta-test_results.json` with no numbered copy (from
+    an older version) gets one before it is replaced.
+
+    Args:
+        out_dir: the run directory.
+        results: JSON-serializable results.
+
+    Returns:
+        path of meta-test_results.json.
+    """
+    stem, ext = os.path.splitext(RESULTS_NAME)
+    numbered = {}
+    for entry in os.listdir(out_dir):
+        m = re.fullmatch(rf"{re.escape(stem)}-(\d+){re.escape(ext)}", entry)
+        if m:
+            numbered[int(m.group(1))] = os.path.join(out_dir, entry)
+    path = os.path.join(out_dir, RESULTS_NAME)
+    next_n = max(numbered, default=0) + 1
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            current = f.read()
+        if not any(open(p, "rb").read() == current for p in numbered.values()):
+            _write_atomic(os.path.join(out_dir, f"{stem}-{next_n}{ext}"),
+                          current.decode("utf-8", "replace"))
+            next_n += 1
+    text = json.dumps(results, indent=1)
+    _write_atomic(os.path.join(out_dir, f"{stem}-{next_n}{ext}"), text)
+    _write_atomic(path, text)
+    return path
 
 
 # ----------------------------------------------------------------------------------- data
@@ -136,6 +179,28 @@ def _check_compatible(path: str, cfg: Config, *, resume: bool) -> None:
                          "--checkpoint directory.")
 
 
+def resume_source(cfg: Config) -> str | None:
+    """The checkpoint meta-training resumes from (None for a fresh run).
+
+    Args:
+        cfg: the run config.
+
+    Returns:
+        a checkpoint folder, or None.
+    """
+    source, run_dir = cfg.run.continue_training_from_checkpoint, cfg.run.checkpoint
+    if source is None and os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir):
+        source = run_dir  # rerunning the same command resumes where it stopped
+    if source is None:
+        return None
+    path = checkpoint.latest_checkpoint(source) if os.path.isdir(source) and not \
+        os.path.isfile(os.path.join(source, "state.json")) else source
+    if path is None or not os.path.isfile(os.path.join(path, "state.json")):
+        raise RunError(f"--continue_training_from_checkpoint {source!r} holds no metaseg "
+                       f"checkpoint (no {checkpoint.LAST} pointer or state.json).")
+    return path
+
+
 def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) -> int:
     """Load what the flags ask for; return the completed meta-iterations to start from.
 
@@ -168,15 +233,9 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
         state = checkpoint.load_checkpoint(path, {"model": list(model.variables)}, skip=skip)
         print(f"Restored {path} (meta-iteration {state['step']}) for evaluation", flush=True)
         return int(state["step"])
-    source = cfg.run.continue_training_from_checkpoint
-    if source is None and os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir):
-        source = run_dir  # rerunning the same command resumes where it stopped
-    if source is None:
-        return 0
-    path = checkpoint.latest_checkpoint(source) if os.path.isdir(source) and not \
-        os.path.isfile(os.path.join(source, "state.json")) else source
+    path = resume_source(cfg)
     if path is None:
-        raise RunError(f"--continue_training_from_checkpoint {source!r} holds no checkpoint.")
+        return 0
     _check_compatible(path, cfg, resume=True)
     state = checkpoint.load_checkpoint(path, _checkpoint_groups(model, learner), skip=skip)
     rng.bit_generator.state = state["rng_state"]
@@ -254,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         return _run(cfg)
-    except (RunError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, OSError, FloatingPointError) as e:
         print(f"run_metasegnet.py: error: {e}", file=sys.stderr, flush=True)
         return 2
 
@@ -285,6 +344,12 @@ def _run(cfg: Config) -> int:
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
+    if cfg.run.fine_tune_task:
+        experiments.load_user_folder(cfg)  # a bad folder fails before training, not after
+    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
+        source = resume_source(cfg)
+        if source is not None:  # a refused resume leaves the run's config.json as it was
+            _check_compatible(source, cfg, resume=True)
     _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
@@ -375,10 +440,7 @@ def _run(cfg: Config) -> int:
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "
               f"vs pre-trained U-Net {base.mean_iou:.4f} +/- {base.ci95:.4f}", flush=True)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
-    path = os.path.join(out_dir, RESULTS_NAME)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    path = write_results(out_dir, results)
     print(f"Results written to {path} ({format_seconds(time.monotonic() - started)} in all)",
           flush=True)
     return 0
