@@ -326,6 +326,12 @@ def _run(cfg: Config) -> int:
     if cfg.data.data_dir is None:
         raise RunError("--data-dir is required (a directory written by "
                        "fss_1000_image_to_tfrecord.py).")
+    if cfg.run.fine_tune_task:
+        experiments.load_user_folder(cfg)  # a bad folder fails before training, not after
+    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
+        source = resume_source(cfg)
+        if source is not None:  # a refused resume leaves the run's config.json as it was
+            _check_compatible(source, cfg, resume=True)
     run_dir = cfg.run.checkpoint
     if cfg.run.pretrained and not os.path.exists(run_dir):
         raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint {run_dir!r}, which "
@@ -344,12 +350,6 @@ def _run(cfg: Config) -> int:
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
-    if cfg.run.fine_tune_task:
-        experiments.load_user_folder(cfg)  # a bad folder fails before training, not after
-    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
-        source = resume_source(cfg)
-        if source is not None:  # a refused resume leaves the run's config.json as it was
-            _check_compatible(source, cfg, resume=True)
     _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)

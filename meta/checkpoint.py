@@ -298,6 +298,10 @@ def load_checkpoint(path: str, groups: Mapping[str, Sequence], *,
             if tuple(value.shape) != tuple(v.shape):
                 raise UserError(f"{npz}: {group} array of shape {value.shape} where state.json "
                                 f"says {tuple(v.shape)}; the checkpoint is corrupt.")
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise UserError(f"{npz} holds NaN or inf ({group} {getattr(v, 'path', '?')}): "
+                                f"the run diverged before it was saved; use an earlier "
+                                f"checkpoint.")
     for group, variables in groups.items():
         for v, value in zip(variables, values[group]):
             if any(getattr(v, "path", "").startswith(p) for p in skip):

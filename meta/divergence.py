@@ -19,6 +19,10 @@ from data.errors import DivergenceError
 GROWTH_LIMIT = 1e3  # three orders of magnitude above the starting norm
 
 
+def _tensor(variable):
+    return getattr(variable, "value", variable)  # a Keras variable's tf.Variable
+
+
 class DivergenceGuard:
     """Checks the variables after each meta-update (built once; one trace).
 
@@ -28,8 +32,8 @@ class DivergenceGuard:
     """
 
     def __init__(self, meta_variables: Sequence, all_variables: Sequence):
-        watched = [v for v in all_variables if v.dtype.is_floating]
-        meta_variables = list(meta_variables)
+        watched = [_tensor(v) for v in all_variables if tf.as_dtype(v.dtype).is_floating]
+        meta_variables = [_tensor(v) for v in meta_variables]
 
         @tf.function
         def summary():
