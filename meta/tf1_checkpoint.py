@@ -134,8 +134,9 @@ def _unpack(tar_path: str, into: str) -> str:
                                 f"unpack it. Unpack it yourself and pass the folder.")
             tar.extractall(into, filter="data")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        reason = " ".join(str(e).split())  # tarfile lists one line per method it tried
         raise UserError(f"{tar_path} is not a readable .tar.gz archive ({type(e).__name__}: "
-                        f"{e}); download it again.") from e
+                        f"{reason}); download it again.") from e
     found = sorted({os.path.dirname(p) for p in
                     glob.glob(os.path.join(into, "**", "*.index"), recursive=True)})
     if not found:
@@ -174,9 +175,12 @@ def open_tf1_checkpoint(path: str):
                              f"{e.message}") from e
         try:
             yield prefix, reader
-        except tf.errors.OpError as e:  # e.g. a truncated .data file, read tensor by tensor
-            raise UserError(f"TF1 checkpoint {prefix} is truncated or corrupt "
-                            f"({e.message.splitlines()[0]}); unpack it again.") from e
+        except (tf.errors.OpError, IndexError) as e:  # a truncated .data file, read lazily
+            if isinstance(e, IndexError) and "Read less bytes" not in str(e):
+                raise
+            reason = (e.message if isinstance(e, tf.errors.OpError) else str(e)).splitlines()[0]
+            raise UserError(f"TF1 checkpoint {prefix} is truncated or corrupt ({reason}); "
+                            f"unpack it again.") from e
 
 
 def _leaf_layers(model):

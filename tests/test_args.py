@@ -72,3 +72,14 @@ def test_unknown_flag_is_one_line_error_from_the_cli():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "run_metasegnet.py: error: unrecognized arguments: --no_such_flag"]
+
+
+@pytest.mark.parametrize("flag, value", [("--learning-rate", "inf"), ("--meta-step", "nan"),
+                                         ("--meta-step-final", "-inf"), ("--aug_rate", "nan"),
+                                         ("--lr_search_range_high", "inf")])
+def test_non_finite_flag_values_are_refused_at_parse_time(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([f"{flag}={value}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "must be a finite number" in err and value in err

@@ -126,3 +126,78 @@ def test_pretrained_evaluates_the_checkpoint_and_rejects_other_models(shards, fi
     assert run_metasegnet.main(_argv(shards, finished_run, "--pretrained", "--rsd", "4")) == 2
     err = capsys.readouterr().err
     assert "model.rsd: checkpoint [2, 4], this run [4]" in err
+
+
+
+def test_pretrained_keeps_the_training_runs_results(finished_run):
+    """Each evaluation has its own numbered file; the plain name is the newest."""
+    def load(name):
+        with open(os.path.join(finished_run, name)) as f:
+            return json.load(f)
+    training, evaluation = load("meta-test_results-1.json"), load("meta-test_results-2.json")
+    assert training["config"]["run"]["pretrained"] is False
+    assert evaluation["config"]["run"]["pretrained"] is True
+    assert load("meta-test_results.json") == evaluation
+
+
+def test_refused_resume_leaves_config_json_untouched(shards, finished_run, capsys):
+    before = open(os.path.join(finished_run, "config.json")).read()
+    assert run_metasegnet.main(_argv(shards, finished_run, "--learning-rate", "0.02")) == 2
+    assert "inner.learning_rate: checkpoint 0.01, this run 0.02" in capsys.readouterr().err
+    assert open(os.path.join(finished_run, "config.json")).read() == before
+
+
+def _own_task(root):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for part, stems in (("support", ("1", "2")), ("query", ("q",))):
+        (root / part).mkdir(parents=True)
+        for stem in stems:
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / part / f"{stem}.jpg")
+            if part == "support":
+                Image.fromarray(np.eye(40, dtype=np.uint8) * 255).save(root / part / f"{stem}.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["training_run", "link_to_run", "file", "user_predictions"])
+def test_fine_tune_task_refuses_outputs_it_does_not_own(tmp_path, capsys, case):
+    """Nothing of a training run or of the user's is replaced; refused before any work."""
+    run = str(tmp_path / "run")
+    for step in (3, 4):  # a meta-training run: LAST -> ckpt-4
+        checkpoint.save_checkpoint(run, step, {"model": [np.ones(3, np.float32)]},
+                                   rng_state=None, config_json="{}", keep=2)
+    before = {name: sorted(os.listdir(os.path.join(run, name)))
+              if os.path.isdir(os.path.join(run, name)) else open(os.path.join(run, name)).read()
+              for name in os.listdir(run)}
+    task = _own_task(tmp_path / "task")
+    flags = ["--image_size", "32", "--checkpoint", run, "--fine-tune-task", str(task)]
+    if case == "training_run":
+        flags += ["--fine-tuned-checkpoint", run]
+        expected = "holds no fine-tuned weights"
+    elif case == "link_to_run":
+        os.symlink(run, task / "fine_tuned_checkpoint")
+        expected = "outside the task folder"
+    elif case == "file":
+        (tmp_path / "weights.bin").write_bytes(b"mine")
+        flags += ["--fine-tuned-checkpoint", str(tmp_path / "weights.bin")]
+        expected = "is a file"
+    else:
+        (task / "predictions").write_text("my notes")
+        expected = "is not a predictions folder"
+    with pytest.raises(SystemExit) if case == "file" else _nothing():
+        assert run_metasegnet.main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+    after = {name: sorted(os.listdir(os.path.join(run, name)))
+             if os.path.isdir(os.path.join(run, name)) else open(os.path.join(run, name)).read()
+             for name in os.listdir(run)}
+    assert after == before
+    assert not (task / "predictions").is_dir()
+    if case == "user_predictions":
+        assert (task / "predictions").read_text() == "my notes"
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
