@@ -304,6 +304,17 @@ def _contradictions(a) -> list[str]:
     if a.fine_tuned_checkpoint and os.path.isfile(a.fine_tuned_checkpoint):
         problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
                         f"folder for the adapted weights")
+    for flag, path in (("--restore_efficient_net_weights_from",
+                        a.restore_efficient_net_weights_from),
+                       ("--baseline_checkpoint", a.baseline_checkpoint),
+                       ("--test_tasks_file", a.test_tasks_file),
+                       ("--continue_training_from_checkpoint",
+                        a.continue_training_from_checkpoint)):
+        if path and not os.path.exists(path):
+            problems.append(f"{flag} {path!r} does not exist")
+    if not a.pretrained and os.path.isfile(a.checkpoint) and a.phase is None:
+        problems.append(f"--checkpoint {a.checkpoint!r} is a file; training writes a folder "
+                        f"(only --pretrained reads a file, e.g. a .tar.gz)")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems

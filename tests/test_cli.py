@@ -1,6 +1,7 @@
 """run_metasegnet.py end to end at 32 px: outputs, exact resume, --pretrained, clear errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -160,18 +161,36 @@ def _own_task(root):
     return root
 
 
+FINE_TUNE_FLAGS = ["--image_size", "32", "--rsd", "2", "--eval-iters", "1", "--eval-batch", "2"]
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory):
+    """A meta-training run directory with a usable init: ckpt-3 and ckpt-4, LAST -> ckpt-4."""
+    from args import parse_args
+    from models.build import build_model
+    run = str(tmp_path_factory.mktemp("training_run") / "run")
+    cfg = parse_args(FINE_TUNE_FLAGS + ["--checkpoint", run])
+    variables = list(build_model(cfg.model).variables)
+    for step in (3, 4):
+        checkpoint.save_checkpoint(run, step, {"model": variables}, rng_state=None,
+                                   config_json=cfg.to_json(), keep=2)
+    return run
+
+
+def _listing(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): os.path.getsize(os.path.join(d, f))
+            for d, _, files in os.walk(folder) for f in files}
+
+
 @pytest.mark.parametrize("case", ["training_run", "link_to_run", "file", "user_predictions"])
-def test_fine_tune_task_refuses_outputs_it_does_not_own(tmp_path, capsys, case):
+def test_fine_tune_task_refuses_outputs_it_does_not_own(training_run, tmp_path, capsys, case):
     """Nothing of a training run or of the user's is replaced; refused before any work."""
     run = str(tmp_path / "run")
-    for step in (3, 4):  # a meta-training run: LAST -> ckpt-4
-        checkpoint.save_checkpoint(run, step, {"model": [np.ones(3, np.float32)]},
-                                   rng_state=None, config_json="{}", keep=2)
-    before = {name: sorted(os.listdir(os.path.join(run, name)))
-              if os.path.isdir(os.path.join(run, name)) else open(os.path.join(run, name)).read()
-              for name in os.listdir(run)}
+    shutil.copytree(training_run, run)
+    before = _listing(run)
     task = _own_task(tmp_path / "task")
-    flags = ["--image_size", "32", "--checkpoint", run, "--fine-tune-task", str(task)]
+    flags = FINE_TUNE_FLAGS + ["--checkpoint", run, "--fine-tune-task", str(task)]
     if case == "training_run":
         flags += ["--fine-tuned-checkpoint", run]
         expected = "holds no fine-tuned weights"
@@ -189,10 +208,7 @@ def test_fine_tune_task_refuses_outputs_it_does_not_own(tmp_path, capsys, case):
         assert run_metasegnet.main(flags) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
-    after = {name: sorted(os.listdir(os.path.join(run, name)))
-             if os.path.isdir(os.path.join(run, name)) else open(os.path.join(run, name)).read()
-             for name in os.listdir(run)}
-    assert after == before
+    assert _listing(run) == before
     assert not (task / "predictions").is_dir()
     if case == "user_predictions":
         assert (task / "predictions").read_text() == "my notes"

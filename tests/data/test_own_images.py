@@ -4,7 +4,6 @@ import pytest
 from PIL import Image
 
 import fss_1000_image_to_tfrecord as converter
-from data.errors import UserError
 from data.tasks import load_tasks
 from data.user_task import load_user_task
 
@@ -61,7 +60,7 @@ def test_mask_with_its_own_other_orientation_is_refused(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 3
     mask.save(folder / "support" / "1.png", exif=exif.tobytes())
-    with pytest.raises(UserError, match="EXIF orientation 3"):
+    with pytest.raises(ValueError, match="EXIF orientation 3"):
         load_user_task(str(folder), SIZE)
 
 

@@ -328,7 +328,6 @@ def test_hostile_or_corrupt_archive_is_one_line_error(tmp_path, member):
     import io
     import tarfile
 
-    from data.errors import UserError
     from meta.tf1_checkpoint import open_tf1_checkpoint
     prefix = _tiny_tf1_checkpoint(str(tmp_path / "ckpt"))
     archive = str(tmp_path / "ckpt.tar.gz")
@@ -350,7 +349,7 @@ def test_hostile_or_corrupt_archive_is_one_line_error(tmp_path, member):
         data = data[:len(data) // 2]
     with open(archive, "wb") as f:
         f.write(data)
-    with pytest.raises(UserError) as error:
+    with pytest.raises(ValueError) as error:
         with open_tf1_checkpoint(archive):
             pass
     assert archive in str(error.value) and "\n" not in str(error.value)
@@ -358,17 +357,16 @@ def test_hostile_or_corrupt_archive_is_one_line_error(tmp_path, member):
 
 
 def test_truncated_data_and_corrupt_index_are_reported_as_corrupt(tmp_path):
-    from data.errors import UserError
     from meta.tf1_checkpoint import is_tf1_checkpoint, open_tf1_checkpoint
     prefix = _tiny_tf1_checkpoint(str(tmp_path / "ckpt"))
     assert is_tf1_checkpoint(str(tmp_path / "ckpt"))
     data = prefix + ".data-00000-of-00001"
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 3)
-    with pytest.raises(UserError, match="truncated or corrupt"):
+    with pytest.raises(ValueError, match="truncated or corrupt"):
         with open_tf1_checkpoint(str(tmp_path / "ckpt")) as (_, reader):
             reader.get_tensor("efficientnet-b0/stem/conv2d/kernel")
     with open(prefix + ".index", "wb") as f:
         f.write(b"\x00garbage" * 20)
-    with pytest.raises(UserError, match="index is corrupt"):  # not "holds no checkpoint"
+    with pytest.raises(ValueError, match="index is corrupt"):  # not "holds no checkpoint"
         is_tf1_checkpoint(str(tmp_path / "ckpt"))
