@@ -150,6 +150,27 @@ def make_splits(cfg: Config, class_names: list[str]) -> Splits:
     return splits
 
 
+def check_class_sizes(cfg: Config, tasks, splits: Splits) -> None:
+    """Refuse, before anything is written, classes too small for the episodes the flags ask for.
+
+    Args:
+        cfg: the run config.
+        tasks: class name -> ClassData.
+        splits: the class splits.
+    """
+    episode = cfg.eval.shots + cfg.eval.num_query  # every split is evaluated (monitor, final)
+    needs = [(name, episode, f"--shots + {cfg.eval.num_query} queries")
+             for name in splits.train + splits.val + splits.test]
+    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
+        needs += [(name, cfg.meta.train_shots, "--train-shots") for name in splits.train]
+    small = [(name, len(tasks[name]), n, what) for name, n, what in needs if len(tasks[name]) < n]
+    if small:
+        name, have, n, what = min(small, key=lambda item: item[1])
+        raise RunError(f"Class {name!r} has {have} pairs but {what} needs {n} "
+                       f"({len({s[0] for s in small})} class(es) too small); lower the shots or "
+                       f"convert more images per class.")
+
+
 # ---------------------------------------------------------------------------------- restore
 def _checkpoint_groups(model, learner: MetaLearner) -> dict[str, list]:
     return {"model": list(model.variables),
@@ -350,6 +371,8 @@ def _run(cfg: Config) -> int:
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
+    if not cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
+        check_class_sizes(cfg, tasks, splits)
     _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
