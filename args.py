@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -295,26 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve_aliases(a) -> list[str]:
-    """The MTL seed's spellings onto ours: --model_type, --mdataset_dir; the default model."""
-    problems = []
-    if a.model_type and a.model_name not in (None, "mtl_unet"):
-        problems.append(f"--model_type UNet is --model_name mtl_unet; drop --model_name "
-                        f"{a.model_name}")
-    if a.model_name is None:
-        a.model_name = "mtl_unet" if a.phase is not None or a.model_type else "efficientlab"
-    if a.mdataset_dir is not None:
-        if a.data_dir is not None and os.path.abspath(a.data_dir) != \
-                os.path.abspath(a.mdataset_dir):
-            problems.append(f"--mdataset_dir {a.mdataset_dir!r} and --data-dir {a.data_dir!r} "
-                            f"both name the FSS-1000 shards; give one")
-        a.data_dir = a.data_dir or a.mdataset_dir
-    return problems
+    problems = _non_finite(a) + _resolve_aliases(a)
 
 
 def _contradictions(a) -> list[str]:
     """Flag combinations that cannot mean anything."""
-    problems = _resolve_aliases(a)
+    problems = _non_finite(a) + _resolve_aliases(a)
     if a.test_tasks_file and a.num_test_tasks:
         problems.append("--test_tasks_file and --num_test_tasks both choose the test classes; "
                         "give one")
@@ -340,6 +327,22 @@ def _contradictions(a) -> list[str]:
     if a.joint_train and (a.pretrained or a.phase):
         problems.append("--joint_train trains the baseline; it cannot be combined with "
                         "--pretrained or --phase")
+    if a.export_keras and not a.export_keras.endswith(".keras"):
+        problems.append(f"--export_keras must name a .keras file. Received: {a.export_keras!r}")
+    if a.fine_tuned_checkpoint and os.path.isfile(a.fine_tuned_checkpoint):
+        problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
+                        f"folder for the adapted weights")
+    for flag, path in (("--restore_efficient_net_weights_from",
+                        a.restore_efficient_net_weights_from),
+                       ("--baseline_checkpoint", a.baseline_checkpoint),
+                       ("--test_tasks_file", a.test_tasks_file),
+                       ("--continue_training_from_checkpoint",
+                        a.continue_training_from_checkpoint)):
+        if path and not os.path.exists(path):
+            problems.append(f"{flag} {path!r} does not exist")
+    if not a.pretrained and os.path.isfile(a.checkpoint) and a.phase is None:
+        problems.append(f"--checkpoint {a.checkpoint!r} is a file; training writes a folder "
+                        f"(only --pretrained reads a file, e.g. a .tar.gz)")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems

@@ -40,7 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from data.decode import orient_pair, orientation, to_rgb
+from data.errors import UserError
 from data.masks import binarize_mask
+from data.problems import Problem, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
@@ -49,17 +52,6 @@ PAIRS_PER_SHARD = 500
 MIN_PAIRS_PER_CLASS = 2
 SEED_SPLITS = ("train", "val", "test")
 _SKIP_DIRS = ("__MACOSX",)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad input: the file or folder and what is wrong with it."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 class ConversionError(ValueError):
@@ -130,34 +122,34 @@ def find_class_root(input_dir: str) -> str:
                      f"<n>.jpg images with <n>.png masks).")
 
 
-def _open(path: str, kind: str) -> Image.Image | Problem:
-    try:
-        image = Image.open(path)
-        image.load()  # decodes everything: truncated or corrupt data fails here
-        return image
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return Problem(path, f"corrupt or unreadable {kind} ({type(e).__name__}: {e})")
-
-
 def _encode_pair(image_path: str, mask_path: str, size: int) -> tuple[bytes, bytes] | Problem:
     """Decode, check, binarize, resize and encode one pair; a Problem if it is unusable."""
-    image = _open(image_path, "image")
+    image = open_image(image_path, "image")
     if isinstance(image, Problem):
         return image
-    mask = _open(mask_path, "mask")
+    mask = open_image(mask_path, "mask")
     if isinstance(mask, Problem):
         return mask
+    rotated = orientation(image) != 1
+    try:  # the image's EXIF orientation applies to image and mask alike (data/decode.py)
+        image, mask = orient_pair(image, mask, image_path=image_path, mask_path=mask_path)
+    except UserError as e:
+        return Problem(mask_path, str(e))
     if image.size != mask.size:
         return Problem(image_path, f"image is {image.size[0]}x{image.size[1]} but its mask "
                                    f"{mask_path} is {mask.size[0]}x{mask.size[1]}")
     mask_array = binarize_mask(mask)
     if mask.size != (size, size):
         mask_array = np.asarray(Image.fromarray(mask_array).resize((size, size), Image.NEAREST))
-    if image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size):
+    if image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size) \
+            and not rotated:
         with open(image_path, "rb") as f:  # already what we store: keep the bytes, no re-encoding
             image_bytes = f.read()
     else:
-        rgb = image.convert("RGB")
+        try:
+            rgb = Image.fromarray(to_rgb(image, image_path))
+        except UserError as e:
+            return Problem(image_path, str(e))
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.BILINEAR)
         buffer = io.BytesIO()
@@ -265,6 +257,21 @@ def _recorded_split(split_of: dict[str, list[str]], written: dict[str, int], log
             for split in SEED_SPLITS}
 
 
+def _is_our_output(folder: str) -> bool:
+    """Whether folder holds a previous conversion: manifest.json with our format marker."""
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(path):
+        return False
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.tfrecord imports TensorFlow
+    from data.tfrecord import FORMAT_NAME  # noqa: PLC0415
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+
+
 def _check_output(tfrecord_dir: str, class_root: str) -> None:
     """Fail before any work if the output folder cannot or must not be (re)written."""
     out, source = os.path.abspath(tfrecord_dir), os.path.abspath(class_root)
@@ -274,9 +281,10 @@ def _check_output(tfrecord_dir: str, class_root: str) -> None:
     if os.path.exists(out):
         if not os.path.isdir(out):
             raise NotADirectoryError(f"--tfrecord_dir {tfrecord_dir!r} exists and is not a folder.")
-        if os.listdir(out) and not os.path.isfile(os.path.join(out, "manifest.json")):
-            raise ValueError(f"--tfrecord_dir {tfrecord_dir!r} is a non-empty folder without a "
-                             f"manifest.json; refusing to replace it. Choose a new or empty folder.")
+        if os.listdir(out) and not _is_our_output(out):
+            raise ValueError(f"--tfrecord_dir {tfrecord_dir!r} is a non-empty folder that this "
+                             f"converter did not write (no manifest.json with its format "
+                             f"marker); refusing to replace it. Choose a new or empty folder.")
     ancestor = os.path.dirname(out)
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)

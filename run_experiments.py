@@ -24,7 +24,8 @@ from data.splits import Splits
 from data.user_task import UserTask, load_user_task
 from meta import checkpoint
 from meta.algorithms import MetaLearner
-from meta.fine_tune_task import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, fine_tune_user_task
+from meta.fine_tune_task import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs, \
+    fine_tune_user_task
 from meta.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
 from meta.inner import AdaptationSchedule, InnerLoop, evaluation_schedule, training_schedule
 from meta.joint_train import joint_train
@@ -191,7 +192,7 @@ def evaluation_hooks(cfg: Config, model, split: str, out_dir: str, predictions_h
 
 
 def load_user_folder(cfg: Config) -> UserTask:
-    """Read and validate --fine-tune-task DIR (raises naming the bad file; writes nothing).
+    """Read and validate --fine-tune-task DIR and its output paths (raises; writes nothing).
 
     Args:
         cfg: the run config.
@@ -199,7 +200,15 @@ def load_user_folder(cfg: Config) -> UserTask:
     Returns:
         the UserTask at the model's image size.
     """
-    return load_user_task(cfg.run.fine_tune_task, cfg.model.image_size)
+    task = load_user_task(cfg.run.fine_tune_task, cfg.model.image_size)
+    check_outputs(cfg.run.fine_tune_task, *_user_output_paths(cfg))
+    return task
+
+
+def _user_output_paths(cfg: Config) -> tuple[str, str]:
+    task_dir = cfg.run.fine_tune_task
+    return (os.path.join(task_dir, DEFAULT_OUT_NAME),
+            cfg.run.fine_tuned_checkpoint or os.path.join(task_dir, DEFAULT_WEIGHTS_NAME))
 
 
 def fine_tune_user_folder(cfg: Config, loop: InnerLoop, uho: UHOResult | None,
@@ -218,8 +227,8 @@ def fine_tune_user_folder(cfg: Config, loop: InnerLoop, uho: UHOResult | None,
     task_dir = cfg.run.fine_tune_task
     task = task or load_user_folder(cfg)  # raises before anything is written
     schedule, drop_rate = final_schedule(cfg, uho)
-    out = os.path.join(task_dir, DEFAULT_OUT_NAME)
-    weights = cfg.run.fine_tuned_checkpoint or os.path.join(task_dir, DEFAULT_WEIGHTS_NAME)
+    out, weights = _user_output_paths(cfg)
+    check_outputs(task_dir, out, weights)
     print(f"Fine-tuning on {len(task.support_images)} support pairs of {task_dir!r} "
           f"({'UHO' if uho else 'flags'} schedule: lr={schedule.learning_rate:.4g}, "
           f"steps={schedule.iters}, batch={schedule.batch_size}, aug_rate={schedule.aug_rate:.3g}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from functools import partial
@@ -23,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from args import Config, parse_args  # noqa: E402
+from data.errors import UserError  # noqa: E402
 from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
 from data.tasks import FORMATS, data_format, load_tasks, recorded_split  # noqa: E402
 from meta import checkpoint  # noqa: E402
@@ -32,6 +34,7 @@ from meta.inner import InnerLoop, evaluation_schedule, training_schedule  # noqa
 from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
 from meta import protocol_hsnet  # noqa: E402
 from meta.progress import Progress, format_seconds  # noqa: E402
+from meta import tf1_checkpoint  # noqa: E402
 from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 from meta.train import held_out_split, meta_train  # noqa: E402
 import run_experiments as experiments  # noqa: E402
@@ -51,7 +54,7 @@ RESUME_MAY_CHANGE = ("meta.meta_iters", "meta.eval_interval", "meta.monitor_task
                      "meta.keep_checkpoints", "model.restore_efficient_net_weights_from")
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A problem with the run's inputs; reported as one message, exit status 2."""
 
 
@@ -64,6 +67,47 @@ def _write_config(run_dir: str, cfg: Config) -> None:
         f.write(cfg.to_json())
     os.replace(f"{path}.tmp", path)
     print(f"Resolved config written to {path}", flush=True)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
+
+
+def write_results(out_dir: str, results: dict) -> str:
+    """Write this evaluation's results; earlier evaluations' results are kept.
+
+    The newest is always `meta-test_results.json` (what tools read); every evaluation also has
+    its own `meta-test_results-<n>.json`. A `meta-test_results.json` with no numbered copy (from
+    an older version) gets one before it is replaced.
+
+    Args:
+        out_dir: the run directory.
+        results: JSON-serializable results.
+
+    Returns:
+        path of meta-test_results.json.
+    """
+    stem, ext = os.path.splitext(RESULTS_NAME)
+    numbered = {}
+    for entry in os.listdir(out_dir):
+        m = re.fullmatch(rf"{re.escape(stem)}-(\d+){re.escape(ext)}", entry)
+        if m:
+            numbered[int(m.group(1))] = os.path.join(out_dir, entry)
+    path = os.path.join(out_dir, RESULTS_NAME)
+    next_n = max(numbered, default=0) + 1
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            current = f.read()
+        if not any(open(p, "rb").read() == current for p in numbered.values()):
+            _write_atomic(os.path.join(out_dir, f"{stem}-{next_n}{ext}"),
+                          current.decode("utf-8", "replace"))
+            next_n += 1
+    text = json.dumps(results, indent=1)
+    _write_atomic(os.path.join(out_dir, f"{stem}-{next_n}{ext}"), text)
+    _write_atomic(path, text)
+    return path
 
 
 # ----------------------------------------------------------------------------------- data
@@ -111,6 +155,31 @@ def make_splits(cfg: Config, class_names: list[str]) -> Splits:
     return splits
 
 
+def check_class_sizes(cfg: Config, tasks, splits: Splits, eval_names) -> None:
+    """Refuse, before anything is written, classes too small for the episodes the flags ask for.
+
+    Args:
+        cfg: the run config.
+        tasks: class name -> ClassData.
+        splits: the class splits.
+        eval_names: the classes of the final evaluation.
+    """
+    episode = cfg.eval.shots + cfg.eval.num_query  # the monitor and the paper's protocol
+    paper_episodes = splits.train + held_out_split(splits)[1]
+    if cfg.eval.protocol != protocol_hsnet.PROTOCOL:  # else protocol_hsnet.check_classes
+        paper_episodes += tuple(eval_names)
+    needs = [(name, episode, f"--shots + {cfg.eval.num_query} queries")
+             for name in dict.fromkeys(paper_episodes)]
+    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
+        needs += [(name, cfg.meta.train_shots, "--train-shots") for name in splits.train]
+    small = [(name, len(tasks[name]), n, what) for name, n, what in needs if len(tasks[name]) < n]
+    if small:
+        name, have, n, what = min(small, key=lambda item: item[1])
+        raise RunError(f"Class {name!r} has {have} pairs but {what} needs {n} "
+                       f"({len({s[0] for s in small})} class(es) too small); lower the shots or "
+                       f"convert more images per class.")
+
+
 # ---------------------------------------------------------------------------------- restore
 def _checkpoint_groups(model, learner: MetaLearner) -> dict[str, list]:
     return {"model": list(model.variables),
@@ -143,6 +212,34 @@ def _check_compatible(path: str, cfg: Config, *, resume: bool) -> None:
                          "--checkpoint directory.")
 
 
+def resume_source(cfg: Config) -> str | None:
+    """The metaseg checkpoint meta-training resumes from (None for a fresh run).
+
+    A TF1 checkpoint given as --continue_training_from_checkpoint is not resumed from: `restore`
+    loads its weights into a fresh run, and once that run has written checkpoints of its own, a
+    rerun resumes those.
+
+    Args:
+        cfg: the run config.
+
+    Returns:
+        a checkpoint folder, or None.
+    """
+    source, run_dir = cfg.run.continue_training_from_checkpoint, cfg.run.checkpoint
+    own = run_dir if os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir) else None
+    if source is None or tf1_checkpoint.is_tf1_checkpoint(source):
+        source = own  # rerunning the same command resumes where it stopped
+    if source is None:
+        return None
+    path = checkpoint.latest_checkpoint(source) if os.path.isdir(source) and not \
+        os.path.isfile(os.path.join(source, "state.json")) else source
+    if path is None or not os.path.isfile(os.path.join(path, "state.json")):
+        raise RunError(f"--continue_training_from_checkpoint {source!r} holds no metaseg "
+                       f"checkpoint (no {checkpoint.LAST} pointer or state.json) and no TF1 "
+                       f"checkpoint.")
+    return path
+
+
 def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) -> int:
     """Load what the flags ask for; return the completed meta-iterations to start from.
 
@@ -160,7 +257,6 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
     skip = ("final_dropout/rate",) + (
         ("final_layer_weights",) if cfg.run.do_not_restore_final_layer_weights else ())
     if cfg.run.pretrained:
-        from meta import tf1_checkpoint  # the reference's TF1 checkpoints (paper weights)
         if tf1_checkpoint.is_tf1_checkpoint(run_dir):
             report = tf1_checkpoint.restore_tf1_checkpoint(
                 model, run_dir, cfg.model,
@@ -175,27 +271,18 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
         state = checkpoint.load_checkpoint(path, {"model": list(model.variables)}, skip=skip)
         print(f"Restored {path} (meta-iteration {state['step']}) for evaluation", flush=True)
         return int(state["step"])
+    path = resume_source(cfg)
     source = cfg.run.continue_training_from_checkpoint
-    if source is None and os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir):
-        source = run_dir  # rerunning the same command resumes where it stopped
-    if source is None:
+    if path is None and source is not None:  # a TF1 checkpoint (resume_source takes the rest)
+        report = tf1_checkpoint.restore_tf1_checkpoint(
+            model, source, cfg.model,
+            restore_final_layer=not cfg.run.do_not_restore_final_layer_weights)
+        print(f"Continuing meta-training from TF1 checkpoint {report.checkpoint}: its weights "
+              f"and batch-norm statistics {report.mapped}; optimizer state and meta-iteration "
+              f"count start fresh", flush=True)
         return 0
-    from meta import tf1_checkpoint
-    if tf1_checkpoint.is_tf1_checkpoint(source):
-        if os.path.isdir(run_dir) and checkpoint.latest_checkpoint(run_dir):
-            source = run_dir  # this run already started from it: resume its own progress
-        else:
-            report = tf1_checkpoint.restore_tf1_checkpoint(
-                model, source, cfg.model,
-                restore_final_layer=not cfg.run.do_not_restore_final_layer_weights)
-            print(f"Continuing meta-training from TF1 checkpoint {report.checkpoint}: its weights "
-                  f"and batch-norm statistics {report.mapped}; optimizer state and meta-iteration "
-                  f"count start fresh", flush=True)
-            return 0
-    path = checkpoint.latest_checkpoint(source) if os.path.isdir(source) and not \
-        os.path.isfile(os.path.join(source, "state.json")) else source
     if path is None:
-        raise RunError(f"--continue_training_from_checkpoint {source!r} holds no checkpoint.")
+        return 0
     _check_compatible(path, cfg, resume=True)
     state = checkpoint.load_checkpoint(path, _checkpoint_groups(model, learner), skip=skip)
     rng.bit_generator.state = state["rng_state"]
@@ -287,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         return _run(cfg)
-    except (RunError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, OSError, FloatingPointError) as e:
         print(f"run_metasegnet.py: error: {e}", file=sys.stderr, flush=True)
         return 2
 
@@ -311,6 +398,12 @@ def _run(cfg: Config) -> int:
         raise RunError(f"--data-dir {cfg.data.data_dir!r} holds the MTL seed's image folders, "
                        f"not shards: convert them first with fss_1000_image_to_tfrecord.py "
                        f"--input_dir {cfg.data.data_dir} --tfrecord_dir SHARDS.")
+    if cfg.run.fine_tune_task:
+        experiments.load_user_folder(cfg)  # a bad folder fails before training, not after
+    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
+        source = resume_source(cfg)
+        if source is not None:  # a refused resume leaves the run's config.json as it was
+            _check_compatible(source, cfg, resume=True)
     run_dir = cfg.run.checkpoint
     if cfg.run.pretrained and not os.path.exists(run_dir):
         raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint {run_dir!r}, which "
@@ -331,6 +424,8 @@ def _run(cfg: Config) -> int:
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
+    if not cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
+        check_class_sizes(cfg, tasks, splits, eval_names)
     if cfg.eval.protocol == protocol_hsnet.PROTOCOL and not cfg.run.mtl:  # before training
         protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
     _write_config(out_dir, cfg)
@@ -424,10 +519,7 @@ def _run(cfg: Config) -> int:
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "
               f"vs pre-trained U-Net {base.mean_iou:.4f} +/- {base.ci95:.4f}", flush=True)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
-    path = os.path.join(out_dir, RESULTS_NAME)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    path = write_results(out_dir, results)
     print(f"Results written to {path} ({format_seconds(time.monotonic() - started)} in all)",
           flush=True)
     return 0

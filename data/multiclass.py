@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from data.decode import orient_pair
+from data.errors import UserError
 from data.problems import Problem, ProblemsFound, open_image
 
 IGNORE_LABEL = 255
@@ -189,6 +191,10 @@ def _load_pair(image_path: str, label_path: str, layout: str, num_classes: int,
     label = open_image(label_path, "label")
     if isinstance(label, Problem):
         return label
+    try:  # the image's EXIF orientation applies to image and label alike, as in the converter
+        image, label = orient_pair(image, label, image_path=image_path, mask_path=label_path)
+    except UserError as e:
+        return Problem(label_path, str(e))
     if image.size != label.size:
         return Problem(image_path, f"image is {image.size[0]}x{image.size[1]} but its label "
                                    f"{label_path} is {label.size[0]}x{label.size[1]}")

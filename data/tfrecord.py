@@ -133,9 +133,41 @@ def read_manifest(tfrecord_dir: str) -> dict:
             manifest = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"Cannot read manifest {path!r}: {e}. Re-run the converter.") from e
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path!r} is not a metaseg manifest (not a JSON object). Re-run the "
+                         f"converter.")
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path!r} has format {manifest.get('format')!r} version "
             f"{manifest.get('format_version')!r}; "
             f"this code reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Re-run the converter.")
+    problem = _field_problem(manifest)
+    if problem:
+        raise ValueError(f"{path!r} is damaged: {problem}. Re-run the converter.")
     return manifest
+
+
+_MAX_SIDE, _MAX_PAIRS = 4096, 10**7  # far beyond FSS-1000 (224 px, 10,000 pairs)
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _field_problem(manifest: dict) -> str | None:
+    """What is missing or absurd in a manifest's fields (None when they are usable)."""
+    if not _is_int(manifest.get("image_size"), 8, _MAX_SIDE):
+        return f"image_size {manifest.get('image_size')!r} is not an integer in [8, {_MAX_SIDE}]"
+    if not _is_int(manifest.get("num_pairs"), 0, _MAX_PAIRS):
+        return f"num_pairs {manifest.get('num_pairs')!r} is not an integer in [0, {_MAX_PAIRS}]"
+    classes = manifest.get("classes")
+    if not isinstance(classes, dict) or not all(
+            isinstance(k, str) and _is_int(v, 0, _MAX_PAIRS) for k, v in classes.items()):
+        return "classes is not a mapping of class name to pair count"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and s["file"]
+            and os.path.basename(s["file"]) == s["file"] and s["file"] not in (".", "..")
+            for s in shards):
+        return "shards is not a list of shard file names inside the folder"
+    return None

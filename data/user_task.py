@@ -19,8 +19,10 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from data.decode import orient, orient_pair, to_rgb
+from data.errors import UserError
 from data.masks import binarize_mask
 
 SUPPORT_IMAGE_EXTS = (".jpg", ".jpeg")
@@ -72,45 +74,54 @@ def _files(folder: str, exts: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def read_rgb(path: str) -> np.ndarray:
-    """Decode an image file as uint8 RGB (H, W, 3), honouring its EXIF orientation.
+    """Decode an image file as uint8 RGB (H, W, 3), as displayed (EXIF orientation applied).
 
     Args:
         path: image file.
 
     Returns:
-        uint8 (H, W, 3).
+        uint8 (H, W, 3); 16-bit greyscale is scaled to 8 bit.
 
     Raises:
         ValueError: the file cannot be decoded; the message names it.
     """
-    try:
-        with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB")).copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"Cannot read image {path!r}: {e}") from e
+    with _open(path, "image") as im:
+        return to_rgb(orient(im), path)
 
 
-def read_mask(path: str) -> np.ndarray:
-    """Decode a mask PNG as uint8 (H, W) in {0, 1}, with the converter's one mask rule.
+def read_pair(image_path: str, mask_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, the image's EXIF orientation applied to both (data.decode).
 
-    0/255 (FSS-1000), 0/1, anti-aliased, coloured and alpha masks are all accepted (see
-    `data.masks.binarize_mask`).
+    The mask follows the converter's one mask rule (0/255, 0/1, anti-aliased, coloured and
+    alpha masks; see `data.masks.binarize_mask`).
 
     Args:
-        path: mask file.
+        image_path: the image file.
+        mask_path: its mask PNG.
 
     Returns:
-        uint8 (H, W) in {0, 1}.
+        (uint8 (H, W, 3), uint8 (H', W') in {0, 1}); the caller checks that the sizes agree.
 
     Raises:
-        ValueError: unreadable file; the message names it.
+        ValueError: an unreadable file or a mask with another orientation; the message names it.
     """
+    with _open(image_path, "image") as im, _open(mask_path, "mask") as mk:
+        image, mask = orient_pair(im, mk, image_path=image_path, mask_path=mask_path)
+        return to_rgb(image, image_path), binarize_mask(mask)
+
+
+def _open(path: str, what: str) -> Image.Image:
+    """An opened, fully decoded image (truncated or corrupt data fails here, naming the file)."""
     try:
-        with Image.open(path) as im:
-            return binarize_mask(ImageOps.exif_transpose(im))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"Cannot read mask {path!r}: {e}") from e
+        image = Image.open(path)
+        image.load()
+        return image
+    except _READ_ERRORS as e:
+        raise UserError(f"Cannot read {what} {path!r}: {e}") from e
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -165,7 +176,7 @@ def load_user_task(task_dir: str, image_size: int) -> UserTask:
 
     support_images, support_masks = [], []
     for stem, image_path in images.items():
-        image, mask = read_rgb(image_path), read_mask(masks[stem])
+        image, mask = read_pair(image_path, masks[stem])
         if mask.shape != image.shape[:2]:
             raise ValueError(f"Mask {masks[stem]!r} is {mask.shape[1]}x{mask.shape[0]} but its "
                              f"image {image_path!r} is {image.shape[1]}x{image.shape[0]}; "
@@ -180,15 +191,19 @@ def load_user_task(task_dir: str, image_size: int) -> UserTask:
     queries = dict(sorted(queries.items(), key=lambda item: _natural_key(item[0])))
     if not queries:
         raise ValueError(f"No query images in {query_dir!r}: expected *.jpg (or .jpeg/.png).")
-    originals = tuple(read_rgb(p) for p in queries.values())
-    query_masks = []
-    for (stem, path), original in zip(queries.items(), originals):
-        mask = read_mask(query_mask_paths[stem]) if stem in query_mask_paths else None
+    originals, query_masks = [], []
+    for stem, path in queries.items():
+        if stem in query_mask_paths:
+            original, mask = read_pair(path, query_mask_paths[stem])
+        else:
+            original, mask = read_rgb(path), None
+        originals.append(original)
         if mask is not None and mask.shape != original.shape[:2]:
             raise ValueError(f"Mask {query_mask_paths[stem]!r} is {mask.shape[1]}x{mask.shape[0]}"
                              f" but its query {path!r} is {original.shape[1]}x"
                              f"{original.shape[0]}; they must have the same size.")
         query_masks.append(mask)
+    originals = tuple(originals)
     return UserTask(
         name=os.path.basename(os.path.normpath(task_dir)),
         support_images=np.stack(support_images), support_masks=np.stack(support_masks),

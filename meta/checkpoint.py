@@ -10,6 +10,12 @@ A checkpoint is written into a temporary sibling folder and renamed into place w
 LAST is rewritten (temp file + os.replace) only after that, and older checkpoints beyond `keep`
 are deleted last. A crash at any point leaves LAST naming a complete checkpoint.
 
+Pruning only ever removes checkpoints of this run: each state.json records a `run_id` and a
+`sequence` number, and `keep` counts the newest (by sequence) checkpoints with the same run_id.
+A fresh process has a new run_id; loading a checkpoint adopts its run_id for its directory, so a
+resumed run goes on pruning its own earlier checkpoints, and nothing else in the folder (another
+run's checkpoints, ones written by older versions) is ever deleted.
+
 Groups are named lists of variables, e.g. {"model": model.variables (weights, BN statistics,
 dropout seed states), "inner_optimizer": ..., "outer_optimizer": ...}. Loading checks every
 group's variable count, order, shapes and dtypes and names every mismatch; nothing is assigned
@@ -26,14 +32,20 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
+import zipfile
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from data.errors import DivergenceError, UserError
 
 LAST = "LAST"
 PREFIX = "ckpt-"
 FORMAT_VERSION = 1
 _MAX_LISTED = 12
+_PROCESS_RUN_ID = uuid.uuid4().hex
+_ADOPTED: dict[str, str] = {}  # realpath of a run directory -> run_id of the checkpoint loaded
 
 
 def _name(step: int) -> str:
@@ -93,6 +105,24 @@ def latest_checkpoint(directory: str) -> str | None:
     return path
 
 
+def _run_id_for(directory: str) -> str:
+    return _ADOPTED.get(os.path.realpath(directory), _PROCESS_RUN_ID)
+
+
+def _own_checkpoints(directory: str, run_id: str) -> list[tuple[int, str]]:
+    """(sequence, path) of the complete checkpoints with this run_id, oldest first."""
+    out = []
+    for _, path in list_checkpoints(directory):
+        try:
+            with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("run_id") == run_id:
+            out.append((int(state.get("sequence", 0)), path))
+    return sorted(out)
+
+
 def _write_text_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -103,9 +133,9 @@ def _write_text_atomic(path: str, text: str) -> None:
 
 
 def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *,
-                    rng_state: dict | None, config_json: str, keep: int = 2,
+                    rng_state: dict | None, config_json: str, keep: int | None = 2,
                     extra: dict | None = None) -> str:
-    """Write checkpoint `step` atomically, point LAST at it, keep the newest `keep`.
+    """Write checkpoint `step` atomically, point LAST at it, keep this run's newest `keep`.
 
     Args:
         directory: the run directory (created if missing).
@@ -113,13 +143,17 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
         groups: group name -> variables (Keras or tf variables).
         rng_state: `rng.bit_generator.state` of the training generator (JSON-serializable).
         config_json: the run's resolved config (args.Config.to_json()).
-        keep: how many checkpoints to keep (>= 1).
+        keep: how many of this run's checkpoints to keep (>= 1); None prunes nothing (one-off
+            saves such as fine-tuned weights).
         extra: more JSON-serializable fields for state.json.
 
     Returns:
         path of the new checkpoint folder.
     """
     os.makedirs(directory, exist_ok=True)
+    run_id = _run_id_for(directory)
+    own = _own_checkpoints(directory, run_id)
+    sequence = own[-1][0] + 1 if own else 1
     for entry in os.listdir(directory):  # leftovers of a crashed write
         if entry.startswith(f".{PREFIX}") and ".tmp-" in entry:
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
@@ -127,11 +161,17 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
     try:
         arrays = {f"{group}/{i:05d}": np.asarray(v.numpy() if hasattr(v, "numpy") else v)
                   for group, variables in groups.items() for i, v in enumerate(variables)}
+        bad = [k for k, a in arrays.items()
+               if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
+        if bad:  # nothing non-finite is ever saved
+            raise DivergenceError(f"Refusing to write checkpoint {step} into {directory!r}: "
+                                  f"{len(bad)} arrays hold NaN or inf (first: {bad[0]}).")
         with open(os.path.join(tmp, "variables.npz"), "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         state = {"format": FORMAT_VERSION, "step": int(step), "rng_state": rng_state,
+                 "run_id": run_id, "sequence": sequence,
                  "variables": {g: _describe(v) for g, v in groups.items()}, **(extra or {})}
         _write_text_atomic(os.path.join(tmp, "state.json"), json.dumps(state, indent=1))
         _write_text_atomic(os.path.join(tmp, "config.json"), config_json)
@@ -143,8 +183,10 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _write_text_atomic(os.path.join(directory, LAST), _name(step) + "\n")
-    for _, old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep is not None:
+        for _, old in _own_checkpoints(directory, run_id)[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -158,8 +200,19 @@ def read_state(path: str) -> dict:
         the parsed state dict (step, rng_state, variables, ...).
     """
     path = _resolve(path)
-    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return _read_json(os.path.join(path, "state.json"))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except ValueError as e:
+        raise UserError(f"{path} is corrupt ({e}); use another checkpoint or delete this "
+                        f"one's folder and its LAST pointer.") from e
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a metaseg checkpoint file (not a JSON object).")
+    return value
 
 
 def read_config(path: str) -> dict:
@@ -172,8 +225,7 @@ def read_config(path: str) -> dict:
         the parsed config dict.
     """
     path = _resolve(path)
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return _read_json(os.path.join(path, "config.json"))
 
 
 def _resolve(path: str) -> str:
@@ -206,7 +258,10 @@ def load_checkpoint(path: str, groups: Mapping[str, Sequence], *,
     """
     path = _resolve(path)
     state = read_state(path)
-    saved = state["variables"]
+    saved = state.get("variables")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}/state.json has no variable list; it is not a complete metaseg "
+                        f"checkpoint.")
     problems = []
     for group, variables in groups.items():
         if group not in saved:
@@ -230,14 +285,30 @@ def load_checkpoint(path: str, groups: Mapping[str, Sequence], *,
                          "\n  ".join(problems) +
                          "\nUse the model flags it was written with (see its config.json) or a "
                          "fresh --checkpoint directory.")
-    with np.load(os.path.join(path, "variables.npz")) as arrays:
-        values = {group: [arrays[f"{group}/{i:05d}"] for i in range(len(variables))]
-                  for group, variables in groups.items()}
+    npz = os.path.join(path, "variables.npz")
+    try:
+        with np.load(npz) as arrays:
+            values = {group: [arrays[f"{group}/{i:05d}"] for i in range(len(variables))]
+                      for group, variables in groups.items()}
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"{npz} is truncated or corrupt ({type(e).__name__}: {e}); use an "
+                        f"earlier checkpoint or rerun the training that wrote it.") from e
+    for group, variables in groups.items():
+        for v, value in zip(variables, values[group]):
+            if tuple(value.shape) != tuple(v.shape):
+                raise UserError(f"{npz}: {group} array of shape {value.shape} where state.json "
+                                f"says {tuple(v.shape)}; the checkpoint is corrupt.")
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise UserError(f"{npz} holds NaN or inf ({group} {getattr(v, 'path', '?')}): "
+                                f"the run diverged before it was saved; use an earlier "
+                                f"checkpoint.")
     for group, variables in groups.items():
         for v, value in zip(variables, values[group]):
             if any(getattr(v, "path", "").startswith(p) for p in skip):
                 continue
             v.assign(value)
+    if state.get("run_id"):  # a run resumed from here goes on pruning its own checkpoints
+        _ADOPTED[os.path.realpath(os.path.dirname(path))] = state["run_id"]
     return state
 
 

@@ -56,7 +56,7 @@ def make_checkpoint_saver(model: keras.Model, root: str, split: str, config_json
         del episode, predicted
         checkpoint.save_checkpoint(
             fine_tuned_dir(root, split, name, repetition), score.steps_taken,
-            {"model": list(model.variables)}, rng_state=None, config_json=config_json, keep=1,
+            {"model": list(model.variables)}, rng_state=None, config_json=config_json, keep=None,
             extra={"kind": "fine_tuned", "task": name, "split": split,
                    "repetition": int(repetition), "steps": int(score.steps_taken),
                    "iou": score.iou, "query_ious": [float(x) for x in score.ious]})

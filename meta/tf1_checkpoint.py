@@ -16,12 +16,14 @@ import os
 import re
 import tarfile
 import tempfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
 
+from data.errors import UserError
 from meta import tf1_names
 from models.build import build_model
 from models.config import ModelConfig
@@ -109,17 +111,32 @@ def is_tf1_checkpoint(path: str) -> bool:
     """
     if os.path.isfile(path) and path.endswith(TAR_SUFFIXES):
         return True
-    try:
-        prefix = _find_prefix(path)
-        return prefix is not None and _has_reference_scopes(prefix)
-    except (ValueError, tf.errors.OpError):
+    prefix = _find_prefix(path)
+    if prefix is None:
         return False
+    try:
+        return _has_reference_scopes(prefix)
+    except tf.errors.OpError as e:  # an .index that is there but does not parse is corrupt
+        raise UserError(f"TF1 checkpoint {prefix}.index is corrupt or truncated "
+                        f"({e.message.splitlines()[0]}); unpack the checkpoint again.") from e
 
 
 def _unpack(tar_path: str, into: str) -> str:
     """Extract a checkpoint archive and return the shallowest directory holding a checkpoint."""
-    with tarfile.open(tar_path, "r:*") as tar:
-        tar.extractall(into, filter="data")  # refuses absolute paths and links out of `into`
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            unsafe = [m.name for m in tar.getmembers()
+                      if not (m.isfile() or m.isdir()) or os.path.isabs(m.name)
+                      or ".." in m.name.replace("\\", "/").split("/")]
+            if unsafe:  # a checkpoint is plain files: links, devices and ../ are refused
+                raise UserError(f"{tar_path} holds {len(unsafe)} member(s) that are not plain "
+                                f"files inside the archive (e.g. {unsafe[0]!r}); refusing to "
+                                f"unpack it. Unpack it yourself and pass the folder.")
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        reason = " ".join(str(e).split())  # tarfile lists one line per method it tried
+        raise UserError(f"{tar_path} is not a readable .tar.gz archive ({type(e).__name__}: "
+                        f"{reason}); download it again.") from e
     found = sorted({os.path.dirname(p) for p in
                     glob.glob(os.path.join(into, "**", "*.index"), recursive=True)})
     if not found:
@@ -156,7 +173,14 @@ def open_tf1_checkpoint(path: str):
         except tf.errors.OpError as e:
             raise ValueError(f"Could not read TF1 checkpoint {prefix} (from --checkpoint {path}): "
                              f"{e.message}") from e
-        yield prefix, reader
+        try:
+            yield prefix, reader
+        except (tf.errors.OpError, IndexError) as e:  # a truncated .data file, read lazily
+            if isinstance(e, IndexError) and "Read less bytes" not in str(e):
+                raise
+            reason = (e.message if isinstance(e, tf.errors.OpError) else str(e)).splitlines()[0]
+            raise UserError(f"TF1 checkpoint {prefix} is truncated or corrupt ({reason}); "
+                            f"unpack it again.") from e
 
 
 def _leaf_layers(model):

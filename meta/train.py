@@ -10,7 +10,6 @@ with exactly the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from data.tasks import ClassData
 from meta import checkpoint
 from meta.algorithms import MetaLearner
 from meta.config import EvalConfig, MetaConfig
+from meta.divergence import DivergenceGuard
 from meta.evaluate import STREAM_MONITOR, EvalResult, evaluate
 from meta.inner import AdaptationSchedule
 from meta.logs import TrainingLog
@@ -93,6 +93,17 @@ def monitor(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits
     return MonitorResult(train=results[0], held_out=results[1])
 
 
+def _resumed_checkpoint(run_dir: str, start_step: int) -> str | None:
+    """The checkpoint a resumed run started from, for the divergence message (None if fresh)."""
+    if start_step == 0:
+        return None
+    try:
+        path = checkpoint.latest_checkpoint(run_dir)
+    except FileNotFoundError:
+        path = None
+    return path or f"the one this run resumed from (meta-iteration {start_step})"
+
+
 def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits, *,
                meta: MetaConfig, evaluation: EvalConfig, eval_schedule: AdaptationSchedule,
                rng: np.random.Generator, run_dir: str, config_json: str,
@@ -123,12 +134,14 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
         completed meta-iterations at exit.
 
     Raises:
-        FloatingPointError: a meta-iteration produced a non-finite loss.
+        DivergenceError: a meta-iteration produced a non-finite loss or weights, or runaway
+            weights; raised before anything of it is saved.
     """
     train_names = list(splits.train)
     label, _ = held_out_split(splits)
     log = TrainingLog(run_dir, start_step=start_step)
-    last_saved = start_step
+    last_saved, last_path = start_step, _resumed_checkpoint(run_dir, start_step)
+    guard = DivergenceGuard(learner.loop.variables, learner.loop.model.variables)
     end = meta.meta_iters if stop_after is None else min(stop_after, meta.meta_iters)
 
     def periodic(step: int, epsilon: float, loss: float | None, seconds: float) -> None:
@@ -156,11 +169,7 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
             batch = [tasks[train_names[i]]
                      for i in rng.integers(0, len(train_names), size=meta.meta_batch_size)]
             loss = learner.meta_step(batch, rng, epsilon)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"Non-finite inner-loop loss ({loss}) in meta-iteration {step + 1}; the last "
-                    f"checkpoint is step {last_saved}, so it diverged within meta-iterations "
-                    f"{last_saved + 1}..{step + 1}. Lower --learning-rate or --meta-step.")
+            guard.check(loss, first=last_saved + 1, last=step + 1, last_checkpoint=last_path)
             done, seconds = step + 1, time.monotonic() - start
             progress.update(loss=loss, eps=epsilon)
             # periodic evaluation + log
@@ -170,9 +179,10 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
                 log.log(done, meta_step_size=epsilon, loss=loss, seconds=seconds)
             # checkpoint
             if is_time(done, meta.eval_interval, meta.meta_iters):
-                checkpoint.save_checkpoint(run_dir, done, checkpoint_groups,
-                                           rng_state=rng.bit_generator.state,
-                                           config_json=config_json, keep=meta.keep_checkpoints)
+                last_path = checkpoint.save_checkpoint(run_dir, done, checkpoint_groups,
+                                                       rng_state=rng.bit_generator.state,
+                                                       config_json=config_json,
+                                                       keep=meta.keep_checkpoints)
                 last_saved = done
     finally:
         progress.close()

@@ -13,8 +13,9 @@ Fixes against the reference:
 * `--uho_outer_iters` works: it is *reconstructed* from the reference's history (an earlier search
   "successively reducing the range based on top x percent of results", x = 0.1): round r + 1 runs
   a fresh GP search on the lr span of the top 10% (at least 2) configurations of round r;
-* rows go to the CSV as they are measured, and a rerun resumes: finished configurations are told
-  to the optimizer, a half-measured one is completed with its recorded values.
+* rows go to the CSV as they are measured, and a rerun resumes: every configuration is asked
+  again (so the optimizer's random draws replay), finished ones are told their recorded values,
+  a half-measured one is completed; the resumed search is the uninterrupted one.
 
 Dimensions whose low equals its high are not searched; they take the base setting (the model's
 dropout, `--aug_rate`, `--eval-batch`, `--learning-rate`), as in the reference.
@@ -191,6 +192,9 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
         round_configs = []
         for config_index in range(budget):
             done = measured.get((round_index, config_index), [])
+            # Ask for every configuration, measured or not: the random initial points come from
+            # the optimizer's RNG, so a resumed search replays the same draws.
+            asked = opt.ask() if opt is not None else []
             if done:
                 params = _params_of(done[0])
                 x = [params[d.name] for d in dims]
@@ -209,7 +213,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
                             f"{config_index} lies outside this run's range {d.bounds}. Move the "
                             f"file away or pass another --uho_results_csv_name.")
             else:
-                x = opt.ask() if opt is not None else []
+                x = asked
                 params = dict(base)
                 params.update({d.name: (int(v) if d.name == "inner_batch_size" else float(v))
                                for d, v in zip(dims, x)})

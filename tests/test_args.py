@@ -81,3 +81,14 @@ def test_k_shot_defaults_follow_the_reference():
     cfg = parse_args(["--data-dir", "x"])
     assert cfg.kshot.k_values == (1, 5, 10, 50, 100, 200, 400)
     assert cfg.kshot.k_shot_iter_range is None
+
+
+@pytest.mark.parametrize("flag, value", [("--learning-rate", "inf"), ("--meta-step", "nan"),
+                                         ("--meta-step-final", "-inf"), ("--aug_rate", "nan"),
+                                         ("--lr_search_range_high", "inf")])
+def test_non_finite_flag_values_are_refused_at_parse_time(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([f"{flag}={value}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "must be a finite number" in err and value in err

@@ -1,6 +1,7 @@
 """run_metasegnet.py end to end at 32 px: outputs, exact resume, --pretrained, clear errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -142,3 +143,92 @@ def test_runs_from_before_the_augmentation_flag_resume_as_metaseg(tmp_path, flag
             run_metasegnet._check_compatible(str(tmp_path), cfg, resume=True)
     else:
         run_metasegnet._check_compatible(str(tmp_path), cfg, resume=True)
+
+
+def test_pretrained_keeps_the_training_runs_results(finished_run):
+    """Each evaluation has its own numbered file; the plain name is the newest."""
+    def load(name):
+        with open(os.path.join(finished_run, name)) as f:
+            return json.load(f)
+    training, evaluation = load("meta-test_results-1.json"), load("meta-test_results-2.json")
+    assert training["config"]["run"]["pretrained"] is False
+    assert evaluation["config"]["run"]["pretrained"] is True
+    assert load("meta-test_results.json") == evaluation
+
+
+def test_refused_resume_leaves_config_json_untouched(shards, finished_run, capsys):
+    before = open(os.path.join(finished_run, "config.json")).read()
+    assert run_metasegnet.main(_argv(shards, finished_run, "--learning-rate", "0.02")) == 2
+    assert "inner.learning_rate: checkpoint 0.01, this run 0.02" in capsys.readouterr().err
+    assert open(os.path.join(finished_run, "config.json")).read() == before
+
+
+def _own_task(root):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for part, stems in (("support", ("1", "2")), ("query", ("q",))):
+        (root / part).mkdir(parents=True)
+        for stem in stems:
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / part / f"{stem}.jpg")
+            if part == "support":
+                Image.fromarray(np.eye(40, dtype=np.uint8) * 255).save(root / part / f"{stem}.png")
+    return root
+
+
+FINE_TUNE_FLAGS = ["--image_size", "32", "--rsd", "2", "--eval-iters", "1", "--eval-batch", "2"]
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory):
+    """A meta-training run directory with a usable init: ckpt-3 and ckpt-4, LAST -> ckpt-4."""
+    from args import parse_args
+    from models.build import build_model
+    run = str(tmp_path_factory.mktemp("training_run") / "run")
+    cfg = parse_args(FINE_TUNE_FLAGS + ["--checkpoint", run])
+    variables = list(build_model(cfg.model).variables)
+    for step in (3, 4):
+        checkpoint.save_checkpoint(run, step, {"model": variables}, rng_state=None,
+                                   config_json=cfg.to_json(), keep=2)
+    return run
+
+
+def _listing(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): os.path.getsize(os.path.join(d, f))
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.mark.parametrize("case", ["training_run", "link_to_run", "file", "user_predictions"])
+def test_fine_tune_task_refuses_outputs_it_does_not_own(training_run, tmp_path, capsys, case):
+    """Nothing of a training run or of the user's is replaced; refused before any work."""
+    run = str(tmp_path / "run")
+    shutil.copytree(training_run, run)
+    before = _listing(run)
+    task = _own_task(tmp_path / "task")
+    flags = FINE_TUNE_FLAGS + ["--checkpoint", run, "--fine-tune-task", str(task)]
+    if case == "training_run":
+        flags += ["--fine-tuned-checkpoint", run]
+        expected = "holds no fine-tuned weights"
+    elif case == "link_to_run":
+        os.symlink(run, task / "fine_tuned_checkpoint")
+        expected = "outside the task folder"
+    elif case == "file":
+        (tmp_path / "weights.bin").write_bytes(b"mine")
+        flags += ["--fine-tuned-checkpoint", str(tmp_path / "weights.bin")]
+        expected = "is a file"
+    else:
+        (task / "predictions").write_text("my notes")
+        expected = "is not a predictions folder"
+    with pytest.raises(SystemExit) if case == "file" else _nothing():
+        assert run_metasegnet.main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+    assert _listing(run) == before
+    assert not (task / "predictions").is_dir()
+    if case == "user_predictions":
+        assert (task / "predictions").read_text() == "my notes"
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()

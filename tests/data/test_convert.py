@@ -244,3 +244,39 @@ def test_real_fewshot_converts_cleanly(tmp_path):
     assert dog.images.shape == (10, 224, 224, 3) and set(np.unique(dog.masks)) == {0, 1}
     source_mask = np.asarray(Image.open(os.path.join(source, "davis_dog", "1.png")))
     np.testing.assert_array_equal(dog.masks[0], source_mask >= 128)
+
+
+def test_replaces_only_a_folder_marked_with_our_format(tmp_path, make_fss):
+    """A folder holding some other project's manifest.json is never wiped."""
+    make_fss(tmp_path / "fss", {"bus": 2, "cat": 2})
+    out = tmp_path / "web_project"
+    (out / "src").mkdir(parents=True)
+    (out / "src" / "app.js").write_text("console.log(1)")
+    (out / "manifest.json").write_text(json.dumps({"name": "my web app", "version": "1.0"}))
+    with pytest.raises(ValueError, match="did not write"):
+        converter.convert(str(tmp_path / "fss"), str(out), image_size=32, log=None)
+    assert (out / "src" / "app.js").read_text() == "console.log(1)"
+    assert json.loads((out / "manifest.json").read_text())["name"] == "my web app"
+    converter.convert(str(tmp_path / "fss"), str(tmp_path / "shards"), image_size=32, log=None)
+    converter.convert(str(tmp_path / "fss"), str(tmp_path / "shards"), image_size=32, log=None)
+    assert sorted(load_tasks(str(tmp_path / "shards"), 32)) == ["bus", "cat"]  # ours: replaced
+
+
+@pytest.mark.parametrize("field, value", [("image_size", "224"), ("image_size", 10**9),
+                                          ("num_pairs", -1), ("num_pairs", 10**15),
+                                          ("shards", None), ("shards", [{"file": "../x"}]),
+                                          ("classes", ["bus"])])
+def test_manifest_with_absurd_or_missing_fields_is_one_clear_error(tmp_path, make_fss, field,
+                                                                   value):
+    make_fss(tmp_path / "fss", {"bus": 2, "cat": 2})
+    converter.convert(str(tmp_path / "fss"), str(tmp_path / "shards"), image_size=32, log=None)
+    path = tmp_path / "shards" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if value is None:
+        del manifest[field]
+    else:
+        manifest[field] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"damaged: {field}") as error:
+        load_tasks(str(tmp_path / "shards"), 32)
+    assert "\n" not in str(error.value)

@@ -122,3 +122,75 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_weights(tmp_path):
     assert [r["meta_iter"] for r in log_b] == [0, 1, 2, 3, 4]
     assert [r["loss"] for r in log_a[1:]] == [r["loss"] for r in log_b[1:]]
     assert not np.isnan(log_b[2]["val_miou"]) and np.isnan(log_b[1]["val_miou"])
+
+
+def test_pruning_deletes_only_this_runs_checkpoints_newest_kept(tmp_path, monkeypatch):
+    """Another run's checkpoints (higher or lower steps) survive; this run keeps its newest."""
+    run = str(tmp_path)
+    _, variables = _variables()
+
+    def save(step, keep=1):
+        return checkpoint.save_checkpoint(run, step, {"model": variables}, rng_state=None,
+                                          config_json="{}", keep=keep)
+    monkeypatch.setattr(checkpoint, "_PROCESS_RUN_ID", "the-training-run", raising=False)
+    for step in (2, 4):
+        save(step)
+    monkeypatch.setattr(checkpoint, "_PROCESS_RUN_ID", "a-fine-tuning", raising=False)
+    assert save(3).endswith("ckpt-00000003")  # a lower step than the other run's newest
+    # The training run had pruned its own 2; its newest, 4, survives a lower-step save.
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [3, 4]
+    assert checkpoint.latest_checkpoint(run).endswith("ckpt-00000003")
+    save(1)  # newest by writing order, not by step: 3 goes, 1 stays
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [1, 4]
+    # A resumed run (new process) adopts the loaded checkpoint's run and prunes it on.
+    monkeypatch.setattr(checkpoint, "_PROCESS_RUN_ID", "next-process", raising=False)
+    monkeypatch.setattr(checkpoint, "_ADOPTED", {}, raising=False)
+    checkpoint.load_checkpoint(run, {"model": variables})
+    save(5)
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [4, 5]
+
+
+def test_diverging_run_stops_before_saving_and_names_the_last_checkpoint(tmp_path):
+    def train(run_dir, step_sizes):
+        tasks = toy_tasks(4, n=8)
+        splits = Splits(train=("class0", "class1", "class2"), val=(), test=("class3",))
+        meta = MetaConfig(train_shots=4, meta_batch_size=1, meta_iters=4, eval_interval=1,
+                          monitor_tasks=1, seed=0)
+        model = tiny_model(seed=0)
+        loop = InnerLoop(model, cross_entropy, sgd=True, learning_rate=0.02)
+        learner = MetaLearner(loop, meta, AdaptationSchedule(learning_rate=0.02, iters=1,
+                                                             batch_size=4))
+        meta_train(learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=2, eval_iters=1),
+                   eval_schedule=SCHEDULE, rng=np.random.default_rng(0), run_dir=run_dir,
+                   config_json="{}", checkpoint_groups={"model": list(model.variables)},
+                   meta_step_size_at=lambda step: step_sizes[step])
+    # Runaway weights (finite loss under batch norm) in the first meta-iteration.
+    with pytest.raises(FloatingPointError) as first:
+        train(str(tmp_path / "a"), [1e30] * 4)
+    message = str(first.value)
+    assert "meta-iterations 1..1" in message and "no checkpoint was written yet" in message
+    assert checkpoint.list_checkpoints(str(tmp_path / "a")) == []
+    # Non-finite weights after two good meta-iterations, each checkpointed.
+    with pytest.raises(FloatingPointError) as third:
+        train(str(tmp_path / "b"), [0.1, 0.1, float("inf"), 0.1])
+    message = str(third.value)
+    assert "meta-iterations 3..3" in message and "ckpt-00000002" in message
+    assert "\n" not in message
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path / "b"))] == [1, 2]
+
+
+def test_corrupt_or_non_finite_checkpoint_is_one_clear_error(tmp_path):
+    model, variables = _variables()
+    path = checkpoint.save_checkpoint(str(tmp_path), 1, {"model": variables}, rng_state=None,
+                                      config_json="{}")
+    npz = os.path.join(path, "variables.npz")
+    data = open(npz, "rb").read()
+    with open(npz, "wb") as f:
+        f.write(data[:len(data) // 2])  # truncated, as by a full disk
+    with pytest.raises(ValueError, match="variables.npz is truncated or corrupt"):
+        checkpoint.load_checkpoint(str(tmp_path), {"model": variables})
+    arrays = {f"model/{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    arrays["model/00000"] = arrays["model/00000"] * np.nan
+    np.savez(npz, **arrays)  # an older version saved divergence: it is not evaluated
+    with pytest.raises(ValueError, match="NaN or inf"):
+        checkpoint.load_checkpoint(str(tmp_path), {"model": variables})

@@ -332,3 +332,63 @@ def test_skip_decoding_runs_before_the_rsd_modules_and_loads_from_tf1(tmp_path):
         reader.get_tensor("decode/decode_skip_connections/batch_normalization_2/gamma"))
     probabilities = np.asarray(model(PROBE, training=False))
     np.testing.assert_allclose(probabilities, reference["probabilities"], atol=5e-5)
+
+
+def _tiny_tf1_checkpoint(folder):
+    """A one-tensor checkpoint in TF1's V2 format under a reference scope."""
+    import tensorflow as tf
+    os.makedirs(folder, exist_ok=True)
+    prefix = os.path.join(folder, "model.ckpt-1")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["efficientnet-b0/stem/conv2d/kernel"],
+                      shape_and_slices=[""], tensors=[tf.ones((64, 64, 4))])
+    return prefix
+
+
+@pytest.mark.parametrize("member", ["dotdot", "symlink", "hardlink", "device", "corrupt_gz",
+                                    "truncated_gz"])
+def test_hostile_or_corrupt_archive_is_one_line_error(tmp_path, member):
+    import io
+    import tarfile
+
+    from meta.tf1_checkpoint import open_tf1_checkpoint
+    prefix = _tiny_tf1_checkpoint(str(tmp_path / "ckpt"))
+    archive = str(tmp_path / "ckpt.tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(str(tmp_path / "ckpt"), arcname="ckpt")
+        extra = tarfile.TarInfo({"dotdot": "ckpt/../../evil.txt"}.get(member, "ckpt/extra"))
+        if member == "symlink":
+            extra.type, extra.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif member == "hardlink":
+            extra.type, extra.linkname = tarfile.LNKTYPE, "ckpt/model.ckpt-1.index"
+        elif member == "device":
+            extra.type, extra.devmajor, extra.devminor = tarfile.CHRTYPE, 1, 3
+        if member in ("dotdot", "symlink", "hardlink", "device"):
+            tar.addfile(extra, io.BytesIO(b"") if member == "dotdot" else None)
+    data = open(archive, "rb").read()
+    if member == "corrupt_gz":
+        data = data[:20] + bytes(len(data) - 20)
+    elif member == "truncated_gz":
+        data = data[:len(data) // 2]
+    with open(archive, "wb") as f:
+        f.write(data)
+    with pytest.raises(ValueError) as error:
+        with open_tf1_checkpoint(archive):
+            pass
+    assert archive in str(error.value) and "\n" not in str(error.value)
+    assert not os.path.exists(tmp_path / "evil.txt") and os.path.isfile(prefix + ".index")
+
+
+def test_truncated_data_and_corrupt_index_are_reported_as_corrupt(tmp_path):
+    from meta.tf1_checkpoint import is_tf1_checkpoint, open_tf1_checkpoint
+    prefix = _tiny_tf1_checkpoint(str(tmp_path / "ckpt"))
+    assert is_tf1_checkpoint(str(tmp_path / "ckpt"))
+    data = prefix + ".data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 3)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        with open_tf1_checkpoint(str(tmp_path / "ckpt")) as (_, reader):
+            reader.get_tensor("efficientnet-b0/stem/conv2d/kernel")
+    with open(prefix + ".index", "wb") as f:
+        f.write(b"\x00garbage" * 20)
+    with pytest.raises(ValueError, match="index is corrupt"):  # not "holds no checkpoint"
+        is_tf1_checkpoint(str(tmp_path / "ckpt"))

@@ -195,3 +195,18 @@ def test_outer_rounds_narrow_the_lr_range(tmp_path):
     low, high = min(s["lr"] for s in top), max(s["lr"] for s in top)
     assert all(low <= s["lr"] <= high for s in second)
     assert result.best_mean_iou >= max(s["mean_iou"] for s in first)
+
+
+def test_resume_killed_in_random_initial_phase_is_the_uninterrupted_search(tmp_path):
+    cfg = UHOConfig(num_configs_to_sample=6, lr_range=(1e-4, 1.0), max_steps=40)
+    whole = optimize_update_hyperparams(SyntheticAdapt(), TASKS, cfg, BASE,
+                                        str(tmp_path / "whole.csv"), seed=5)
+    csv_path = str(tmp_path / "r.csv")
+    # 3 random initial configurations of 3 tasks each: die inside the second one.
+    with pytest.raises(KeyboardInterrupt):
+        optimize_update_hyperparams(SyntheticAdapt(crash_after=4), TASKS, cfg, BASE, csv_path,
+                                    seed=5)
+    resumed = optimize_update_hyperparams(SyntheticAdapt(), TASKS, cfg, BASE, csv_path, seed=5)
+    assert read_rows(csv_path) == read_rows(str(tmp_path / "whole.csv"))
+    assert len({r.lr for r in read_rows(csv_path)}) == 6  # no configuration measured twice
+    assert resumed.best == whole.best and resumed.best_mean_iou == whole.best_mean_iou
