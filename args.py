@@ -296,7 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-    problems = _non_finite(a) + _resolve_aliases(a)
+def _resolve_aliases(a) -> list[str]:
+    """The MTL seed's spellings onto ours: --model_type, --mdataset_dir; the default model."""
+    problems = []
+    if a.model_type and a.model_name not in (None, "mtl_unet"):
+        problems.append(f"--model_type UNet is --model_name mtl_unet; drop --model_name "
+                        f"{a.model_name}")
+    if a.model_name is None:
+        a.model_name = "mtl_unet" if a.phase is not None or a.model_type else "efficientlab"
+    if a.mdataset_dir is not None:
+        if a.data_dir is not None and os.path.abspath(a.data_dir) != \
+                os.path.abspath(a.mdataset_dir):
+            problems.append(f"--mdataset_dir {a.mdataset_dir!r} and --data-dir {a.data_dir!r} "
+                            f"both name the FSS-1000 shards; give one")
+        a.data_dir = a.data_dir or a.mdataset_dir
+    return problems
+
+
+def _non_finite(a) -> list[str]:
+    """Float flags given as inf or nan (Python's float() accepts both)."""
+    return [f"--{name} must be a finite number. Received: {value}"
+            for name, value in vars(a).items()
+            if isinstance(value, float) and not math.isfinite(value)]
 
 
 def _contradictions(a) -> list[str]:

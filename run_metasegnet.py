@@ -425,9 +425,9 @@ def _run(cfg: Config) -> int:
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
     if not cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
+        if cfg.eval.protocol == protocol_hsnet.PROTOCOL:
+            protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
         check_class_sizes(cfg, tasks, splits, eval_names)
-    if cfg.eval.protocol == protocol_hsnet.PROTOCOL and not cfg.run.mtl:  # before training
-        protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
     _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
