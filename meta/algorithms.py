@@ -30,6 +30,7 @@ from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
 from meta.state import Snapshot
+from meta.timing import section
 
 # direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
 Direction = Callable[..., tuple[list[tf.Tensor], np.ndarray]]
@@ -53,9 +54,11 @@ def reptile_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptati
         (d = phi - theta per variable, per-step losses).
     """
     del before_last
-    episode = sample_episode(rng, class_data, train_shots, 0)
+    with section("sampling"):
+        episode = sample_episode(rng, class_data, train_shots, 0)
     result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng)
-    return weights.subtract(loop.variables, start.values), result.losses
+    with section("directions"):
+        return weights.subtract(loop.variables, start.values), result.losses
 
 
 def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
@@ -103,28 +106,37 @@ def fomaml_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptatio
         (d = phi_after - phi_before of the last step, per-step losses).
     """
     del start
-    episode = sample_episode(rng, class_data, train_shots, 0)
+    with section("sampling"):
+        episode = sample_episode(rng, class_data, train_shots, 0)
     images, masks = episode.support_images, episode.support_masks
-    loop.reset_optimizer()
+    with section("snapshots"):
+        loop.reset_optimizer()
     if tail_shots is None:
         x, m = support_tensors(images, masks)
-        indices, seeds = draw_batches(rng, len(images), schedule)
+        with section("sampling"):
+            indices, seeds = draw_batches(rng, len(images), schedule)
         head = run_steps(loop, x, m, indices[:-1], seeds[:-1], schedule)
-        before_last.save()
+        with section("snapshots"):
+            before_last.save()
         last = run_steps(loop, x, m, indices[-1:], seeds[-1:], schedule,
                          first_step=schedule.iters - 1)
     else:
-        train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
+        with section("sampling"):
+            train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
         x, m = support_tensors(images[train], masks[train])
-        indices, seeds = draw_batches(rng, len(train), schedule, schedule.iters - 1)
+        with section("sampling"):
+            indices, seeds = draw_batches(rng, len(train), schedule, schedule.iters - 1)
         head = run_steps(loop, x, m, indices, seeds, schedule)
-        before_last.save()
+        with section("snapshots"):
+            before_last.save()
         tail_x, tail_m = support_tensors(images[tail], masks[tail])
-        tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
+        with section("sampling"):
+            tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
         # The whole tail is one batch and is not augmented (reference-spec 3.3).
         last = run_steps(loop, tail_x, tail_m, np.arange(len(tail), dtype=np.int32)[None],
                          tail_seed, schedule, first_step=schedule.iters - 1, aug_rate=0.0)
-    direction = weights.subtract(loop.variables, before_last.values)
+    with section("directions"):
+        direction = weights.subtract(loop.variables, before_last.values)
     return direction, np.concatenate([head.losses, last.losses])
 
 
@@ -183,15 +195,19 @@ class MetaLearner:
         Returns:
             mean inner-loop loss over all steps of all tasks.
         """
-        self.start.save()
+        with section("snapshots"):
+            self.start.save()
         total, losses = None, []
         for class_data in tasks:
             direction, task_losses = self.direction(self.loop, class_data, self.schedule, rng,
                                                     start=self.start,
                                                     before_last=self.before_last)
-            total = direction if total is None else weights.add(total, direction)
+            with section("directions"):
+                total = direction if total is None else weights.add(total, direction)
             losses.append(task_losses)
-            self.start.restore()  # model state only: BN statistics carry over
-        self.outer_optimizer.learning_rate.assign(meta_step_size)
-        self._apply(weights.scale(total, -1.0 / len(tasks)))
+            with section("snapshots"):
+                self.start.restore()  # model state only: BN statistics carry over
+        with section("meta_update"):
+            self.outer_optimizer.learning_rate.assign(meta_step_size)
+            self._apply(weights.scale(total, -1.0 / len(tasks)))
         return float(np.mean(np.concatenate(losses)))

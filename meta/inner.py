@@ -29,6 +29,7 @@ from data.episodes import mini_batch_indices
 from meta.config import EvalConfig, InnerConfig
 from meta.schedules import inner_learning_rate
 from meta.state import Snapshot, full_state
+from meta.timing import section
 
 # on_step(steps_taken, loss) -> True to stop early
 StepCallback = Callable[[int, float], bool]
@@ -248,8 +249,9 @@ def support_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[tf.Tensor, t
     Returns:
         (images float32 (k,S,S,3), masks float32 (k,S,S)).
     """
-    return (tf.convert_to_tensor(np.asarray(images, np.float32)),
-            tf.convert_to_tensor(np.asarray(masks, np.float32)))
+    with section("support_tensors"):
+        return (tf.convert_to_tensor(np.asarray(images, np.float32)),
+                tf.convert_to_tensor(np.asarray(masks, np.float32)))
 
 
 def draw_batches(rng: np.random.Generator, num_examples: int,
@@ -266,6 +268,11 @@ def draw_batches(rng: np.random.Generator, num_examples: int,
     Returns:
         (indices int32 (steps, batch), seeds int32 (steps, 2)).
     """
+    with section("sampling"):
+        return _draw_batches(rng, num_examples, schedule, num_steps)
+
+
+def _draw_batches(rng, num_examples, schedule, num_steps):
     steps = schedule.iters if num_steps is None else num_steps
     indices = mini_batch_indices(rng, num_examples, schedule.batch_size, steps,
                                  replacement=schedule.replacement).astype(np.int32)
@@ -294,13 +301,14 @@ def run_steps(loop: InnerLoop, images: tf.Tensor, masks: tf.Tensor, indices: np.
     """
     rate = schedule.aug_rate if aug_rate is None else aug_rate
     losses = []
-    for t in range(len(indices)):
-        loss = loop.train_step(images, masks, indices[t],
-                               schedule.learning_rate_at(first_step + t), rate, seeds[t])
-        losses.append(loss)
-        if on_step is not None and on_step(first_step + t + 1, float(loss)):
-            break
-    values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
+    with section("inner_steps"):
+        for t in range(len(indices)):
+            loss = loop.train_step(images, masks, indices[t],
+                                   schedule.learning_rate_at(first_step + t), rate, seeds[t])
+            losses.append(loss)
+            if on_step is not None and on_step(first_step + t + 1, float(loss)):
+                break
+        values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
     return AdaptResult(steps_taken=len(losses), losses=values)
 
 
@@ -321,5 +329,6 @@ def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: Adap
     """
     x, m = support_tensors(images, masks)
     indices, seeds = draw_batches(rng, len(x), schedule)
-    loop.reset_optimizer()
+    with section("snapshots"):
+        loop.reset_optimizer()
     return run_steps(loop, x, m, indices, seeds, schedule, on_step=on_step)
