@@ -25,7 +25,6 @@ import tensorflow as tf
 
 from data.episodes import sample_episode
 from data.tasks import ClassData
-from meta import weights
 from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
@@ -58,7 +57,7 @@ def reptile_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptati
         episode = sample_episode(rng, class_data, train_shots, 0)
     result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng)
     with section("directions"):
-        return weights.subtract(loop.variables, start.values), result.losses
+        return start.difference(), result.losses
 
 
 def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
@@ -136,7 +135,7 @@ def fomaml_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptatio
         last = run_steps(loop, tail_x, tail_m, np.arange(len(tail), dtype=np.int32)[None],
                          tail_seed, schedule, first_step=schedule.iters - 1, aug_rate=0.0)
     with section("directions"):
-        direction = weights.subtract(loop.variables, before_last.values)
+        direction = before_last.difference()
     return direction, np.concatenate([head.losses, last.losses])
 
 
@@ -179,9 +178,23 @@ class MetaLearner:
         self.before_last = Snapshot(loop.variables, name="before_last_step")
         self.outer_optimizer = keras.optimizers.SGD(learning_rate=meta.meta_step_size)
         self.outer_optimizer.build(loop.variables)
-        self._apply = tf.function(
-            lambda pseudo_gradients: self.outer_optimizer.apply(pseudo_gradients,
-                                                                 self.loop.variables))
+        with tf.init_scope():
+            self._sum = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                     name=f"direction_sum_{i}")
+                         for i, v in enumerate(loop.variables)]
+        self._accumulate = tf.function(self._accumulate_graph)
+        self._apply_mean = tf.function(self._apply_mean_graph)
+
+    def _accumulate_graph(self, direction):
+        for total, d in zip(self._sum, direction):
+            total.assign_add(d)
+
+    def _apply_mean_graph(self, num_tasks):
+        # theta <- theta + epsilon * mean(d): the pseudo-gradient -mean(d) through outer SGD.
+        pseudo_gradients = [total * (-1.0 / num_tasks) for total in self._sum]
+        self.outer_optimizer.apply(pseudo_gradients, self.loop.variables)
+        for total in self._sum:
+            total.assign(tf.zeros_like(total))
 
     def meta_step(self, tasks: Sequence[ClassData], rng: np.random.Generator,
                   meta_step_size: float) -> float:
@@ -197,17 +210,17 @@ class MetaLearner:
         """
         with section("snapshots"):
             self.start.save()
-        total, losses = None, []
+        losses = []
         for class_data in tasks:
             direction, task_losses = self.direction(self.loop, class_data, self.schedule, rng,
                                                     start=self.start,
                                                     before_last=self.before_last)
             with section("directions"):
-                total = direction if total is None else weights.add(total, direction)
+                self._accumulate(direction)
             losses.append(task_losses)
             with section("snapshots"):
                 self.start.restore()  # model state only: BN statistics carry over
         with section("meta_update"):
             self.outer_optimizer.learning_rate.assign(meta_step_size)
-            self._apply(weights.scale(total, -1.0 / len(tasks)))
+            self._apply_mean(tf.constant(len(tasks), tf.float32))
         return float(np.mean(np.concatenate(losses)))

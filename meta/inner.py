@@ -12,8 +12,12 @@
 * `predict(images)`: the model in inference mode (BN moving statistics), also traced once;
 * `full_state`: a `meta.state.Snapshot` of the model's and the inner optimizer's variables.
 
+* `train_steps(...)`: a task's steps in one compiled call, a graph loop over the precomputed
+  mini-batch indices, seeds and learning rates that runs the same step graph as `train_step`
+  and returns every step's loss (one trace for every number of steps).
+
 `adapt()` runs a task's k steps; `on_step(steps_taken, loss) -> stop?` lets callers score every
-step (UHO early stopping). The adapted variables can be a subset (`variables=`; e.g. the MTL head).
+step (UHO early stopping); with a callback the steps run one `train_step` call at a time. The adapted variables can be a subset (`variables=`; e.g. the MTL head).
 """
 from __future__ import annotations
 
@@ -153,6 +157,10 @@ class InnerLoop:
             image_spec, mask_spec, tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
             tf.TensorSpec((2,), tf.int32)])
+        self._train_steps = tf.function(self._train_steps_graph, input_signature=[
+            image_spec, mask_spec, tf.TensorSpec((None, None), tf.int32),
+            tf.TensorSpec((None,), tf.float32), tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((None, 2), tf.int32)])
         self._predict = tf.function(self._predict_graph, input_signature=[image_spec])
         self._reset = tf.function(self._reset_graph)
 
@@ -173,6 +181,15 @@ class InnerLoop:
         gradients = tape.gradient(loss, self.variables)
         self.optimizer.apply(gradients, self.variables)
         return loss
+
+    def _train_steps_graph(self, images, masks, indices, learning_rates, aug_rate, seeds):
+        # A task's steps in one call: a graph loop instead of one Python dispatch per step.
+        num_steps = tf.shape(indices)[0]
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        for t in tf.range(num_steps):
+            losses = losses.write(t, self._train_step_graph(
+                images, masks, indices[t], learning_rates[t], aug_rate, seeds[t]))
+        return losses.stack()
 
     def _predict_graph(self, images):
         return self.model(images, training=False)
@@ -206,6 +223,25 @@ class InnerLoop:
                                 tf.constant(aug_rate, tf.float32),
                                 tf.convert_to_tensor(seed, tf.int32))
 
+    def train_steps(self, images: tf.Tensor, masks: tf.Tensor, indices, learning_rates,
+                    aug_rate: float, seeds) -> tf.Tensor:
+        """len(indices) optimizer steps in one compiled call, each exactly as `train_step`.
+
+        Args:
+            images, masks: the task's support tensors (see train_step).
+            indices: int (steps, b) mini-batch indices.
+            learning_rates: float (steps,) lr of each step.
+            aug_rate: probability that an example is augmented (0 = none).
+            seeds: int (steps, 2) augmentation keys.
+
+        Returns:
+            float32 (steps,) tensor: each step's loss before its update.
+        """
+        return self._train_steps(images, masks, tf.convert_to_tensor(indices, tf.int32),
+                                 tf.convert_to_tensor(learning_rates, tf.float32),
+                                 tf.constant(aug_rate, tf.float32),
+                                 tf.convert_to_tensor(seeds, tf.int32))
+
     def predict(self, images) -> tf.Tensor:
         """Foreground/background probabilities in inference mode.
 
@@ -223,6 +259,7 @@ class InnerLoop:
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled function has been traced (tests assert this stays bounded)."""
         return {"train_step": self._train_step.experimental_get_tracing_count(),
+                "train_steps": self._train_steps.experimental_get_tracing_count(),
                 "predict": self._predict.experimental_get_tracing_count()}
 
 
@@ -302,6 +339,11 @@ def run_steps(loop: InnerLoop, images: tf.Tensor, masks: tf.Tensor, indices: np.
     rate = schedule.aug_rate if aug_rate is None else aug_rate
     losses = []
     with section("inner_steps"):
+        if on_step is None and len(indices):
+            rates = [schedule.learning_rate_at(first_step + t) for t in range(len(indices))]
+            values = loop.train_steps(images, masks, indices, rates, rate, seeds).numpy()
+            return AdaptResult(steps_taken=len(values), losses=values)
+        # A callback sees every step before the next one runs, so its steps run one by one.
         for t in range(len(indices)):
             loss = loop.train_step(images, masks, indices[t],
                                    schedule.learning_rate_at(first_step + t), rate, seeds[t])
