@@ -13,7 +13,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from meta.config import EvalConfig, InnerConfig, KShotConfig, MetaConfig, MTLConfig, UHOConfig
+from meta.config import DeviceConfig, EvalConfig, InnerConfig, KShotConfig, MetaConfig, MTLConfig, \
+    UHOConfig
 from models.config import LossConfig, ModelConfig
 
 
@@ -72,6 +73,7 @@ class Config:
     kshot: KShotConfig
     mtl: MTLConfig
     run: RunConfig
+    device: DeviceConfig = DeviceConfig()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -251,6 +253,23 @@ def _add_mtl_flags(p):
     g.add_argument("--eval_weights", default=None, help="meta-trained weights (meta_eval)")
 
 
+def _add_device_flags(p):
+    g = p.add_argument_group("devices and precision (docs/performance.md)")
+    g.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"), default="none",
+                   help="spread each meta-batch's tasks and each evaluation's tasks over "
+                        "replicas: mirrored = this machine's GPUs (logical CPUs without one), "
+                        "multi_worker = the cluster in TF_CONFIG")
+    g.add_argument("--num_replicas", type=int, default=1,
+                   help="local replicas; on a machine without GPUs, splits the CPU into this "
+                        "many logical devices (0 with mirrored = every GPU)")
+    g.add_argument("--mixed_precision", choices=("none", "bfloat16", "float16"), default="none",
+                   help="compute dtype of the network; variables and the meta-update stay "
+                        "float32 (float16 scales the loss)")
+    g.add_argument("--jit_compile", choices=("auto", "on", "off"), default="auto",
+                   help="XLA for the compiled steps; auto = on with a GPU, off on CPU (slower "
+                        "there for depthwise convolutions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command line of run_metasegnet.py."""
     p = _OneLineParser(prog="run_metasegnet.py",
@@ -258,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (_add_data_flags, _add_model_flags, _add_loss_flags, _add_inner_flags,
                 _add_meta_flags, _add_eval_flags, _add_uho_flags, _add_experiment_flags,
-                _add_mtl_flags):
+                _add_mtl_flags, _add_device_flags):
         add(p)
     return p
 
@@ -291,6 +310,9 @@ def _contradictions(a) -> list[str]:
     if a.joint_train and (a.pretrained or a.phase):
         problems.append("--joint_train trains the baseline; it cannot be combined with "
                         "--pretrained or --phase")
+    if a.distribute != "none" and (a.phase or a.joint_train):
+        problems.append("--distribute spreads Reptile/FOMAML meta-batches and evaluations; it "
+                        "cannot be combined with --phase or --joint_train")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems
@@ -374,8 +396,10 @@ def config_from_namespace(a) -> Config:
                     run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,
                     joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,
                     compare_random_init=a.compare_random_init, mtl=a.phase is not None)
+    device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
+                          mixed_precision=a.mixed_precision, jit_compile=a.jit_compile)
     return Config(data=data, model=model, loss=loss, inner=inner, meta=meta, eval=evaluation,
-                  uho=uho, kshot=kshot, mtl=mtl, run=run)
+                  uho=uho, kshot=kshot, mtl=mtl, run=run, device=device)
 
 
 def parse_args(argv=None) -> Config:

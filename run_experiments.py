@@ -27,6 +27,7 @@ from meta.algorithms import MetaLearner
 from meta.fine_tune_task import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, fine_tune_user_task
 from meta.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
 from meta.inner import AdaptationSchedule, InnerLoop, evaluation_schedule, training_schedule
+from meta.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.joint_train import joint_train
 from meta.kshot import run_k_shot_experiment
 from meta.train import meta_train
@@ -39,9 +40,12 @@ _META_FINE_TUNE_STREAM = 7  # meta-fine-tuning's own RNG, apart from meta-traini
 
 
 def make_inner_loop(cfg: Config, model) -> InnerLoop:
-    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay."""
+    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay, XLA."""
     return InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
-                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay)
+                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay,
+                     jit_compile=use_jit(cfg.device.jit_compile),
+                     loss_scale=LOSS_SCALE_FLOAT16 if cfg.device.mixed_precision == "float16"
+                     else None)
 
 
 def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits,

@@ -27,9 +27,12 @@ from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
 from data.tasks import load_tasks  # noqa: E402
 from meta import checkpoint  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
+from meta.distribute import DistributedMetaLearner, Replicas, configure_devices, \
+    make_strategy  # noqa: E402
 from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
 from meta.inner import InnerLoop, evaluation_schedule, training_schedule  # noqa: E402
 from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
+from meta.precision import set_precision  # noqa: E402
 from meta.progress import Progress, format_seconds  # noqa: E402
 from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 from meta.train import held_out_split, meta_train  # noqa: E402
@@ -212,7 +215,7 @@ def _after_adapt(cfg: Config):
 
 def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, stream: int,
                      num_samples: int, all_tasks: bool, desc: str, after_adapt=None,
-                     schedule=None) -> EvalResult:
+                     schedule=None, replicas=None) -> EvalResult:
     """One evaluation of the current init with a progress bar.
 
     Args:
@@ -227,6 +230,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
         desc: progress-bar label.
         after_adapt: per-task hook.
         schedule: adaptation schedule (default: the flags' evaluation schedule).
+        replicas: spread the tasks over these replicas (--distribute).
 
     Returns:
         EvalResult.
@@ -237,7 +241,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
                       shots=cfg.eval.shots, num_query=cfg.eval.num_query,
                       transductive=cfg.eval.transductive, num_samples=num_samples,
                       all_tasks=all_tasks, seed=cfg.meta.seed, stream=stream, split=split,
-                      after_adapt=after_adapt,
+                      after_adapt=after_adapt, replicas=replicas,
                       on_task=lambda s: progress.update(iou=s.iou))
     progress.close()
     return result
@@ -261,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cfg: Config) -> int:
     started = time.monotonic()
+    # Devices, the cluster and the dtype policy come before TensorFlow runs its first op.
+    configure_devices(cfg.device.distribute, cfg.device.num_replicas)
+    strategy = make_strategy(cfg.device.distribute, cfg.device.num_replicas)
+    set_precision(cfg.device.mixed_precision)
     # --- setup
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return _fine_tune_task_only(cfg)  # needs no --data-dir
@@ -285,7 +293,9 @@ def _run(cfg: Config) -> int:
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
-    _write_config(out_dir, cfg)
+    is_chief = strategy is None or bool(strategy.extended.should_checkpoint)
+    if is_chief:  # only the chief of a cluster writes into --checkpoint
+        _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
     if cfg.run.mtl and cfg.mtl.phase == "meta_train":
@@ -299,7 +309,15 @@ def _run(cfg: Config) -> int:
     else:
         loop = experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
         model = loop.model
-        learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+        if strategy is None:
+            learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+        else:
+            replicas = Replicas(strategy, loop, lambda: experiments.make_inner_loop(
+                cfg, build_model_with_backbone(cfg.model)))
+            learner = DistributedMetaLearner(replicas, cfg.meta, training_schedule(cfg.inner))
+            print(f"Distributed over {replicas.num_replicas} replicas "
+                  f"({len(replicas.devices)} on this worker)", flush=True)
+    replicas = getattr(learner, "replicas", None)
     initial_weights = [v.numpy() for v in model.variables] if cfg.run.compare_random_init else None
 
     # --- restore (joint training resumes its own checkpoints: meta/joint_train.py)
@@ -317,7 +335,7 @@ def _run(cfg: Config) -> int:
                    eval_schedule=evaluation_schedule(cfg.inner, cfg.eval), rng=rng,
                    run_dir=out_dir, config_json=cfg.to_json(),
                    checkpoint_groups=_checkpoint_groups(model, learner), start_step=start_step)
-    if os.path.isfile(os.path.join(out_dir, CSV_NAME)):
+    if is_chief and os.path.isfile(os.path.join(out_dir, CSV_NAME)):
         plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME),
                              val_label=held_out_split(splits)[0])
 
@@ -339,13 +357,14 @@ def _run(cfg: Config) -> int:
     evaluate_held_out = partial(final_evaluation, cfg, tasks=tasks, names=eval_names,
                                 split=eval_split, stream=STREAM_TEST,
                                 num_samples=cfg.eval.eval_samples,
-                                all_tasks=cfg.eval.serially_eval_all_test_tasks)
+                                all_tasks=cfg.eval.serially_eval_all_test_tasks,
+                                replicas=replicas)
     with dropout_rate(model, drop_rate, cfg.model.final_layer_dropout_rate):
         train_result = final_evaluation(
             cfg, loop, tasks, splits.train, split="train", stream=STREAM_TRAIN,
             num_samples=cfg.eval.eval_samples, all_tasks=False, desc="eval train tasks",
-            schedule=schedule, after_adapt=experiments.evaluation_hooks(cfg, model, "train",
-                                                                        out_dir))
+            schedule=schedule, replicas=replicas,
+            after_adapt=experiments.evaluation_hooks(cfg, model, "train", out_dir))
         result = evaluate_held_out(
             loop, desc=f"eval {eval_split} tasks", schedule=schedule,
             after_adapt=experiments.evaluation_hooks(cfg, model, eval_split, out_dir,
@@ -375,6 +394,8 @@ def _run(cfg: Config) -> int:
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "
               f"vs pre-trained U-Net {base.mean_iou:.4f} +/- {base.ci95:.4f}", flush=True)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
+    if not is_chief:
+        return 0
     path = os.path.join(out_dir, RESULTS_NAME)
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)

@@ -132,12 +132,18 @@ class InnerLoop:
         learning_rate: default inner learning rate.
         weight_decay: multiply every adapted variable by this before each step (1 = off).
         variables: the variables the inner loop adapts (default: all trainable variables).
+        jit_compile: compile the steps and the prediction with XLA (GPU; slower on CPU).
+        loss_scale: multiply the loss by this before the gradient and divide the gradients
+            after (float16 compute); a step whose scaled gradients are not finite changes no
+            weight. None = no scaling.
     """
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, sgd: bool = True,
                  learning_rate: float = 1e-3, weight_decay: float = 1.0,
-                 variables: Sequence | None = None):
+                 variables: Sequence | None = None, jit_compile: bool = False,
+                 loss_scale: float | None = None):
         self.model = model
+        self.loss_scale = loss_scale
         self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
         self.variables = list(variables) if variables is not None else \
@@ -153,15 +159,18 @@ class InnerLoop:
         size = tuple(model.input_shape[1:3])
         image_spec = tf.TensorSpec((None, *size, 3), tf.float32)
         mask_spec = tf.TensorSpec((None, *size), tf.float32)
-        self._train_step = tf.function(self._train_step_graph, input_signature=[
+        self._train_step = tf.function(self._train_step_graph, jit_compile=jit_compile or None,
+                                       input_signature=[
             image_spec, mask_spec, tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
             tf.TensorSpec((2,), tf.int32)])
-        self._train_steps = tf.function(self._train_steps_graph, input_signature=[
+        self._train_steps = tf.function(self._train_steps_graph, jit_compile=jit_compile or None,
+                                        input_signature=[
             image_spec, mask_spec, tf.TensorSpec((None, None), tf.int32),
             tf.TensorSpec((None,), tf.float32), tf.TensorSpec((), tf.float32),
             tf.TensorSpec((None, 2), tf.int32)])
-        self._predict = tf.function(self._predict_graph, input_signature=[image_spec])
+        self._predict = tf.function(self._predict_graph, jit_compile=jit_compile or None,
+                                    input_signature=[image_spec])
         self._reset = tf.function(self._reset_graph)
 
     # --- graphs (traced once each) -------------------------------------------------------
@@ -176,9 +185,15 @@ class InnerLoop:
             for v in self.variables:
                 v.assign(v * self.weight_decay)
         with tf.GradientTape() as tape:
-            probabilities = self.model(x, training=True)
+            # the loss in float32 whatever the compute dtype (a no-op without mixed precision)
+            probabilities = tf.cast(self.model(x, training=True), tf.float32)
             loss = self.loss_fn(y, probabilities)
-        gradients = tape.gradient(loss, self.variables)
+            scaled = loss if self.loss_scale is None else loss * self.loss_scale
+        gradients = tape.gradient(scaled, self.variables)
+        if self.loss_scale is not None:
+            gradients = [g / self.loss_scale for g in gradients]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+            gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
         self.optimizer.apply(gradients, self.variables)
         return loss
 
@@ -192,7 +207,7 @@ class InnerLoop:
         return losses.stack()
 
     def _predict_graph(self, images):
-        return self.model(images, training=False)
+        return tf.cast(self.model(images, training=False), tf.float32)
 
     def _reset_graph(self):
         for v in self._reset_vars:
