@@ -260,8 +260,8 @@ def _add_device_flags(p):
                         "replicas: mirrored = this machine's GPUs (logical CPUs without one), "
                         "multi_worker = the cluster in TF_CONFIG")
     g.add_argument("--num_replicas", type=int, default=1,
-                   help="local replicas; on a machine without GPUs, splits the CPU into this "
-                        "many logical devices (0 with mirrored = every GPU)")
+                   help="replicas of --distribute mirrored; on a machine without GPUs, splits "
+                        "the CPU into this many logical devices (0 = every GPU)")
     g.add_argument("--mixed_precision", choices=("none", "bfloat16", "float16"), default="none",
                    help="compute dtype of the network; variables and the meta-update stay "
                         "float32 (float16 scales the loss)")

@@ -51,7 +51,8 @@ def configure_devices(mode: str, num_replicas: int) -> None:
         raise ValueError(f"--distribute must be one of {DISTRIBUTE_MODES}. Received: {mode!r}")
     if num_replicas < 1:
         raise ValueError(f"--num_replicas must be >= 1. Received: {num_replicas}")
-    if mode == "none" or num_replicas == 1 or tf.config.list_physical_devices("GPU"):
+    # MultiWorkerMirroredStrategy places one replica per GPU, or one per worker on CPU.
+    if mode != "mirrored" or num_replicas == 1 or tf.config.list_physical_devices("GPU"):
         return
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
