@@ -6,8 +6,10 @@ Same model (EfficientLab-B0 --rsd 2 4, random init), same batch, same loss (bce_
 SGD optimizer settings, both compiled without XLA, augmentation off. Timed in alternating
 rounds so that load from other processes hits both alike: each round runs a task's `--steps`
 inner steps through `meta.inner.run_steps` (the path every task takes) and then the same
-number of `train_on_batch` calls on the pre-gathered batch. Prints ms per step (median over
-rounds) and the line `ratio <ours / train_on_batch>`; writes the numbers as JSON.
+number of `train_on_batch` calls on the pre-gathered batch. Prints ms per step (median and
+best round) and the line `ratio <ours / train_on_batch>` of the best rounds (on a shared machine
+the fastest round is the one least disturbed by others; the median ratio is printed too);
+writes the numbers as JSON.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def main(argv=None) -> dict:
             fn()
             out.append((time.perf_counter() - start) * 1000.0 / a.steps)
     ours_med, keras_med = float(np.median(ours_ms)), float(np.median(keras_ms))
-    ratio = ours_med / keras_med
+    ratio = min(ours_ms) / min(keras_ms)
     print(f"EfficientLab-B0 --rsd 2 4, {a.image_size} px, batch {a.batch}, SGD, bce_dice, "
           f"no XLA, no augmentation; {a.rounds} alternating rounds of {a.steps} steps; {load()}")
     print(f"  {'':34s} {'ms/step (median)':>16s} {'min':>8s} {'max':>8s} {'first round s':>14s}")
@@ -87,11 +89,13 @@ def main(argv=None) -> dict:
                                 ("model.train_on_batch", keras_ms, keras_first)):
         print(f"  {name:34s} {np.median(values):16.1f} {min(values):8.1f} {max(values):8.1f} "
               f"{first:14.1f}")
+    print(f"median ratio {ours_med / keras_med:.3f}")
     print(f"ratio {ratio:.3f}")
     numbers = {"image_size": a.image_size, "batch": a.batch, "steps": a.steps,
                "rounds": a.rounds, "ours_ms": ours_ms, "train_on_batch_ms": keras_ms,
                "ours_median_ms": ours_med, "train_on_batch_median_ms": keras_med,
-               "ratio": ratio, "ours_first_round_s": ours_first,
+               "ratio": ratio, "median_ratio": ours_med / keras_med,
+               "ours_first_round_s": ours_first,
                "train_on_batch_first_round_s": keras_first,
                "traces": loop.trace_counts}
     write_json(a.json, numbers)
