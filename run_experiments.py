@@ -27,9 +27,9 @@ from meta.algorithms import MetaLearner
 from meta.fine_tune_task import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, fine_tune_user_task
 from meta.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
 from meta.inner import AdaptationSchedule, InnerLoop, evaluation_schedule, training_schedule
-from meta.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.joint_train import joint_train
 from meta.kshot import run_k_shot_experiment
+from meta.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.train import meta_train
 from meta.uho import UHOResult, UpdateHyperparams
 from meta.uho_objective import apply_update_hyperparams, dropout_rate, run_uho
