@@ -313,6 +313,12 @@ def _contradictions(a) -> list[str]:
     if a.distribute != "none" and (a.phase or a.joint_train):
         problems.append("--distribute spreads Reptile/FOMAML meta-batches and evaluations; it "
                         "cannot be combined with --phase or --joint_train")
+    if a.distribute == "multi_worker" and (a.optimize_update_hyperparms_on_val_set
+                                          or a.run_k_shot_learning_curves_experiment
+                                          or a.fine_tune_task):
+        problems.append("UHO, k-shot curves and --fine-tune-task write their own files; run them "
+                        "on one machine (--distribute none|mirrored, --pretrained), not with "
+                        "--distribute multi_worker")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems

@@ -340,7 +340,8 @@ def _run(cfg: Config) -> int:
                              val_label=held_out_split(splits)[0])
 
     # --- test-time adaptation: UHO on the val classes, then the experiment the flags ask for
-    uho = (experiments.optimize_update_hyperparams_step(cfg, loop, tasks, splits, out_dir)
+    uho = (experiments.optimize_update_hyperparams_step(cfg, loop, tasks, splits, out_dir,
+                                                        replicas=replicas)
            if cfg.run.optimize_update_hyperparms_on_val_set else None)
     if uho is not None and cfg.uho.meta_fine_tune_steps_on_train_val > 0:
         experiments.meta_fine_tune_on_train_val(cfg, loop, tasks, splits, out_dir, uho.best)

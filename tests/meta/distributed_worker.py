@@ -32,7 +32,9 @@ from meta.config import EvalConfig, MetaConfig  # noqa: E402
 from meta.distribute import DistributedMetaLearner, Replicas, make_strategy  # noqa: E402
 from meta.evaluate import evaluate  # noqa: E402
 from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
+from meta.config import UHOConfig  # noqa: E402
 from meta.train import meta_train  # noqa: E402
+from meta.uho_objective import _spread_adapt, make_adapt_task  # noqa: E402
 from meta_fixtures import cross_entropy, tiny_model, toy_tasks  # noqa: E402
 
 SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=3, batch_size=3, aug_rate=0.5)
@@ -67,6 +69,17 @@ def logical(out: str) -> None:
                                            replicas=replicas, **evaluation).task_ious
         ious[f"{label}_serial"] = evaluate(learner.loop, tasks, names, SCHEDULE,
                                            **evaluation).task_ious
+        # UHO's val episodes with early stopping: spread over the replicas vs one by one
+        def adapt_task_of(run_loop):
+            return make_adapt_task(run_loop, tasks, names, SCHEDULE,
+                                   UHOConfig(max_steps=4, patience=2), base_drop_rate=0.2,
+                                   shots=3, num_query=2, transductive=True, seed=0)
+        params = {"lr": 0.05, "drop_rate": 0.1, "aug_rate": 0.5, "inner_batch_size": 3}
+        items = [(name, repetition) for repetition in range(2) for name in names[:3]]
+        spread = _spread_adapt(replicas, adapt_task_of)(params, items, None)
+        serial = [adapt_task_of(learner.loop)(params, t, r, None) for t, r in items]
+        ious[f"{label}_uho_spread"] = np.array(spread, np.float64)
+        ious[f"{label}_uho_serial"] = np.array(serial, np.float64)
     np.savez(out, **{f"two_{i}": w for i, w in enumerate(weights["two"])},
              **{f"one_{i}": w for i, w in enumerate(weights["one"])}, **ious)
 

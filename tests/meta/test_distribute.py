@@ -66,7 +66,7 @@ def _assert_close(a, b, atol):
         np.testing.assert_allclose(x, y, rtol=0, atol=atol)
 
 
-def test_two_logical_devices_equal_one_and_spread_evaluation_equals_serial(tmp_path):
+def test_two_logical_devices_equal_one_and_spread_evaluation_and_uho_equal_serial(tmp_path):
     out = tmp_path / "logical.npz"
     _run("logical", out)
     data = np.load(out)
@@ -78,6 +78,9 @@ def test_two_logical_devices_equal_one_and_spread_evaluation_equals_serial(tmp_p
     # single-device run in the cluster test; here the spread evaluation equals the serial one
     for label in ("two", "one"):
         np.testing.assert_array_equal(data[f"{label}_spread"], data[f"{label}_serial"])
+        # UHO's early-stopping adaptations: (best steps, IoU) per val episode
+        np.testing.assert_allclose(data[f"{label}_uho_spread"], data[f"{label}_uho_serial"],
+                                   rtol=1e-12, atol=0)
     np.testing.assert_array_equal(data["two_serial"], data["one_serial"])
 
 
