@@ -14,8 +14,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from meta.config import (AUGMENTATIONS, EvalConfig, InnerConfig, KShotConfig, MetaConfig,
-                         MTLConfig, UHOConfig)
+from meta.config import (AUGMENTATIONS, DeviceConfig, EvalConfig, InnerConfig, KShotConfig,
+                         MetaConfig, MTLConfig, UHOConfig)
 from models.config import LossConfig, ModelConfig
 
 
@@ -74,6 +74,7 @@ class Config:
     kshot: KShotConfig
     mtl: MTLConfig
     run: RunConfig
+    device: DeviceConfig = DeviceConfig()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -284,6 +285,23 @@ def _add_mtl_flags(p):
                         "(restrict it with CUDA_VISIBLE_DEVICES)")
 
 
+def _add_device_flags(p):
+    g = p.add_argument_group("devices and precision (docs/performance.md)")
+    g.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"), default="none",
+                   help="spread each meta-batch's tasks and each evaluation's tasks over "
+                        "replicas: mirrored = this machine's GPUs (logical CPUs without one), "
+                        "multi_worker = the cluster in TF_CONFIG")
+    g.add_argument("--num_replicas", type=int, default=1,
+                   help="replicas of --distribute mirrored; on a machine without GPUs, splits "
+                        "the CPU into this many logical devices (0 = every GPU)")
+    g.add_argument("--mixed_precision", choices=("none", "bfloat16", "float16"), default="none",
+                   help="compute dtype of the network; variables and the meta-update stay "
+                        "float32 (float16 scales the loss)")
+    g.add_argument("--jit_compile", choices=("auto", "on", "off"), default="auto",
+                   help="XLA for the compiled steps; auto = on with a GPU, off on CPU (slower "
+                        "there for depthwise convolutions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command line of run_metasegnet.py."""
     p = _OneLineParser(prog="run_metasegnet.py",
@@ -291,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (_add_data_flags, _add_model_flags, _add_loss_flags, _add_inner_flags,
                 _add_meta_flags, _add_eval_flags, _add_uho_flags, _add_experiment_flags,
-                _add_mtl_flags):
+                _add_mtl_flags, _add_device_flags):
         add(p)
     return p
 
@@ -364,6 +382,15 @@ def _contradictions(a) -> list[str]:
     if not a.pretrained and os.path.isfile(a.checkpoint) and a.phase is None:
         problems.append(f"--checkpoint {a.checkpoint!r} is a file; training writes a folder "
                         f"(only --pretrained reads a file, e.g. a .tar.gz)")
+    if a.distribute != "none" and (a.phase or a.joint_train):
+        problems.append("--distribute spreads Reptile/FOMAML meta-batches and evaluations; it "
+                        "cannot be combined with --phase or --joint_train")
+    if a.distribute == "multi_worker" and (a.optimize_update_hyperparms_on_val_set
+                                          or a.run_k_shot_learning_curves_experiment
+                                          or a.fine_tune_task):
+        problems.append("UHO, k-shot curves and --fine-tune-task write their own files; run them "
+                        "on one machine (--distribute none|mirrored, --pretrained), not with "
+                        "--distribute multi_worker")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems
@@ -453,8 +480,10 @@ def config_from_namespace(a) -> Config:
                     run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,
                     joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,
                     compare_random_init=a.compare_random_init, mtl=a.phase is not None)
+    device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
+                          mixed_precision=a.mixed_precision, jit_compile=a.jit_compile)
     return Config(data=data, model=model, loss=loss, inner=inner, meta=meta, eval=evaluation,
-                  uho=uho, kshot=kshot, mtl=mtl, run=run)
+                  uho=uho, kshot=kshot, mtl=mtl, run=run, device=device)
 
 
 def parse_args(argv=None) -> Config:

@@ -30,6 +30,7 @@ from meta.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_sav
 from meta.inner import AdaptationSchedule, InnerLoop, evaluation_schedule, training_schedule
 from meta.joint_train import joint_train
 from meta.kshot import run_k_shot_experiment
+from meta.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.train import meta_train
 from meta.uho import UHOResult, UpdateHyperparams
 from meta.uho_objective import apply_update_hyperparams, dropout_rate, run_uho
@@ -39,16 +40,24 @@ META_FINE_TUNE_DIR = "fine-tuned_on_train_val_with_optimized_update_hyperparams"
 _META_FINE_TUNE_STREAM = 7  # meta-fine-tuning's own RNG, apart from meta-training's [seed, 0]
 
 
+def _may_augment(cfg: Config) -> bool:
+    """Whether any adaptation of the run augments: --augment, or UHO searching --aug_rate."""
+    return cfg.inner.augment or cfg.run.optimize_update_hyperparms_on_val_set
+
+
 def make_inner_loop(cfg: Config, model) -> InnerLoop:
     """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay,
-    augmentation."""
+    augmentation, XLA."""
     return InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
                      learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay,
-                     augmentation=cfg.inner.augmentation)
+                     augmentation=cfg.inner.augmentation if _may_augment(cfg) else None,
+                     jit_compile=use_jit(cfg.device.jit_compile),
+                     loss_scale=LOSS_SCALE_FLOAT16 if cfg.device.mixed_precision == "float16"
+                     else None)
 
 
 def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits,
-                                     out_dir: str) -> UHOResult:
+                                     out_dir: str, replicas=None) -> UHOResult:
     """Run (or resume) UHO on the val classes; print and return its choice.
 
     Args:
@@ -71,7 +80,8 @@ def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits
     result = run_uho(loop, tasks, splits.val, evaluation_schedule(cfg.inner, cfg.eval), cfg.uho,
                      base_drop_rate=cfg.model.final_layer_dropout_rate, shots=cfg.eval.shots,
                      num_query=cfg.eval.num_query, transductive=cfg.eval.transductive,
-                     repetitions=cfg.uho.repetitions, seed=cfg.meta.seed, out_dir=out_dir)
+                     repetitions=cfg.uho.repetitions, seed=cfg.meta.seed, out_dir=out_dir,
+                     replicas=replicas)
     best = result.best
     print(f"UHO chose lr={best.lr:.4g}, steps={best.steps}, drop_rate={best.drop_rate:.3g}, "
           f"aug_rate={best.aug_rate:.3g}, inner_batch_size={best.inner_batch_size} "

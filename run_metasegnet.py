@@ -29,10 +29,13 @@ from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
 from data.tasks import FORMATS, data_format, load_tasks, recorded_split  # noqa: E402
 from meta import checkpoint  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
+from meta.distribute import DistributedMetaLearner, Replicas, configure_devices, \
+    make_strategy  # noqa: E402
 from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
 from meta.inner import InnerLoop, evaluation_schedule, training_schedule  # noqa: E402
 from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
 from meta import protocol_hsnet  # noqa: E402
+from meta.precision import set_precision  # noqa: E402
 from meta.progress import Progress, format_seconds  # noqa: E402
 from meta import tf1_checkpoint  # noqa: E402
 from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
@@ -318,7 +321,7 @@ def _after_adapt(cfg: Config):
 
 def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, stream: int,
                      num_samples: int, all_tasks: bool, desc: str, after_adapt=None,
-                     schedule=None, protocol: str = "paper") -> EvalResult:
+                     schedule=None, protocol: str = "paper", replicas=None) -> EvalResult:
     """One evaluation of the current init with a progress bar.
 
     Args:
@@ -335,6 +338,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
         schedule: adaptation schedule (default: the flags' evaluation schedule).
         protocol: "paper", or "hsnet": every image of `names` a query once (stream, num_samples
             and all_tasks unused; meta/protocol_hsnet.py).
+        replicas: spread the tasks over these replicas (--distribute).
 
     Returns:
         EvalResult (HSNetResult for "hsnet").
@@ -353,7 +357,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
                       shots=cfg.eval.shots, num_query=cfg.eval.num_query,
                       transductive=cfg.eval.transductive, num_samples=num_samples,
                       all_tasks=all_tasks, seed=cfg.meta.seed, stream=stream, split=split,
-                      after_adapt=after_adapt,
+                      after_adapt=after_adapt, replicas=replicas,
                       on_task=lambda s: progress.update(iou=s.iou))
     progress.close()
     return result
@@ -381,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cfg: Config) -> int:
     started = time.monotonic()
+    # Devices, the cluster and the dtype policy come before TensorFlow runs its first op.
+    configure_devices(cfg.device.distribute, cfg.device.num_replicas)
+    strategy = make_strategy(cfg.device.distribute, cfg.device.num_replicas)
+    set_precision(cfg.device.mixed_precision)
     # --- setup
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return _fine_tune_task_only(cfg)  # needs no --data-dir
@@ -428,7 +436,9 @@ def _run(cfg: Config) -> int:
         if cfg.eval.protocol == protocol_hsnet.PROTOCOL:
             protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
         check_class_sizes(cfg, tasks, splits, eval_names)
-    _write_config(out_dir, cfg)
+    is_chief = strategy is None or bool(strategy.extended.should_checkpoint)
+    if is_chief:  # only the chief of a cluster writes into --checkpoint
+        _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
         return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
     if cfg.run.mtl and cfg.mtl.phase == "meta_train":
@@ -442,7 +452,15 @@ def _run(cfg: Config) -> int:
     else:
         loop = experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
         model = loop.model
-        learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+        if strategy is None:
+            learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+        else:
+            replicas = Replicas(strategy, loop, lambda: experiments.make_inner_loop(
+                cfg, build_model_with_backbone(cfg.model)))
+            learner = DistributedMetaLearner(replicas, cfg.meta, training_schedule(cfg.inner))
+            print(f"Distributed over {replicas.num_replicas} replicas "
+                  f"({len(replicas.devices)} on this worker)", flush=True)
+    replicas = getattr(learner, "replicas", None)
     initial_weights = [v.numpy() for v in model.variables] if cfg.run.compare_random_init else None
 
     # --- restore (joint training resumes its own checkpoints: meta/joint_train.py)
@@ -460,12 +478,13 @@ def _run(cfg: Config) -> int:
                    eval_schedule=evaluation_schedule(cfg.inner, cfg.eval), rng=rng,
                    run_dir=out_dir, config_json=cfg.to_json(),
                    checkpoint_groups=_checkpoint_groups(model, learner), start_step=start_step)
-    if os.path.isfile(os.path.join(out_dir, CSV_NAME)):
+    if is_chief and os.path.isfile(os.path.join(out_dir, CSV_NAME)):
         plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME),
                              val_label=held_out_split(splits)[0])
 
     # --- test-time adaptation: UHO on the val classes, then the experiment the flags ask for
-    uho = (experiments.optimize_update_hyperparams_step(cfg, loop, tasks, splits, out_dir)
+    uho = (experiments.optimize_update_hyperparams_step(cfg, loop, tasks, splits, out_dir,
+                                                        replicas=replicas)
            if cfg.run.optimize_update_hyperparms_on_val_set else None)
     if uho is not None and cfg.uho.meta_fine_tune_steps_on_train_val > 0:
         experiments.meta_fine_tune_on_train_val(cfg, loop, tasks, splits, out_dir, uho.best)
@@ -483,13 +502,13 @@ def _run(cfg: Config) -> int:
                                 split=eval_split, stream=STREAM_TEST,
                                 num_samples=cfg.eval.eval_samples,
                                 all_tasks=cfg.eval.serially_eval_all_test_tasks,
-                                protocol=cfg.eval.protocol)
+                                protocol=cfg.eval.protocol, replicas=replicas)
     with dropout_rate(model, drop_rate, cfg.model.final_layer_dropout_rate):
         train_result = final_evaluation(
             cfg, loop, tasks, splits.train, split="train", stream=STREAM_TRAIN,
             num_samples=cfg.eval.eval_samples, all_tasks=False, desc="eval train tasks",
-            schedule=schedule, after_adapt=experiments.evaluation_hooks(cfg, model, "train",
-                                                                        out_dir))
+            schedule=schedule, replicas=replicas,
+            after_adapt=experiments.evaluation_hooks(cfg, model, "train", out_dir))
         result = evaluate_held_out(
             loop, desc=f"eval {eval_split} tasks", schedule=schedule,
             after_adapt=experiments.evaluation_hooks(cfg, model, eval_split, out_dir,
@@ -519,6 +538,8 @@ def _run(cfg: Config) -> int:
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "
               f"vs pre-trained U-Net {base.mean_iou:.4f} +/- {base.ci95:.4f}", flush=True)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
+    if not is_chief:
+        return 0
     path = write_results(out_dir, results)
     print(f"Results written to {path} ({format_seconds(time.monotonic() - started)} in all)",
           flush=True)

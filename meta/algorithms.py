@@ -25,11 +25,11 @@ import tensorflow as tf
 
 from data.episodes import sample_episode
 from data.tasks import ClassData
-from meta import weights
 from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
 from meta.state import Snapshot
+from meta.timing import section
 
 # direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
 Direction = Callable[..., tuple[list[tf.Tensor], np.ndarray]]
@@ -53,9 +53,11 @@ def reptile_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptati
         (d = phi - theta per variable, per-step losses).
     """
     del before_last
-    episode = sample_episode(rng, class_data, train_shots, 0)
+    with section("sampling"):
+        episode = sample_episode(rng, class_data, train_shots, 0)
     result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng)
-    return weights.subtract(loop.variables, start.values), result.losses
+    with section("directions"):
+        return start.difference(), result.losses
 
 
 def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
@@ -103,28 +105,37 @@ def fomaml_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptatio
         (d = phi_after - phi_before of the last step, per-step losses).
     """
     del start
-    episode = sample_episode(rng, class_data, train_shots, 0)
+    with section("sampling"):
+        episode = sample_episode(rng, class_data, train_shots, 0)
     images, masks = episode.support_images, episode.support_masks
-    loop.reset_optimizer()
+    with section("snapshots"):
+        loop.reset_optimizer()
     if tail_shots is None:
         x, m = support_tensors(images, masks)
-        indices, seeds = draw_batches(rng, len(images), schedule)
+        with section("sampling"):
+            indices, seeds = draw_batches(rng, len(images), schedule)
         head = run_steps(loop, x, m, indices[:-1], seeds[:-1], schedule)
-        before_last.save()
+        with section("snapshots"):
+            before_last.save()
         last = run_steps(loop, x, m, indices[-1:], seeds[-1:], schedule,
                          first_step=schedule.iters - 1)
     else:
-        train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
+        with section("sampling"):
+            train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
         x, m = support_tensors(images[train], masks[train])
-        indices, seeds = draw_batches(rng, len(train), schedule, schedule.iters - 1)
+        with section("sampling"):
+            indices, seeds = draw_batches(rng, len(train), schedule, schedule.iters - 1)
         head = run_steps(loop, x, m, indices, seeds, schedule)
-        before_last.save()
+        with section("snapshots"):
+            before_last.save()
         tail_x, tail_m = support_tensors(images[tail], masks[tail])
-        tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
+        with section("sampling"):
+            tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
         # The whole tail is one batch and is not augmented (reference-spec 3.3).
         last = run_steps(loop, tail_x, tail_m, np.arange(len(tail), dtype=np.int32)[None],
                          tail_seed, schedule, first_step=schedule.iters - 1, aug_rate=0.0)
-    direction = weights.subtract(loop.variables, before_last.values)
+    with section("directions"):
+        direction = before_last.difference()
     return direction, np.concatenate([head.losses, last.losses])
 
 
@@ -167,9 +178,23 @@ class MetaLearner:
         self.before_last = Snapshot(loop.variables, name="before_last_step")
         self.outer_optimizer = keras.optimizers.SGD(learning_rate=meta.meta_step_size)
         self.outer_optimizer.build(loop.variables)
-        self._apply = tf.function(
-            lambda pseudo_gradients: self.outer_optimizer.apply(pseudo_gradients,
-                                                                 self.loop.variables))
+        with tf.init_scope():
+            self._sum = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                     name=f"direction_sum_{i}")
+                         for i, v in enumerate(loop.variables)]
+        self._accumulate = tf.function(self._accumulate_graph)
+        self._apply_mean = tf.function(self._apply_mean_graph)
+
+    def _accumulate_graph(self, direction):
+        for total, d in zip(self._sum, direction):
+            total.assign_add(d)
+
+    def _apply_mean_graph(self, num_tasks):
+        # theta <- theta + epsilon * mean(d): the pseudo-gradient -mean(d) through outer SGD.
+        pseudo_gradients = [total * (-1.0 / num_tasks) for total in self._sum]
+        self.outer_optimizer.apply(pseudo_gradients, self.loop.variables)
+        for total in self._sum:
+            total.assign(tf.zeros_like(total))
 
     def meta_step(self, tasks: Sequence[ClassData], rng: np.random.Generator,
                   meta_step_size: float) -> float:
@@ -183,15 +208,19 @@ class MetaLearner:
         Returns:
             mean inner-loop loss over all steps of all tasks.
         """
-        self.start.save()
-        total, losses = None, []
+        with section("snapshots"):
+            self.start.save()
+        losses = []
         for class_data in tasks:
             direction, task_losses = self.direction(self.loop, class_data, self.schedule, rng,
                                                     start=self.start,
                                                     before_last=self.before_last)
-            total = direction if total is None else weights.add(total, direction)
+            with section("directions"):
+                self._accumulate(direction)
             losses.append(task_losses)
-            self.start.restore()  # model state only: BN statistics carry over
-        self.outer_optimizer.learning_rate.assign(meta_step_size)
-        self._apply(weights.scale(total, -1.0 / len(tasks)))
+            with section("snapshots"):
+                self.start.restore()  # model state only: BN statistics carry over
+        with section("meta_update"):
+            self.outer_optimizer.learning_rate.assign(meta_step_size)
+            self._apply_mean(tf.constant(len(tasks), tf.float32))
         return float(np.mean(np.concatenate(losses)))

@@ -238,7 +238,8 @@ def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[st
              num_samples: int, all_tasks: bool, seed: int, stream: int | Sequence[int],
              split: str,
              after_adapt: AfterAdapt | None = None,
-             on_task: Callable[[TaskScore], None] | None = None) -> EvalResult:
+             on_task: Callable[[TaskScore], None] | None = None,
+             replicas=None) -> EvalResult:
     """Evaluate the loop's current init on a split (no side effect on any variable).
 
     Args:
@@ -256,19 +257,51 @@ def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[st
         split: label stored in the result ("train", "val", "test").
         after_adapt: hook called per task on the adapted model.
         on_task: called after each task sample (e.g. a progress bar).
+        replicas: a `meta.distribute.Replicas`: task sample p runs on global replica p % R and
+            every worker gets every score (the same scores as serially: each sample has its
+            own generator and starts from the same full state). Ignored with after_adapt.
 
     Returns:
         EvalResult.
     """
-    scores = []
-    for repetition, index in evaluation_plan(names, num_samples=num_samples,
-                                             all_tasks=all_tasks, seed=seed, stream=stream):
+    plan = evaluation_plan(names, num_samples=num_samples, all_tasks=all_tasks, seed=seed,
+                           stream=stream)
+
+    def run_item(run_loop: InnerLoop, position: int) -> TaskScore:
+        repetition, index = plan[position]
         name = names[index]
         rng = np.random.default_rng(_key(seed, stream, repetition, index))
         episode = sample_episode(rng, tasks[name], shots, num_query)
-        score = evaluate_task(loop, name, episode, schedule, rng, transductive=transductive,
-                              repetition=repetition, after_adapt=after_adapt)
-        scores.append(score)
+        return evaluate_task(run_loop, name, episode, schedule, rng, transductive=transductive,
+                             repetition=repetition, after_adapt=after_adapt)
+
+    # Hooks act on the run's own model (checkpoints of it), so they keep the serial path.
+    if replicas is None or after_adapt is not None:
+        scores = []
+        for position in range(len(plan)):
+            scores.append(run_item(loop, position))
+            if on_task is not None:
+                on_task(scores[-1])
+        return EvalResult(split=split, scores=tuple(scores))
+    rows = replicas.spread(len(plan), lambda run_loop, p: _score_row(run_item(run_loop, p)),
+                           2 * num_query + 1)
+    scores = []
+    for (repetition, index), row in zip(plan, rows):
+        scores.append(_row_score(names[index], repetition, row, num_query))
         if on_task is not None:
-            on_task(score)
+            on_task(scores[-1])
     return EvalResult(split=split, scores=tuple(scores))
+
+
+def _score_row(score: TaskScore) -> np.ndarray:
+    """A task's counts as one float32 row (pixel counts are exact in float32 below 2**24)."""
+    return np.concatenate([score.intersections, score.unions,
+                           [score.steps_taken]]).astype(np.float32)
+
+
+def _row_score(name: str, repetition: int, row: np.ndarray, num_query: int) -> TaskScore:
+    inter = np.rint(row[:num_query]).astype(np.int64)
+    union = np.rint(row[num_query:2 * num_query]).astype(np.int64)
+    return TaskScore(name=name, repetition=repetition,
+                     ious=(inter + iou.EPSILON) / (union + iou.EPSILON), intersections=inter,
+                     unions=union, steps_taken=int(round(float(row[-1]))))

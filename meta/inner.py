@@ -12,8 +12,12 @@
 * `predict(images)`: the model in inference mode (BN moving statistics), also traced once;
 * `full_state`: a `meta.state.Snapshot` of the model's and the inner optimizer's variables.
 
+* `train_steps(...)`: a task's steps in one compiled call, a graph loop over the precomputed
+  mini-batch indices, seeds and learning rates that runs the same step graph as `train_step`
+  and returns every step's loss (one trace for every number of steps).
+
 `adapt()` runs a task's k steps; `on_step(steps_taken, loss) -> stop?` lets callers score every
-step (UHO early stopping). The adapted variables can be a subset (`variables=`; e.g. the MTL head).
+step (UHO early stopping); with a callback the steps run one `train_step` call at a time. The adapted variables can be a subset (`variables=`; e.g. the MTL head).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from data.episodes import mini_batch_indices
 from meta.config import EvalConfig, InnerConfig
 from meta.schedules import inner_learning_rate
 from meta.state import Snapshot, full_state
+from meta.timing import section
 
 # on_step(steps_taken, loss) -> True to stop early
 StepCallback = Callable[[int, float], bool]
@@ -127,14 +132,22 @@ class InnerLoop:
         learning_rate: default inner learning rate.
         weight_decay: multiply every adapted variable by this before each step (1 = off).
         variables: the variables the inner loop adapts (default: all trainable variables).
-        augmentation: the batch augmentation's name (--augmentation: paper | metaseg).
+        augmentation: the batch augmentation's name (--augmentation: paper | metaseg), or None
+            for a loop that never augments: its step then holds no augmentation graph, which
+            spares every trace that branch (over a second for the paper's on CPU).
+        jit_compile: compile the steps and the prediction with XLA (GPU; slower on CPU).
+        loss_scale: multiply the loss by this before the gradient and divide the gradients
+            after (float16 compute); a step whose scaled gradients are not finite changes no
+            weight. None = no scaling.
     """
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, sgd: bool = True,
                  learning_rate: float = 1e-3, weight_decay: float = 1.0,
-                 variables: Sequence | None = None, augmentation: str = "paper"):
+                 variables: Sequence | None = None, augmentation: str | None = "paper",
+                 jit_compile: bool = False, loss_scale: float | None = None):
         self.model = model
-        self.augment = augmentation_fn(augmentation)
+        self.augment = augmentation_fn(augmentation) if augmentation is not None else None
+        self.loss_scale = loss_scale
         self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
         self.variables = list(variables) if variables is not None else \
@@ -150,33 +163,56 @@ class InnerLoop:
         size = tuple(model.input_shape[1:3])
         image_spec = tf.TensorSpec((None, *size, 3), tf.float32)
         mask_spec = tf.TensorSpec((None, *size), tf.float32)
-        self._train_step = tf.function(self._train_step_graph, input_signature=[
+        self._train_step = tf.function(self._train_step_graph, jit_compile=jit_compile or None,
+                                       input_signature=[
             image_spec, mask_spec, tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
             tf.TensorSpec((2,), tf.int32)])
-        self._predict = tf.function(self._predict_graph, input_signature=[image_spec])
+        self._train_steps = tf.function(self._train_steps_graph, jit_compile=jit_compile or None,
+                                        input_signature=[
+            image_spec, mask_spec, tf.TensorSpec((None, None), tf.int32),
+            tf.TensorSpec((None,), tf.float32), tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((None, 2), tf.int32)])
+        self._predict = tf.function(self._predict_graph, jit_compile=jit_compile or None,
+                                    input_signature=[image_spec])
         self._reset = tf.function(self._reset_graph)
 
     # --- graphs (traced once each) -------------------------------------------------------
     def _train_step_graph(self, images, masks, indices, learning_rate, aug_rate, seed):
         x = tf.gather(images, indices)
         m = tf.gather(masks, indices)
-        x, m = tf.cond(aug_rate > 0.0, lambda: self.augment(x, m, aug_rate, seed),
-                       lambda: (x, m))
+        if self.augment is not None:
+            x, m = tf.cond(aug_rate > 0.0, lambda: self.augment(x, m, aug_rate, seed),
+                           lambda: (x, m))
         y = tf.one_hot(tf.cast(tf.round(m), tf.int32), 2, dtype=tf.float32)
         self.optimizer.learning_rate.assign(learning_rate)
         if self.weight_decay != 1.0:  # reference --weight-decay: shrink before every step
             for v in self.variables:
                 v.assign(v * self.weight_decay)
         with tf.GradientTape() as tape:
-            probabilities = self.model(x, training=True)
+            # the loss in float32 whatever the compute dtype (a no-op without mixed precision)
+            probabilities = tf.cast(self.model(x, training=True), tf.float32)
             loss = self.loss_fn(y, probabilities)
-        gradients = tape.gradient(loss, self.variables)
+            scaled = loss if self.loss_scale is None else loss * self.loss_scale
+        gradients = tape.gradient(scaled, self.variables)
+        if self.loss_scale is not None:
+            gradients = [g / self.loss_scale for g in gradients]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+            gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
         self.optimizer.apply(gradients, self.variables)
         return loss
 
+    def _train_steps_graph(self, images, masks, indices, learning_rates, aug_rate, seeds):
+        # A task's steps in one call: a graph loop instead of one Python dispatch per step.
+        num_steps = tf.shape(indices)[0]
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        for t in tf.range(num_steps):
+            losses = losses.write(t, self._train_step_graph(
+                images, masks, indices[t], learning_rates[t], aug_rate, seeds[t]))
+        return losses.stack()
+
     def _predict_graph(self, images):
-        return self.model(images, training=False)
+        return tf.cast(self.model(images, training=False), tf.float32)
 
     def _reset_graph(self):
         for v in self._reset_vars:
@@ -202,10 +238,37 @@ class InnerLoop:
         Returns:
             the scalar loss tensor before the update.
         """
+        self._check_aug_rate(aug_rate)
         return self._train_step(images, masks, tf.convert_to_tensor(indices, tf.int32),
                                 tf.constant(learning_rate, tf.float32),
                                 tf.constant(aug_rate, tf.float32),
                                 tf.convert_to_tensor(seed, tf.int32))
+
+    def train_steps(self, images: tf.Tensor, masks: tf.Tensor, indices, learning_rates,
+                    aug_rate: float, seeds) -> tf.Tensor:
+        """len(indices) optimizer steps in one compiled call, each exactly as `train_step`.
+
+        Args:
+            images, masks: the task's support tensors (see train_step).
+            indices: int (steps, b) mini-batch indices.
+            learning_rates: float (steps,) lr of each step.
+            aug_rate: probability that an example is augmented (0 = none).
+            seeds: int (steps, 2) augmentation keys.
+
+        Returns:
+            float32 (steps,) tensor: each step's loss before its update.
+        """
+        self._check_aug_rate(aug_rate)
+        return self._train_steps(images, masks, tf.convert_to_tensor(indices, tf.int32),
+                                 tf.convert_to_tensor(learning_rates, tf.float32),
+                                 tf.constant(aug_rate, tf.float32),
+                                 tf.convert_to_tensor(seeds, tf.int32))
+
+    def _check_aug_rate(self, aug_rate: float) -> None:
+        if self.augment is None and aug_rate > 0.0:
+            raise ValueError(f"this inner loop was built without augmentation (augmentation=None) "
+                             f"but was asked for aug_rate={aug_rate}; build it with the "
+                             f"augmentation's name.")
 
     def predict(self, images) -> tf.Tensor:
         """Foreground/background probabilities in inference mode.
@@ -224,6 +287,7 @@ class InnerLoop:
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled function has been traced (tests assert this stays bounded)."""
         return {"train_step": self._train_step.experimental_get_tracing_count(),
+                "train_steps": self._train_steps.experimental_get_tracing_count(),
                 "predict": self._predict.experimental_get_tracing_count()}
 
 
@@ -250,8 +314,9 @@ def support_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[tf.Tensor, t
     Returns:
         (images float32 (k,S,S,3), masks float32 (k,S,S)).
     """
-    return (tf.convert_to_tensor(np.asarray(images, np.float32)),
-            tf.convert_to_tensor(np.asarray(masks, np.float32)))
+    with section("support_tensors"):
+        return (tf.convert_to_tensor(np.asarray(images, np.float32)),
+                tf.convert_to_tensor(np.asarray(masks, np.float32)))
 
 
 def draw_batches(rng: np.random.Generator, num_examples: int,
@@ -268,6 +333,11 @@ def draw_batches(rng: np.random.Generator, num_examples: int,
     Returns:
         (indices int32 (steps, batch), seeds int32 (steps, 2)).
     """
+    with section("sampling"):
+        return _draw_batches(rng, num_examples, schedule, num_steps)
+
+
+def _draw_batches(rng, num_examples, schedule, num_steps):
     steps = schedule.iters if num_steps is None else num_steps
     indices = mini_batch_indices(rng, num_examples, schedule.batch_size, steps,
                                  replacement=schedule.replacement).astype(np.int32)
@@ -296,13 +366,19 @@ def run_steps(loop: InnerLoop, images: tf.Tensor, masks: tf.Tensor, indices: np.
     """
     rate = schedule.aug_rate if aug_rate is None else aug_rate
     losses = []
-    for t in range(len(indices)):
-        loss = loop.train_step(images, masks, indices[t],
-                               schedule.learning_rate_at(first_step + t), rate, seeds[t])
-        losses.append(loss)
-        if on_step is not None and on_step(first_step + t + 1, float(loss)):
-            break
-    values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
+    with section("inner_steps"):
+        if on_step is None and len(indices):
+            rates = [schedule.learning_rate_at(first_step + t) for t in range(len(indices))]
+            values = loop.train_steps(images, masks, indices, rates, rate, seeds).numpy()
+            return AdaptResult(steps_taken=len(values), losses=values)
+        # A callback sees every step before the next one runs, so its steps run one by one.
+        for t in range(len(indices)):
+            loss = loop.train_step(images, masks, indices[t],
+                                   schedule.learning_rate_at(first_step + t), rate, seeds[t])
+            losses.append(loss)
+            if on_step is not None and on_step(first_step + t + 1, float(loss)):
+                break
+        values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
     return AdaptResult(steps_taken=len(losses), losses=values)
 
 
@@ -323,5 +399,6 @@ def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: Adap
     """
     x, m = support_tensors(images, masks)
     indices, seeds = draw_batches(rng, len(x), schedule)
-    loop.reset_optimizer()
+    with section("snapshots"):
+        loop.reset_optimizer()
     return run_steps(loop, x, m, indices, seeds, schedule, on_step=on_step)

@@ -79,7 +79,7 @@ def head_inner_loop(model: keras.Model, loss_fn, mtl: MTLConfig) -> InnerLoop:
         InnerLoop whose variables are head_variables(model).
     """
     return InnerLoop(model, loss_fn, sgd=True, learning_rate=mtl.base_lr,
-                     variables=head_variables(model))
+                     variables=head_variables(model), augmentation=None)  # the seed never augments
 
 
 def mtl_meta_config(mtl: MTLConfig, meta: MetaConfig) -> MetaConfig:

@@ -88,6 +88,7 @@ class Snapshot:
                             for i, t in enumerate(self._targets)]
         self._save = tf.function(self._save_graph)
         self._restore = tf.function(self._restore_graph)
+        self._difference = tf.function(self._difference_graph)
 
     def _save_graph(self):
         for copy, target in zip(self._copies, self._targets):
@@ -97,6 +98,9 @@ class Snapshot:
         for copy, target in zip(self._copies, self._targets):
             target.assign(copy)
 
+    def _difference_graph(self):
+        return [target - copy for copy, target in zip(self._copies, self._targets)]
+
     def save(self) -> None:
         """Copy the current values of the variables into the snapshot."""
         self._save()
@@ -104,6 +108,10 @@ class Snapshot:
     def restore(self) -> None:
         """Copy the snapshot back into the variables."""
         self._restore()
+
+    def difference(self) -> list[tf.Tensor]:
+        """Current values minus the saved ones, per variable, in one compiled call."""
+        return self._difference()
 
     @property
     def values(self) -> list[tf.Variable]:

@@ -10,6 +10,7 @@ with exactly the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -89,7 +90,7 @@ def monitor(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits
                                 transductive=evaluation.transductive,
                                 num_samples=min(meta.monitor_tasks, len(names)), all_tasks=False,
                                 seed=meta.seed, stream=(STREAM_MONITOR, step, index),
-                                split=split))
+                                split=split, replicas=getattr(learner, "replicas", None)))
     return MonitorResult(train=results[0], held_out=results[1])
 
 
@@ -139,7 +140,11 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
     """
     train_names = list(splits.train)
     label, _ = held_out_split(splits)
-    log = TrainingLog(run_dir, start_step=start_step)
+    replicas = getattr(learner, "replicas", None)
+    is_chief = replicas is None or replicas.is_chief
+    # Only the chief writes; other workers log into a scratch folder nobody reads.
+    log = TrainingLog(run_dir if is_chief else tempfile.mkdtemp(prefix="metaseg-worker-"),
+                      start_step=start_step)
     last_saved, last_path = start_step, _resumed_checkpoint(run_dir, start_step)
     guard = DivergenceGuard(learner.loop.variables, learner.loop.model.variables)
     end = meta.meta_iters if stop_after is None else min(stop_after, meta.meta_iters)
@@ -178,7 +183,7 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
             else:
                 log.log(done, meta_step_size=epsilon, loss=loss, seconds=seconds)
             # checkpoint
-            if is_time(done, meta.eval_interval, meta.meta_iters):
+            if is_time(done, meta.eval_interval, meta.meta_iters) and is_chief:
                 last_path = checkpoint.save_checkpoint(run_dir, done, checkpoint_groups,
                                                        rng_state=rng.bit_generator.state,
                                                        config_json=config_json,

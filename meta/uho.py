@@ -141,7 +141,7 @@ def _check_resumable(csv_path: str, rows: Sequence[UHORow], tasks: set, repetiti
 
 def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str], cfg: UHOConfig,
                                 base: dict, csv_path: str, *, repetitions: int = 1,
-                                seed: int = 0) -> UHOResult:
+                                seed: int = 0, adapt_many=None) -> UHOResult:
     """Run the GP search (resuming from `csv_path`) and pick the best adaptation routine.
 
     Args:
@@ -155,6 +155,9 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
         csv_path: results file; existing rows are resumed, new rows appended.
         repetitions: objective repetitions per task (the reference: 1 with --fss_1000, else 4).
         seed: seeds the optimizer (round r uses seed + r).
+        adapt_many: optional `adapt_many(params, [(task, repetition), ...], steps)` ->
+            [(best_steps, IoU), ...], the same results as adapt_task item by item (e.g. spread
+            over replicas); a configuration's rows are then appended together.
 
     Returns:
         UHOResult.
@@ -218,7 +221,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
                 params.update({d.name: (int(v) if d.name == "inner_batch_size" else float(v))
                                for d, v in zip(dims, x)})
             config_rows = list(done)
-            config_rows += _measure(adapt_task, task_names, repetitions, params, done,
+            config_rows += _measure(adapt_task, adapt_many, task_names, repetitions, params, done,
                                     round_index, config_index, fixed_steps, median_mode, csv_path,
                                     lambda row: progress.update(iou=row.iou))
             objective = _objective_rows(config_rows, median_mode)
@@ -249,8 +252,8 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
     return UHOResult(best=best, best_mean_iou=best_iou, num_configs=len(summary), rows=all_rows)
 
 
-def _measure(adapt_task, task_names, repetitions, params, done, round_index, config_index,
-             fixed_steps, median_mode, csv_path, on_row) -> list[UHORow]:
+def _measure(adapt_task, adapt_many, task_names, repetitions, params, done, round_index,
+             config_index, fixed_steps, median_mode, csv_path, on_row) -> list[UHORow]:
     """Adapt every (repetition, task) not yet in `done`; append each row as it is measured."""
     have = {(r.kind, r.repetition, r.task) for r in done}
     new_rows = []
@@ -264,18 +267,20 @@ def _measure(adapt_task, task_names, repetitions, params, done, round_index, con
         new_rows.append(row)
         on_row(row)
 
-    for repetition in range(repetitions):
-        for task in task_names:
-            if ("early_stopping", repetition, task) not in have:
-                steps, iou = adapt_task(params, task, repetition, fixed_steps)
-                record("early_stopping", repetition, task, steps, iou)
+    def run(kind, steps):
+        pending = [(repetition, task) for repetition in range(repetitions)
+                   for task in task_names if (kind, repetition, task) not in have]
+        if adapt_many is None:  # row by row, each appended as soon as it is measured
+            results = (adapt_task(params, task, repetition, steps) for repetition, task in pending)
+        else:
+            results = adapt_many(params, [(task, repetition) for repetition, task in pending],
+                                 steps)
+        for (repetition, task), (best_steps, iou) in zip(pending, results):
+            record(kind, repetition, task, best_steps if steps is None else steps, iou)
+
+    run("early_stopping", fixed_steps)
     if median_mode:
-        steps = _median_steps(list(done) + new_rows)
-        for repetition in range(repetitions):
-            for task in task_names:
-                if ("median_steps", repetition, task) not in have:
-                    _, iou = adapt_task(params, task, repetition, steps)
-                    record("median_steps", repetition, task, steps, iou)
+        run("median_steps", _median_steps(list(done) + new_rows))
     return new_rows
 
 

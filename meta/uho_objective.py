@@ -162,10 +162,25 @@ def make_adapt_task(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequ
     return adapt_task
 
 
+def _spread_adapt(replicas, adapt_task_of):
+    """adapt_many over replicas: item p on replica p % R, (steps, IoU) gathered everywhere."""
+    per_loop = {id(run_loop): adapt_task_of(run_loop) for run_loop in replicas.loops}
+
+    def adapt_many(params, items, steps):
+        def run_item(run_loop, p):
+            task, repetition = items[p]
+            best_steps, value = per_loop[id(run_loop)](params, task, repetition, steps)
+            high = np.float32(value)  # the float64 IoU as two float32 parts, ~1e-14 exact
+            return np.array([best_steps, high, np.float32(value - float(high))], np.float32)
+        rows = replicas.spread(len(items), run_item, 3) if items else np.zeros((0, 3))
+        return [(int(round(float(r[0]))), float(r[1]) + float(r[2])) for r in rows]
+    return adapt_many
+
+
 def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence[str],
             base: AdaptationSchedule, cfg: UHOConfig, *, base_drop_rate: float, shots: int,
             num_query: int, transductive: bool, repetitions: int, seed: int,
-            out_dir: str) -> UHOResult:
+            out_dir: str, replicas=None) -> UHOResult:
     """Search the update hyperparameters on the val classes; write CSV, plot and uho_best.json.
 
     Args:
@@ -181,6 +196,8 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
         repetitions: episodes per val class and configuration.
         seed: run seed.
         out_dir: the checkpoint directory (results file, plot, best config).
+        replicas: a single-process `meta.distribute.Replicas` (--distribute mirrored): each
+            configuration's val episodes are spread over its replicas' inner loops.
 
     Returns:
         UHOResult.
@@ -194,13 +211,16 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
                          f" {base.scheduler} (or set it to fixed) together with "
                          f"--optimize_update_hyperparms_on_val_set.")
     csv_path = results_csv_path(out_dir, cfg.results_csv_name, shots)
-    adapt_task = make_adapt_task(loop, tasks, val_names, base, cfg, base_drop_rate=base_drop_rate,
-                                 shots=shots, num_query=num_query, transductive=transductive,
-                                 seed=seed)
+    def adapt_task_of(run_loop):
+        return make_adapt_task(run_loop, tasks, val_names, base, cfg,
+                               base_drop_rate=base_drop_rate, shots=shots, num_query=num_query,
+                               transductive=transductive, seed=seed)
+    adapt_many = None if replicas is None else _spread_adapt(replicas, adapt_task_of)
     result = optimize_update_hyperparams(
-        adapt_task, list(val_names), cfg,
+        adapt_task_of(loop), list(val_names), cfg,
         {"lr": base.learning_rate, "drop_rate": base_drop_rate, "aug_rate": base.aug_rate,
-         "inner_batch_size": base.batch_size}, csv_path, repetitions=repetitions, seed=seed)
+         "inner_batch_size": base.batch_size}, csv_path, repetitions=repetitions, seed=seed,
+        adapt_many=adapt_many)
     median_mode = cfg.eval_tasks_with_median_early_stopping_iterations
     plot_uho_search(result.rows, os.path.splitext(csv_path)[0] + ".png", median_mode=median_mode)
     best = {**dataclasses.asdict(result.best), "mean_val_iou": result.best_mean_iou,

@@ -98,20 +98,21 @@ def test_fomaml_star_tail_is_held_out_unaugmented_and_gives_the_gradient(loop, t
     learner = MetaLearner(loop, MetaConfig(algorithm="fomaml", train_shots=7, foml_tail=3),
                           SCHEDULE)
     calls = []
-    original = loop.train_step
+    original = loop.train_steps
 
-    def spy(images, masks, indices, learning_rate, aug_rate, seed):
-        calls.append((images.numpy(), masks.numpy(), np.asarray(indices), learning_rate,
-                      aug_rate))
-        return original(images, masks, indices, learning_rate, aug_rate, seed)
+    def spy(images, masks, indices, learning_rates, aug_rate, seeds):  # one call per run_steps
+        for t in range(len(indices)):
+            calls.append((images.numpy(), masks.numpy(), np.asarray(indices[t]),
+                          learning_rates[t], aug_rate))
+        return original(images, masks, indices, learning_rates, aug_rate, seeds)
 
     loop.full_state.save()
     theta = _values(loop.variables)
-    loop.train_step = spy
+    loop.train_steps = spy
     try:
         learner.meta_step([tasks["class2"]], np.random.default_rng(5), meta_step_size=1.0)
     finally:
-        del loop.train_step
+        del loop.train_steps
     assert len(calls) == SCHEDULE.iters
     train_images = {im.tobytes() for im in calls[0][0]}
     tail_images, tail_masks, tail_indices, lr, aug_rate = calls[-1]
