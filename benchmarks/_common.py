@@ -9,6 +9,10 @@ import time
 import numpy as np
 
 from data.tasks import ClassData
+from meta.inner import InnerLoop
+from models.build import build_model
+from models.config import LossConfig, ModelConfig
+from models.losses import make_loss
 
 
 def fake_class(name: str, size: int, n: int, rng: np.random.Generator) -> ClassData:
@@ -16,6 +20,13 @@ def fake_class(name: str, size: int, n: int, rng: np.random.Generator) -> ClassD
     images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
     masks = (rng.random((n, size, size)) < 0.3).astype(np.uint8)
     return ClassData(name=name, images=images, masks=masks)
+
+
+def b0_loop(image_size: int) -> InnerLoop:
+    """EfficientLab-B0 `--rsd 2 4` in an SGD inner loop (lr 5e-4) on the paper's bce_dice loss."""
+    model = build_model(ModelConfig(image_size=image_size, rsd=(2, 4)))
+    return InnerLoop(model, make_loss(LossConfig(loss_name="bce_dice"), model), sgd=True,
+                     learning_rate=5e-4)
 
 
 def load() -> str:

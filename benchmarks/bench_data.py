@@ -23,14 +23,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks._common import fake_class, load, write_json  # noqa: E402
+from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
 from data.augment import augment_batch  # noqa: E402
 from data.episodes import sample_episode  # noqa: E402
-from meta.inner import AdaptationSchedule, InnerLoop, draw_batches, run_steps, \
+from meta.inner import AdaptationSchedule, draw_batches, run_steps, \
     support_tensors  # noqa: E402
-from models.build import build_model  # noqa: E402
-from models.config import LossConfig, ModelConfig  # noqa: E402
-from models.losses import make_loss  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -45,9 +42,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    model = build_model(ModelConfig(image_size=a.image_size, rsd=(2, 4)))
-    loop = InnerLoop(model, make_loss(LossConfig(loss_name="bce_dice"), model), sgd=True,
-                     learning_rate=5e-4)
+    loop = b0_loop(a.image_size)
     schedule = AdaptationSchedule(learning_rate=5e-4, iters=a.inner_iters,
                                   batch_size=a.inner_batch, aug_rate=0.0)
     cls = fake_class("c", a.image_size, 60, rng)

@@ -22,13 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks._common import fake_class, load, write_json  # noqa: E402
+from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
 from meta import timing  # noqa: E402
 from meta.evaluate import evaluate  # noqa: E402
-from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
-from models.build import build_model  # noqa: E402
-from models.config import LossConfig, ModelConfig  # noqa: E402
-from models.losses import make_loss  # noqa: E402
+from meta.inner import AdaptationSchedule  # noqa: E402
 
 PAPER_TASKS, PAPER_STEPS = 240 * 2, 59
 
@@ -43,9 +40,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    model = build_model(ModelConfig(image_size=a.image_size, rsd=(2, 4)))
-    loop = InnerLoop(model, make_loss(LossConfig(loss_name="bce_dice"), model), sgd=True,
-                     learning_rate=5e-4)
+    loop = b0_loop(a.image_size)
     schedule = AdaptationSchedule(learning_rate=5e-4, iters=a.eval_iters, batch_size=8)
     tasks = {f"c{i}": fake_class(f"c{i}", a.image_size, 12, rng) for i in range(a.tasks)}
     names = sorted(tasks)

@@ -28,18 +28,18 @@ from data.tasks import ClassData
 from meta import iou
 from meta.inner import AdaptationSchedule, InnerLoop, StepCallback, adapt
 
-# Independent random streams under one --seed (fixed per seed, independent of each other).
+# Independent random streams under one --seed (fixed per seed, independent of each other):
+# UHO's val episodes (meta/uho_objective.py), the k-shot experiment (meta/kshot.py), MTL
+# pre-training's per-epoch val episodes (meta/pretrain.py) and the one-episode-per-query protocol
+# (meta/protocol_hsnet.py) each draw from their own. 7 is meta-fine-tuning's
+# (run_experiments.py).
 STREAM_TEST = 1
 STREAM_TRAIN = 2
 STREAM_MONITOR = 3
-# Added by the test-time-adaptation engineer: UHO val episodes (meta/uho_objective.py) and the
-# k-shot experiment (meta/kshot.py) draw from their own streams.
 STREAM_UHO = 4
 STREAM_KSHOT = 5
-# Added by the MTL engineer: the per-epoch val episodes of MTL pre-training (meta/pretrain.py).
 STREAM_PRETRAIN = 6
-# The one-episode-per-query FSS-1000 protocol of HSNet and its successors (meta/protocol_hsnet.py).
-STREAM_HSNET = 7
+STREAM_HSNET = 8
 _PLAN_TAG = 2**31
 
 # after_adapt(task_name, repetition, episode, predicted_foreground, score) -> None
