@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from data.decode import orient_pair, orientation, to_rgb
+from data.decode import to_rgb
 from data.errors import UserError
 from data.masks import binarize_mask
-from data.problems import Problem, open_image
+from data.problems import Problem, open_pair
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
@@ -124,25 +124,15 @@ def find_class_root(input_dir: str) -> str:
 
 def _encode_pair(image_path: str, mask_path: str, size: int) -> tuple[bytes, bytes] | Problem:
     """Decode, check, binarize, resize and encode one pair; a Problem if it is unusable."""
-    image = open_image(image_path, "image")
-    if isinstance(image, Problem):
-        return image
-    mask = open_image(mask_path, "mask")
-    if isinstance(mask, Problem):
-        return mask
-    rotated = orientation(image) != 1
-    try:  # the image's EXIF orientation applies to image and mask alike (data/decode.py)
-        image, mask = orient_pair(image, mask, image_path=image_path, mask_path=mask_path)
-    except UserError as e:
-        return Problem(mask_path, str(e))
-    if image.size != mask.size:
-        return Problem(image_path, f"image is {image.size[0]}x{image.size[1]} but its mask "
-                                   f"{mask_path} is {mask.size[0]}x{mask.size[1]}")
+    pair = open_pair(image_path, mask_path, "mask")
+    if isinstance(pair, Problem):
+        return pair
+    image, mask = pair
     mask_array = binarize_mask(mask)
     if mask.size != (size, size):
         mask_array = np.asarray(Image.fromarray(mask_array).resize((size, size), Image.NEAREST))
-    if image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size) \
-            and not rotated:
+    # A rotated image has no format (a new PIL image), so its bytes are never kept as they are.
+    if image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size):
         with open(image_path, "rb") as f:  # already what we store: keep the bytes, no re-encoding
             image_bytes = f.read()
     else:

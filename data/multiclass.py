@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from data.decode import orient_pair
-from data.errors import UserError
-from data.problems import Problem, ProblemsFound, open_image
+from data.problems import Problem, ProblemsFound, open_pair
 
 IGNORE_LABEL = 255
 LAYOUTS = ("COCO", "COCOStuff")
@@ -185,19 +183,10 @@ def decode_id_label(label: Image.Image, num_classes: int) -> np.ndarray | str:
 
 def _load_pair(image_path: str, label_path: str, layout: str, num_classes: int,
                size: int) -> tuple[np.ndarray, np.ndarray] | Problem:
-    image = open_image(image_path, "image")
-    if isinstance(image, Problem):
-        return image
-    label = open_image(label_path, "label")
-    if isinstance(label, Problem):
-        return label
-    try:  # the image's EXIF orientation applies to image and label alike, as in the converter
-        image, label = orient_pair(image, label, image_path=image_path, mask_path=label_path)
-    except UserError as e:
-        return Problem(label_path, str(e))
-    if image.size != label.size:
-        return Problem(image_path, f"image is {image.size[0]}x{image.size[1]} but its label "
-                                   f"{label_path} is {label.size[0]}x{label.size[1]}")
+    pair = open_pair(image_path, label_path, "label")
+    if isinstance(pair, Problem):
+        return pair
+    image, label = pair
     decode = decode_grey_label if layout == "COCO" else decode_id_label
     ids = decode(label, num_classes)
     if isinstance(ids, str):
