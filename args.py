@@ -14,8 +14,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-from meta.config import (AUGMENTATIONS, DeviceConfig, EvalConfig, InnerConfig, KShotConfig,
-                         MetaConfig, MTLConfig, UHOConfig)
+from adapt.config import EvalConfig, KShotConfig, UHOConfig
+from baselines.config import MTLConfig
+from devices.config import DeviceConfig
+from meta.config import AUGMENTATIONS, InnerConfig, MetaConfig
 from models.config import LossConfig, ModelConfig
 
 

@@ -23,26 +23,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from adapt import protocol_hsnet  # noqa: E402
+from adapt.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
+from adapt.uho_objective import dropout_rate  # noqa: E402
 from args import Config, parse_args  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from data.splits import Splits, resolve_class_names, split_classes  # noqa: E402
 from data.tasks import FORMATS, data_format, load_tasks, recorded_split  # noqa: E402
-from meta import checkpoint  # noqa: E402
-from meta.algorithms import MetaLearner  # noqa: E402
-from meta.distribute import DistributedMetaLearner, Replicas, configure_devices, \
+from devices.distribute import DistributedMetaLearner, Replicas, configure_devices, \
     make_strategy  # noqa: E402
-from meta.evaluate import STREAM_TEST, STREAM_TRAIN, EvalResult, evaluate  # noqa: E402
+from devices.precision import set_precision  # noqa: E402
+from meta.algorithms import MetaLearner  # noqa: E402
 from meta.inner import InnerLoop, evaluation_schedule, training_schedule  # noqa: E402
-from meta.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
-from meta import protocol_hsnet  # noqa: E402
-from meta.precision import set_precision  # noqa: E402
-from meta.progress import Progress, format_seconds  # noqa: E402
-from meta import tf1_checkpoint  # noqa: E402
-from meta.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 from meta.train import held_out_split, meta_train  # noqa: E402
-import run_experiments as experiments  # noqa: E402
-import run_mtl  # noqa: E402
-from meta.uho_objective import dropout_rate  # noqa: E402
+import modes.experiments as experiments  # noqa: E402
+import modes.mtl  # noqa: E402
+from storage import checkpoint  # noqa: E402
+from storage import tf1_checkpoint  # noqa: E402
+from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
+from storage.progress import Progress, format_seconds  # noqa: E402
+from storage.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 
 RESULTS_NAME = "meta-test_results.json"
 EVAL_CONFIG_NAME = "pretrained_eval_config.json"
@@ -309,7 +309,7 @@ def _after_adapt(cfg: Config):
     """Per-task hooks on the adapted model (prediction PNGs with SAVE_PREDICTIONS)."""
     if not cfg.eval.predictions_dir:
         return None
-    from meta.predictions import save_prediction_png
+    from adapt.predictions import save_prediction_png
 
     def save(name, repetition, episode, predicted, score):
         for i in range(len(predicted)):
@@ -337,7 +337,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
         after_adapt: per-task hook.
         schedule: adaptation schedule (default: the flags' evaluation schedule).
         protocol: "paper", or "hsnet": every image of `names` a query once (stream, num_samples
-            and all_tasks unused; meta/protocol_hsnet.py).
+            and all_tasks unused; adapt/protocol_hsnet.py).
         replicas: spread the tasks over these replicas (--distribute).
 
     Returns:
@@ -392,11 +392,11 @@ def _run(cfg: Config) -> int:
     # --- setup
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return _fine_tune_task_only(cfg)  # needs no --data-dir
-    if run_mtl.multiclass_pre_training(cfg):  # COCO / COCO-Stuff: needs no FSS-1000 shards
-        out_dir = run_mtl.phase_dir(cfg)
+    if modes.mtl.multiclass_pre_training(cfg):  # COCO / COCO-Stuff: needs no FSS-1000 shards
+        out_dir = modes.mtl.phase_dir(cfg)
         _write_config(out_dir, cfg)
         keras.utils.set_random_seed(cfg.meta.seed)
-        return run_mtl.pre_train_multiclass_phase(cfg, out_dir,
+        return modes.mtl.pre_train_multiclass_phase(cfg, out_dir,
                                                   np.random.default_rng([cfg.meta.seed, 0]))
     if cfg.data.data_dir is None:
         raise RunError("--data-dir (or --mdataset_dir) is required (a directory written by "
@@ -418,7 +418,7 @@ def _run(cfg: Config) -> int:
                        f"does not exist.")
     out_dir = run_dir if not os.path.isfile(run_dir) else os.path.dirname(os.path.abspath(run_dir))
     if cfg.run.mtl:  # meta-transfer learning writes each phase into <checkpoint>/<phase>
-        out_dir = run_mtl.phase_dir(cfg)
+        out_dir = modes.mtl.phase_dir(cfg)
     keras.utils.set_random_seed(cfg.meta.seed)
     rng = np.random.default_rng([cfg.meta.seed, 0])  # the one training stream
 
@@ -440,13 +440,13 @@ def _run(cfg: Config) -> int:
     if is_chief:  # only the chief of a cluster writes into --checkpoint
         _write_config(out_dir, cfg)
     if cfg.run.mtl and cfg.mtl.phase == "pre_train":
-        return run_mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
+        return modes.mtl.pre_train_phase(cfg, tasks, splits, out_dir, rng)
     if cfg.run.mtl and cfg.mtl.phase == "meta_train":
-        return run_mtl.meta_train_phase(cfg, tasks, splits, out_dir, rng)
+        return modes.mtl.meta_train_phase(cfg, tasks, splits, out_dir, rng)
 
     # --- model
     if cfg.run.mtl:  # MTL meta_eval: the evaluation below, with the MTL head adaptation
-        cfg, model, loop, mtl_tasks_done = run_mtl.meta_eval_setup(cfg, splits, eval_names,
+        cfg, model, loop, mtl_tasks_done = modes.mtl.meta_eval_setup(cfg, splits, eval_names,
                                                                    eval_split)
         learner = None
     else:
@@ -463,11 +463,11 @@ def _run(cfg: Config) -> int:
     replicas = getattr(learner, "replicas", None)
     initial_weights = [v.numpy() for v in model.variables] if cfg.run.compare_random_init else None
 
-    # --- restore (joint training resumes its own checkpoints: meta/joint_train.py)
+    # --- restore (joint training resumes its own checkpoints: baselines/joint_train.py)
     start_step = mtl_tasks_done if cfg.run.mtl else \
         0 if cfg.run.joint_train else restore(cfg, model, learner, rng)
     if cfg.run.export_keras:
-        from meta.tf1_checkpoint import export_keras
+        from storage.tf1_checkpoint import export_keras
         print(f"Exported the model to {export_keras(model, cfg.run.export_keras)}", flush=True)
 
     # --- loop
@@ -532,7 +532,7 @@ def _run(cfg: Config) -> int:
               f"+/- {result.ci95:.4f} vs random init {random_result.mean_iou:.4f} "
               f"+/- {random_result.ci95:.4f}", flush=True)
     if cfg.run.mtl and cfg.mtl.init_weights:  # MTL: the pre-trained U-Net adapted the same way
-        base = evaluate_held_out(run_mtl.pretrained_loop(cfg), desc="eval pre-trained U-Net")
+        base = evaluate_held_out(modes.mtl.pretrained_loop(cfg), desc="eval pre-trained U-Net")
         results["pretrained_fine_tuned"] = base.summary()
         print(f"Same adaptation ({cfg.mtl.update_step} head steps, {cfg.mtl.teshot}-shot) on the "
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "

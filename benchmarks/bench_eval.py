@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_eval.py [--image_size 64] [--eval_iters 8]
 
 EfficientLab-B0 --rsd 2 4 (random init), SGD, 5-shot, 5 queries predicted together
-(--transductive), batch 8. Times `meta.evaluate.evaluate` on `--tasks` classes (snapshot, adapt,
+(--transductive), batch 8. Times `adapt.evaluate.evaluate` on `--tasks` classes (snapshot, adapt,
 predict, score, restore per task), split into the adaptation steps and the rest with
-`meta.timing`, and extrapolates the paper's protocol (240 classes x 2 samples x 59 steps,
+`storage.timing`, and extrapolates the paper's protocol (240 classes x 2 samples x 59 steps,
 `--eval-samples 2 --serially_eval_all_test_tasks --eval-iters 59`) at this image size:
 480 x (rest per task + 59 x seconds per step). Writes JSON.
 """
@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from adapt.evaluate import evaluate  # noqa: E402
 from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
-from meta import timing  # noqa: E402
-from meta.evaluate import evaluate  # noqa: E402
 from meta.inner import AdaptationSchedule  # noqa: E402
+from storage import timing  # noqa: E402
 
 PAPER_TASKS, PAPER_STEPS = 240 * 2, 59
 

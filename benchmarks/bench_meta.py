@@ -24,11 +24,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from adapt.evaluate import evaluate_task  # noqa: E402
 from data.episodes import sample_episode  # noqa: E402
 from data.tasks import ClassData  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.config import MetaConfig  # noqa: E402
-from meta.evaluate import evaluate_task  # noqa: E402
 from meta.inner import AdaptationSchedule, InnerLoop, support_tensors  # noqa: E402
 from models.build import build_model  # noqa: E402
 from models.config import LossConfig, ModelConfig  # noqa: E402

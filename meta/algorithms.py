@@ -29,7 +29,7 @@ from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
 from meta.state import Snapshot
-from meta.timing import section
+from storage.timing import section
 
 # direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
 Direction = Callable[..., tuple[list[tf.Tensor], np.ndarray]]

@@ -28,12 +28,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from adapt.config import EvalConfig
 from data.augmentations import augmentation_fn
 from data.episodes import mini_batch_indices
-from meta.config import EvalConfig, InnerConfig
+from meta.config import InnerConfig
 from meta.schedules import inner_learning_rate
 from meta.state import Snapshot, full_state
-from meta.timing import section
+from storage.timing import section
 
 # on_step(steps_taken, loss) -> True to stop early
 StepCallback = Callable[[int, float], bool]

@@ -17,17 +17,18 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from adapt.config import EvalConfig
+from adapt.evaluate import STREAM_MONITOR, EvalResult, evaluate
 from data.splits import Splits
 from data.tasks import ClassData
-from meta import checkpoint
 from meta.algorithms import MetaLearner
-from meta.config import EvalConfig, MetaConfig
+from meta.config import MetaConfig
 from meta.divergence import DivergenceGuard
-from meta.evaluate import STREAM_MONITOR, EvalResult, evaluate
 from meta.inner import AdaptationSchedule
-from meta.logs import TrainingLog
-from meta.progress import Progress
 from meta.schedules import meta_step_size
+from storage import checkpoint
+from storage.logs import TrainingLog
+from storage.progress import Progress
 
 
 def is_time(step: int, every: int, total: int) -> bool:
@@ -129,7 +130,7 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
         stop_after: stop once this many meta-iterations are completed (tests, interruption).
         on_monitor: called with (step, MonitorResult) after each periodic evaluation.
         meta_step_size_at: step -> meta step size, replacing the linear anneal (hook added by
-            the MTL engineer: meta-transfer learning's StepLR, meta/mtl.py).
+            the MTL engineer: meta-transfer learning's StepLR, baselines/mtl.py).
 
     Returns:
         completed meta-iterations at exit.

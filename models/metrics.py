@@ -1,4 +1,4 @@
-"""The evaluation's IoU as a Keras-ops metric (same definition as meta/iou.py, on tensors)."""
+"""The evaluation's IoU as a Keras-ops metric (same definition as adapt/iou.py, on tensors)."""
 from __future__ import annotations
 
 from keras import ops

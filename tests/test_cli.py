@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-import run_metasegnet
 from data.demo import make_demo_dataset
+import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
-from meta import checkpoint
+
+from storage import checkpoint
 from paper_line import PAPER_LINE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,14 +7,15 @@ import os
 import numpy as np
 import pytest
 
-import run_metasegnet
 from args import parse_args
 from data.demo import make_demo_dataset
+import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
-from meta.logs import CSV_NAME, read_log
+
 from models.build import build_model
 from models.mtl import set_mtl_mode
-from run_mtl import _base_kernels, _unet_config
+from modes.mtl import _base_kernels, _unet_config
+from storage.logs import CSV_NAME, read_log
 from tests.data.multiclass_fixtures import make_coco_stuff, make_seed_coco, make_seed_fewshot
 
 SMALL = ["--image_size", "32", "--n_unet_encoding_stacks", "2",
@@ -87,7 +88,7 @@ def test_meta_training_reinitialises_the_head_and_keeps_base_kernels(runs, data,
     unet.load_weights(str(run_dir / "pre_train" / "best.weights.h5"))
     mtl = build_model(cfg.model)
     set_mtl_mode(mtl, "meta_transfer")
-    from meta import checkpoint
+    from storage import checkpoint
     checkpoint.load_checkpoint(str(run_dir / "meta_train"), {"model": list(mtl.variables)})
     source = {v.path.replace("unet/", ""): v.numpy() for v in unet.variables}
     for v in _base_kernels(mtl):

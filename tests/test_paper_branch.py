@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import run_metasegnet
-from meta.tf1_synthetic import write_synthetic_checkpoint
+from tests.fixtures.tf1_synthetic import write_synthetic_checkpoint
 from paper_shards_writer import paper_record, write_paper_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,13 +90,13 @@ def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
     from args import parse_args
     from meta.algorithms import MetaLearner
     from meta.inner import training_schedule
-    from meta.tf1_checkpoint import open_tf1_checkpoint
-    import run_experiments
+    from storage.tf1_checkpoint import open_tf1_checkpoint
+    import modes.experiments
     write_synthetic_checkpoint(str(tmp_path / "tf1"), rsd=(2, 4), optimizer="adam", seed=5)
     cfg = parse_args(["--data-dir", "unused", "--image_size", "32", "--rsd", "2", "4",
                       "--checkpoint", str(tmp_path / "run"), "--meta-iters", "3",
                       "--continue_training_from_checkpoint", str(tmp_path / "tf1")])
-    loop = run_experiments.make_inner_loop(cfg, run_metasegnet.build_model_with_backbone(cfg.model))
+    loop = modes.experiments.make_inner_loop(cfg, run_metasegnet.build_model_with_backbone(cfg.model))
     learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
     rng = np.random.default_rng(0)
     rng_state = rng.bit_generator.state

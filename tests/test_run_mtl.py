@@ -7,14 +7,15 @@ import os
 import numpy as np
 import pytest
 
-import run_metasegnet
 from data.demo import make_demo_dataset
+import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
-from meta import checkpoint
+
 from models.build import build_model
 from models.config import ModelConfig
 from models.mtl import set_mtl_mode
-from run_mtl import CLASSES_NAME, _base_kernels
+from modes.mtl import CLASSES_NAME, _base_kernels
+from storage import checkpoint
 
 UNET = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=2,
                    start_num_feature_maps_power=2)

@@ -5,14 +5,15 @@ import os
 import numpy as np
 import pytest
 
+from adapt.config import EvalConfig
 from data.splits import Splits
-from meta import checkpoint
 from meta.algorithms import MetaLearner
-from meta.config import EvalConfig, MetaConfig
+from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop
-from meta.logs import read_log
 from meta.train import is_time, meta_train
-from meta_fixtures import cross_entropy, tiny_model, toy_tasks
+from storage import checkpoint
+from storage.logs import read_log
+from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 SCHEDULE = AdaptationSchedule(learning_rate=0.02, iters=2, batch_size=4, aug_rate=0.5)
 

@@ -4,7 +4,7 @@ import pytest
 
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
-from meta_fixtures import cross_entropy, tiny_model, toy_tasks
+from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=5, batch_size=3, aug_rate=0.5,
                               scheduler="cosine_anneal")

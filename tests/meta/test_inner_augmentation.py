@@ -6,7 +6,7 @@ import tensorflow as tf
 from data.augment import augment_batch
 from data.paper_augment import paper_augment_batch
 from meta.inner import InnerLoop
-from meta_fixtures import cross_entropy, tiny_model
+from tests.fixtures.meta_fixtures import cross_entropy, tiny_model
 
 SIDE = 24
 

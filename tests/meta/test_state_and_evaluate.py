@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
+from adapt.evaluate import EvalResult, TaskScore, evaluate, evaluation_plan
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
-from meta.evaluate import EvalResult, TaskScore, evaluate, evaluation_plan
 from meta.inner import AdaptationSchedule, InnerLoop
 from meta.state import Snapshot, full_state
 from models.layers import set_dropout_rate
-from meta_fixtures import cross_entropy, tiny_model, toy_tasks
+from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,305 @@
+"""run_metasegnet.py's steps around test-time adaptation, each one call from its `_run`:
+
+* `optimize_update_hyperparams_step`: UHO on the val classes (adapt/uho*.py), and
+  `meta_fine_tune_on_train_val` (`--meta_fine_tune_steps_on_train_val S`);
+* `final_schedule`: the adaptation schedule and head dropout of the final evaluation (UHO's
+  choice, every searched dimension, or the flags');
+* `evaluation_hooks`: prediction PNGs and per-task fine-tuned checkpoints;
+* `fine_tune_user_folder`: `--fine-tune-task DIR`;
+* `k_shot_step`: `--run_k_shot_learning_curves_experiment`;
+* `joint_train_step`: `--joint_train`.
+
+Like run_metasegnet.py it sits above the library: it reads the parsed `Config` and hands the
+library plain configs and kwargs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from adapt.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
+from adapt.kshot import run_k_shot_experiment
+from adapt.own_images import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs, \
+    fine_tune_user_task
+from adapt.uho import UHOResult, UpdateHyperparams
+from adapt.uho_objective import apply_update_hyperparams, dropout_rate, run_uho
+from args import Config
+from baselines.joint_train import joint_train
+from data.splits import Splits
+from data.user_task import UserTask, load_user_task
+from devices.precision import LOSS_SCALE_FLOAT16, use_jit
+from meta.algorithms import MetaLearner
+from meta.inner import AdaptationSchedule, InnerLoop, evaluation_schedule, training_schedule
+from meta.train import meta_train
+from models.losses import make_loss
+from storage import checkpoint
+
+META_FINE_TUNE_DIR = "fine-tuned_on_train_val_with_optimized_update_hyperparams"
+_META_FINE_TUNE_STREAM = 7  # meta-fine-tuning's own RNG, apart from meta-training's [seed, 0]
+
+
+def _may_augment(cfg: Config) -> bool:
+    """Whether any adaptation of the run augments: --augment, or UHO searching --aug_rate."""
+    return cfg.inner.augment or cfg.run.optimize_update_hyperparms_on_val_set
+
+
+def make_inner_loop(cfg: Config, model) -> InnerLoop:
+    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay,
+    augmentation, XLA."""
+    return InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
+                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay,
+                     augmentation=cfg.inner.augmentation if _may_augment(cfg) else None,
+                     jit_compile=use_jit(cfg.device.jit_compile),
+                     loss_scale=LOSS_SCALE_FLOAT16 if cfg.device.mixed_precision == "float16"
+                     else None)
+
+
+def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits,
+                                     out_dir: str, replicas=None) -> UHOResult:
+    """Run (or resume) UHO on the val classes; print and return its choice.
+
+    Args:
+        cfg: the run config.
+        loop: the inner loop holding the trained init.
+        tasks: class name -> ClassData.
+        splits: the class splits (val must be non-empty).
+        out_dir: the checkpoint directory (CSV, plot, uho_best.json).
+
+    Returns:
+        UHOResult.
+    """
+    if not splits.val:
+        raise ValueError("--optimize_update_hyperparms_on_val_set needs val classes: pass "
+                         "--num_val_tasks N (N >= 1).")
+    print(f"UHO on {len(splits.val)} val classes: {cfg.uho.num_configs_to_sample} configurations"
+          f" x {cfg.uho.uho_outer_iters} round(s), early stopping within "
+          f"[{cfg.uho.min_steps}, {cfg.uho.max_steps}] steps, patience {cfg.uho.patience}",
+          flush=True)
+    result = run_uho(loop, tasks, splits.val, evaluation_schedule(cfg.inner, cfg.eval), cfg.uho,
+                     base_drop_rate=cfg.model.final_layer_dropout_rate, shots=cfg.eval.shots,
+                     num_query=cfg.eval.num_query, transductive=cfg.eval.transductive,
+                     repetitions=cfg.uho.repetitions, seed=cfg.meta.seed, out_dir=out_dir,
+                     replicas=replicas)
+    best = result.best
+    print(f"UHO chose lr={best.lr:.4g}, steps={best.steps}, drop_rate={best.drop_rate:.3g}, "
+          f"aug_rate={best.aug_rate:.3g}, inner_batch_size={best.inner_batch_size} "
+          f"(mean val IoU {result.best_mean_iou:.4f} over {result.num_configs} configurations)",
+          flush=True)
+    return result
+
+
+def final_schedule(cfg: Config, uho: UHOResult | None) -> tuple[AdaptationSchedule, float]:
+    """The final evaluation's schedule and head dropout.
+
+    Args:
+        cfg: the run config.
+        uho: UHO's result, or None for the flags' schedule.
+
+    Returns:
+        (schedule, dropout rate during adaptation).
+    """
+    base = evaluation_schedule(cfg.inner, cfg.eval)
+    if uho is None:
+        return base, cfg.model.final_layer_dropout_rate
+    return apply_update_hyperparams(base, uho.best), uho.best.drop_rate
+
+
+def meta_fine_tune_on_train_val(cfg: Config, loop: InnerLoop, tasks, splits: Splits,
+                                out_dir: str, best: UpdateHyperparams) -> None:
+    """Meta-train S more iterations on train + val classes with UHO's schedule (reference 4.5).
+
+    The inner loop uses UHO's lr, steps, batch size and aug rate; the meta step is fixed at
+    --meta-step-final. Unlike the reference, S counts the iterations (it ran --meta-iters).
+    Checkpoints go to <checkpoint>/fine-tuned_on_train_val_with_optimized_update_hyperparams/,
+    and a rerun resumes there.
+
+    Args:
+        cfg: the run config.
+        loop: the inner loop (its model is updated in place).
+        tasks: class name -> ClassData.
+        splits: the class splits.
+        out_dir: the checkpoint directory.
+        best: UHO's choice.
+    """
+    iterations = cfg.uho.meta_fine_tune_steps_on_train_val
+    min_iters = 2 if cfg.meta.foml_tail is not None else 1
+    schedule = dataclasses.replace(training_schedule(cfg.inner), learning_rate=best.lr,
+                                   iters=max(best.steps, min_iters),
+                                   batch_size=best.inner_batch_size, aug_rate=best.aug_rate)
+    meta = dataclasses.replace(cfg.meta, meta_iters=iterations,
+                               meta_step_size=cfg.meta.meta_step_size_final,
+                               eval_interval=min(cfg.meta.eval_interval, iterations))
+    learner = MetaLearner(loop, meta, schedule)
+    groups = {"model": list(loop.model.variables),
+              "inner_optimizer": list(loop.optimizer.variables),
+              "outer_optimizer": list(learner.outer_optimizer.variables)}
+    run_dir = os.path.join(out_dir, META_FINE_TUNE_DIR)
+    rng = np.random.default_rng([cfg.meta.seed, _META_FINE_TUNE_STREAM])
+    start = 0
+    path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if path is not None:
+        state = checkpoint.load_checkpoint(path, groups)
+        rng.bit_generator.state = state["rng_state"]
+        start = int(state["step"])
+    print(f"Meta-fine-tuning on {len(splits.train) + len(splits.val)} train + val classes for "
+          f"{iterations} meta-iterations (from {start}) with lr={best.lr:.4g}, "
+          f"inner_iters={schedule.iters}, meta-step {meta.meta_step_size:g}", flush=True)
+    merged = Splits(train=tuple(sorted(splits.train + splits.val)), val=splits.val,
+                    test=splits.test)
+    eval_schedule = apply_update_hyperparams(evaluation_schedule(cfg.inner, cfg.eval), best)
+    meta_train(learner, tasks, merged, meta=meta, evaluation=cfg.eval,
+               eval_schedule=eval_schedule, rng=rng, run_dir=run_dir,
+               config_json=cfg.to_json(), checkpoint_groups=groups, start_step=start)
+
+
+def uho_comparison(cfg: Config, uho: UHOResult, result, fixed) -> dict:
+    """Print and summarize UHO's schedule against the flags' fixed one on the same episodes.
+
+    Args:
+        cfg: the run config.
+        uho: UHO's result.
+        result: the final evaluation with UHO's schedule.
+        fixed: the same evaluation with the flags' schedule.
+
+    Returns:
+        JSON-ready dict for meta-test_results.json.
+    """
+    best = uho.best
+    print(f"Same {result.split} episodes: UHO schedule (lr={best.lr:.4g}, steps={best.steps}, "
+          f"batch={best.inner_batch_size}, aug_rate={best.aug_rate:.3g}, "
+          f"drop_rate={best.drop_rate:.3g}) mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} vs "
+          f"fixed schedule (lr={cfg.inner.learning_rate:.4g}, steps={cfg.eval.eval_iters}) mIoU "
+          f"{fixed.mean_iou:.4f} +/- {fixed.ci95:.4f}", flush=True)
+    return {**dataclasses.asdict(best), "mean_val_iou": uho.best_mean_iou,
+            "num_configs": uho.num_configs, "uho_schedule_mean_iou": result.mean_iou,
+            "fixed_schedule": fixed.summary()}
+
+
+def evaluation_hooks(cfg: Config, model, split: str, out_dir: str, predictions_hook=None):
+    """The after_adapt hooks of one final evaluation: prediction PNGs, fine-tuned checkpoints.
+
+    Args:
+        cfg: the run config.
+        model: the adapted model.
+        split: "train" | "val" | "test".
+        out_dir: the checkpoint directory (default root of the fine-tuned checkpoints).
+        predictions_hook: SAVE_PREDICTIONS hook, or None.
+
+    Returns:
+        a hook or None.
+    """
+    save = (cfg.eval.save_fine_tuned_checkpoints_train if split == "train"
+            else cfg.eval.save_fine_tuned_checkpoints)
+    saver = None
+    if save:
+        root = cfg.eval.save_fine_tuned_checkpoints_dir or os.path.join(out_dir, DEFAULT_DIR_NAME)
+        saver = make_checkpoint_saver(model, root, split, cfg.to_json())
+        print(f"Fine-tuned checkpoints of the {split} tasks go to {os.path.join(root, split)}",
+              flush=True)
+    return combine_hooks(predictions_hook, saver)
+
+
+def load_user_folder(cfg: Config) -> UserTask:
+    """Read and validate --fine-tune-task DIR and its output paths (raises; writes nothing).
+
+    Args:
+        cfg: the run config.
+
+    Returns:
+        the UserTask at the model's image size.
+    """
+    task = load_user_task(cfg.run.fine_tune_task, cfg.model.image_size)
+    check_outputs(cfg.run.fine_tune_task, *_user_output_paths(cfg))
+    return task
+
+
+def _user_output_paths(cfg: Config) -> tuple[str, str]:
+    task_dir = cfg.run.fine_tune_task
+    return (os.path.join(task_dir, DEFAULT_OUT_NAME),
+            cfg.run.fine_tuned_checkpoint or os.path.join(task_dir, DEFAULT_WEIGHTS_NAME))
+
+
+def fine_tune_user_folder(cfg: Config, loop: InnerLoop, uho: UHOResult | None,
+                          task: UserTask | None = None) -> dict:
+    """--fine-tune-task DIR: validate the folder, adapt, write masks, overlays and weights.
+
+    Args:
+        cfg: the run config.
+        loop: the inner loop holding the init.
+        uho: UHO's result (its schedule is used), or None for the flags' schedule.
+        task: the folder, if already loaded (load_user_folder).
+
+    Returns:
+        the summary (also in DIR/predictions/summary.json).
+    """
+    task_dir = cfg.run.fine_tune_task
+    task = task or load_user_folder(cfg)  # raises before anything is written
+    schedule, drop_rate = final_schedule(cfg, uho)
+    out, weights = _user_output_paths(cfg)
+    check_outputs(task_dir, out, weights)
+    print(f"Fine-tuning on {len(task.support_images)} support pairs of {task_dir!r} "
+          f"({'UHO' if uho else 'flags'} schedule: lr={schedule.learning_rate:.4g}, "
+          f"steps={schedule.iters}, batch={schedule.batch_size}, aug_rate={schedule.aug_rate:.3g}"
+          f", drop_rate={drop_rate:.3g})", flush=True)
+    with dropout_rate(loop.model, drop_rate, cfg.model.final_layer_dropout_rate):
+        summary = fine_tune_user_task(loop, task, schedule, seed=cfg.meta.seed, out_dir=out,
+                                      weights_dir=weights, config_json=cfg.to_json())
+    scored = f", mean IoU on the queries with masks {summary['mean_iou']:.4f}" \
+        if summary["mean_iou"] is not None else ""
+    print(f"Wrote {len(task.query_paths)} query masks and overlays to {out} and the adapted "
+          f"weights to {weights}{scored}", flush=True)
+    return summary
+
+
+def k_shot_step(cfg: Config, loop: InnerLoop, tasks, names, out_dir: str,
+                uho: UHOResult | None) -> dict:
+    """--run_k_shot_learning_curves_experiment on the given classes (and the baseline, if any).
+
+    Args:
+        cfg: the run config.
+        loop: the inner loop holding the (meta-learned) init.
+        tasks: class name -> ClassData.
+        names: the classes (the final-evaluation split).
+        out_dir: where k-shot-results.csv/.png go.
+        uho: UHO's result (its schedule is used), or None.
+
+    Returns:
+        label -> {k: [IoU]}.
+    """
+    from models.build import build_model
+
+    loops = {"meta-learned": loop}
+    if cfg.kshot.baseline_checkpoint:
+        # Every weight comes from the baseline's checkpoint: no backbone file to read first.
+        model = build_model(dataclasses.replace(cfg.model, restore_efficient_net_weights_from=None))
+        baseline = make_inner_loop(cfg, model)
+        checkpoint.load_checkpoint(cfg.kshot.baseline_checkpoint, {"model": list(model.variables)})
+        loops["joint-training baseline"] = baseline
+    schedule, drop_rate = final_schedule(cfg, uho)
+    with dropout_rate(loop.model, drop_rate, cfg.model.final_layer_dropout_rate):
+        curves = run_k_shot_experiment(loops, tasks, names, schedule, cfg.kshot,
+                                       repetitions=cfg.eval.eval_samples, seed=cfg.meta.seed,
+                                       out_dir=out_dir, transductive=cfg.eval.transductive)
+    for label, per_k in curves.items():
+        print(f"k-shot {label}: " + ", ".join(f"k={k}: {np.mean(v):.4f}"
+                                               for k, v in sorted(per_k.items())), flush=True)
+    print(f"k-shot results written to {out_dir}/k-shot-results.csv and .png", flush=True)
+    return curves
+
+
+def joint_train_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits, out_dir: str) -> None:
+    """--joint_train: supervised training on the pooled meta-train classes (resumable).
+
+    Args:
+        cfg: the run config (--joint_train_epochs, --inner-batch, --learning-rate, --augment).
+        loop: the inner loop of the model to train.
+        tasks: class name -> ClassData.
+        splits: the class splits (train is pooled).
+        out_dir: the checkpoint directory.
+    """
+    joint_train(loop, tasks, splits.train, epochs=cfg.run.joint_train_epochs,
+                batch_size=cfg.inner.inner_batch_size, learning_rate=cfg.inner.learning_rate,
+                aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0, seed=cfg.meta.seed,
+                run_dir=out_dir, config_json=cfg.to_json(), keep=cfg.meta.keep_checkpoints)

@@ -1,0 +1,387 @@
+"""run_metasegnet.py's meta-transfer-learning branch: `--model_name mtl_unet --phase ...` (issue 6).
+
+Three phases, each writing into `<--checkpoint>/<phase>/` (config.json first, like every run):
+* `pre_train`: the plain U-Net trained on the pooled meta-train classes (baselines/pretrain.py), or,
+  with `--dataset COCO|COCOStuff --dataset_dir DIR --num_classes K`, a K-class U-Net on that
+  separate dataset (baselines/pretrain_multiclass.py), best val weights in
+  `pre_train/best.weights.h5`;
+* `meta_train --init_weights <pre_train dir or .weights.h5>`: the MTL U-Net gets every pre-trained
+  kernel by explicit name (`models.mtl.load_pretrained_unet`, a mismatch is an error), its base
+  kernels are frozen, and scale/shift + BN + head init are meta-learned (baselines/mtl.py) through the
+  shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs); a
+  K-class pre-training loads everything but its head, and the `way`-channel head starts fresh;
+* `meta_eval --eval_weights <meta_train dir or ckpt folder>`: run_metasegnet.py's final
+  evaluation, unchanged, with the MTL adaptation (head only, --update_step SGD steps at --base_lr,
+  --teshot shots, --test_query queries): same IoU, same results JSON, same prediction PNGs.
+  With --init_weights too, the pre-trained U-Net adapted the same way is evaluated on the same
+  episodes and stored next to it.
+
+Class-level splits: pre_train and meta_train train on the meta-train classes and select on the
+val classes; each writes `classes.json` with every class it (or the phase it started from)
+trained or selected on, and meta_train / meta_eval refuse to go on when the classes they hold out
+overlap those.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from functools import partial
+
+import keras
+import numpy as np
+
+from args import Config
+from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
+                      mtl_meta_config, mtl_schedule)
+from baselines.pretrain import BEST_INFO, BEST_WEIGHTS, pre_train
+from data.splits import Splits
+from meta.inner import InnerLoop
+from meta.train import held_out_split, meta_train
+from models.build import build_model
+from models.losses import make_loss
+from models.mtl import load_pretrained_unet, set_mtl_mode
+from storage import checkpoint
+from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
+from storage.plots import plot_phase_curves
+
+CLASSES_NAME = "classes.json"
+# Settings a resumed MTL meta-training run may change.
+RESUME_MAY_CHANGE = ("mtl.max_epoch", "mtl.phase", "mtl.eval_weights", "mtl.teshot",
+                     "mtl.test_query", "mtl.dataset", "mtl.dataset_dir", "mtl.pre_init_weights",
+                     "mtl.meta_label")
+
+
+def phase_dir(cfg: Config) -> str:
+    """Where a phase writes: `<--checkpoint>/<--phase>`."""
+    return os.path.join(cfg.run.checkpoint, cfg.mtl.phase)
+
+
+def _unet_config(cfg: Config, num_classes: int | None = None):
+    return dataclasses.replace(cfg.model, model_name="unet",
+                               num_classes=num_classes or cfg.model.num_classes)
+
+
+def multiclass_pre_training(cfg: Config) -> bool:
+    """Whether this run pre-trains on a separate multi-class dataset (no FSS-1000 shards)."""
+    return cfg.run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot"
+
+
+# ------------------------------------------------------------------ class-level split guards
+def _write_classes(out_dir: str, trained_on, selected_on, splits: Splits) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CLASSES_NAME)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump({"trained_on": sorted(set(trained_on)), "selected_on": sorted(set(selected_on)),
+                   "test": list(splits.test)}, f, indent=1)
+    os.replace(f"{path}.tmp", path)
+
+
+def _read_classes(weights: str, flag: str) -> dict:
+    """classes.json next to a phase output (the file's folder, a ckpt folder's run dir)."""
+    folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
+    for candidate in (folder, os.path.dirname(os.path.abspath(folder))):
+        path = os.path.join(candidate, CLASSES_NAME)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+    raise FileNotFoundError(f"{flag} {weights!r}: no {CLASSES_NAME} next to it, so the classes it "
+                            f"was trained on are unknown. Pass the output of --phase pre_train / "
+                            f"meta_train.")
+
+
+def _check_unseen(held_out, seen: dict, flag: str, weights: str) -> None:
+    overlap = sorted(set(held_out) & (set(seen["trained_on"]) | set(seen["selected_on"])))
+    if overlap:
+        raise ValueError(f"{flag} {weights!r} was trained or selected on {len(overlap)} of the "
+                         f"classes this run holds out ({overlap[:5]}...). Use the same split "
+                         f"flags (--num_test_tasks/--test_tasks_file, --num_val_tasks, --seed) "
+                         f"in every phase.")
+
+
+def _print_split(phase: str, splits: Splits, evaluated: str) -> None:
+    print(f"MTL {phase}: {len(splits.train)} meta-train classes (trained on), {len(splits.val)} "
+          f"meta-val, {len(splits.test)} meta-test; {evaluated}.", flush=True)
+
+
+# ------------------------------------------------------------------------------- weights
+def pretrained_weights_path(init_weights: str | None) -> str:
+    """The pre-trained U-Net file from --init_weights (a .weights.h5 or a pre_train folder).
+
+    Args:
+        init_weights: the flag's value.
+
+    Returns:
+        path of an existing .weights.h5 file.
+    """
+    if not init_weights:
+        raise ValueError("--phase meta_train starts from a pre-trained U-Net: pass --init_weights "
+                         f"<checkpoint>/pre_train/{BEST_WEIGHTS} (written by --phase pre_train).")
+    path = os.path.join(init_weights, BEST_WEIGHTS) if os.path.isdir(init_weights) else \
+        init_weights
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--init_weights {init_weights!r}: {path} does not exist. Run "
+                                f"--phase pre_train first.")
+    return path
+
+
+def saved_num_classes(path: str) -> int:
+    """Head channels of a pre-trained .weights.h5: from best.json, else config.json beside it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for name, read in ((BEST_INFO, lambda d: d.get("num_classes")),
+                       ("config.json", lambda d: d.get("model", {}).get("num_classes"))):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            with open(candidate, encoding="utf-8") as f:
+                value = read(json.load(f))
+            if value:
+                return int(value)
+    return 2
+
+
+def load_pretrained(cfg: Config, mtl_model: keras.Model | None = None) -> keras.Model:
+    """The pre-trained plain U-Net with a `way`-channel head, copied into `mtl_model` when given.
+
+    A K-class pre-training (K != way) loads everything but the head; the head starts fresh
+    (seeded glorot-uniform kernel, zero bias) and the reinitialised layers are printed.
+
+    Args:
+        cfg: the run config (--init_weights, model flags).
+        mtl_model: an MTL U-Net to receive every base kernel (by explicit name mapping).
+
+    Returns:
+        the plain U-Net with the pre-trained weights and a `way`-channel head.
+    """
+    path = pretrained_weights_path(cfg.mtl.init_weights)
+    saved = saved_num_classes(path)
+    unet = build_model(_unet_config(cfg, saved))
+    unet.load_weights(path)
+    if saved != cfg.model.num_classes:
+        fresh = build_model(_unet_config(cfg))
+        reset = load_pretrained_unet(fresh, unet, keep_head=False)
+        print(f"The pre-trained U-Net {path} has a {saved}-class head, this run needs "
+              f"{cfg.model.num_classes} channels (--way {cfg.mtl.way}: background + object): "
+              f"loaded everything but the head; reinitialised {', '.join(reset)} "
+              f"(layer final_layer_weights)", flush=True)
+        unet = fresh
+    if mtl_model is not None:
+        load_pretrained_unet(mtl_model, unet)
+        print(f"Loaded the pre-trained U-Net {path} into the MTL U-Net", flush=True)
+    return unet
+
+
+def plot_phase(cfg: Config, out_dir: str, val_label: str = "val") -> list[str]:
+    """The phase's mean-IoU and loss curves per epoch (storage/plots.py), in its folder."""
+    per_epoch = cfg.mtl.num_batch if cfg.mtl.phase == "meta_train" else 1
+    return plot_phase_curves(read_log(os.path.join(out_dir, CSV_NAME)), out_dir, cfg.mtl.phase,
+                             tasks_per_epoch=per_epoch, val_label=val_label)
+
+
+# ---------------------------------------------------------------------------------- phases
+def pre_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
+                    rng: np.random.Generator) -> int:
+    """--phase pre_train: train the plain U-Net on the pooled meta-train classes.
+
+    Args:
+        cfg: the run config.
+        tasks: class name -> ClassData.
+        splits: class splits (train: trained on; val: selects the best epoch).
+        out_dir: <checkpoint>/pre_train.
+        rng: the training generator.
+
+    Returns:
+        exit status 0.
+    """
+    _print_split("pre_train", splits, "best epoch selected on meta-val; meta-test untouched")
+    _write_classes(out_dir, splits.train, splits.val, splits)
+    model = build_model(_unet_config(cfg))
+    _start_from(cfg, model, out_dir)
+    result = pre_train(model, make_loss(cfg.loss, model), tasks, splits, mtl=cfg.mtl,
+                       monitor_tasks=cfg.meta.monitor_tasks,
+                       aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0,
+                       seed=cfg.meta.seed, rng=rng, run_dir=out_dir, config_json=cfg.to_json())
+    plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME))
+    plot_phase(cfg, out_dir)
+    print(f"Pre-training done: best val mIoU {result.best_val_miou:.4f} after epoch "
+          f"{result.best_epoch}; weights in {result.best_path}", flush=True)
+    return 0
+
+
+def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generator) -> int:
+    """--phase pre_train --dataset COCO|COCOStuff: the K-class U-Net on a separate dataset.
+
+    Args:
+        cfg: the run config (--dataset, --dataset_dir, --num_classes, pre-training flags).
+        out_dir: <checkpoint>/pre_train.
+        rng: the training generator.
+
+    Returns:
+        exit status 0.
+    """
+    from data.multiclass import load_multiclass
+    from baselines.pretrain_multiclass import constant_prediction_miou, pre_train_multiclass
+    from models.multiclass_losses import make_multiclass_loss
+
+    k = cfg.model.num_classes
+    data = load_multiclass(cfg.mtl.dataset, cfg.mtl.dataset_dir, k, cfg.data.image_size,
+                           log=lambda line: print(line, flush=True))
+    print(f"MTL pre_train on --dataset {cfg.mtl.dataset} {data.root}: {len(data.train)} train "
+          f"and {len(data.val)} val images, {k} classes; best epoch selected on val mIoU; no "
+          f"FSS-1000 class is trained or selected on.", flush=True)
+    majority, constant = constant_prediction_miou(data)
+    print(f"Val mIoU of predicting the most frequent training class ({majority}) everywhere: "
+          f"{constant:.4f}", flush=True)
+    _write_classes(out_dir, (), (), Splits((), (), ()))
+    model = build_model(_unet_config(cfg))
+    loss_fn = make_multiclass_loss(cfg.loss, model)
+    _start_from(cfg, model, out_dir)
+    result = pre_train_multiclass(model, loss_fn, data, mtl=cfg.mtl,
+                                  aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0,
+                                  rng=rng, run_dir=out_dir, config_json=cfg.to_json())
+    plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME))
+    plot_phase(cfg, out_dir)
+    print(f"Pre-training done: best val mIoU over {k} classes {result.best_val_miou:.4f} after "
+          f"epoch {result.best_epoch}; weights in {result.best_path}", flush=True)
+    return 0
+
+
+def _start_from(cfg: Config, model: keras.Model, out_dir: str) -> None:
+    """--pre_init_weights: a fresh pre-training starts from these weights (a resume ignores it)."""
+    if cfg.mtl.pre_init_weights and checkpoint.latest_checkpoint(out_dir) is None:
+        if not os.path.isfile(cfg.mtl.pre_init_weights):
+            raise FileNotFoundError(f"--pre_init_weights {cfg.mtl.pre_init_weights!r} does not "
+                                    f"exist (a .weights.h5 of the plain U-Net).")
+        model.load_weights(cfg.mtl.pre_init_weights)
+        print(f"Pre-training starts from {cfg.mtl.pre_init_weights}", flush=True)
+
+
+def _base_kernels(model: keras.Model) -> list:
+    """The frozen pre-trained variables: non-trainable, not BN statistics or RNG states."""
+    return [v for v in model.non_trainable_variables
+            if not any(k in v.path for k in ("moving_mean", "moving_variance", "seed"))]
+
+
+def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
+                     rng: np.random.Generator) -> int:
+    """--phase meta_train: meta-learn scale/shift, BN and head init of the frozen U-Net.
+
+    Args:
+        cfg: the run config.
+        tasks: class name -> ClassData.
+        splits: class splits (tasks drawn from train; monitored on val, else test).
+        out_dir: <checkpoint>/meta_train (checkpoints, logs, classes.json).
+        rng: the training generator (restored when resuming).
+
+    Returns:
+        exit status 0.
+
+    Raises:
+        RuntimeError: a base kernel changed during meta-training.
+    """
+    label, _ = held_out_split(splits)
+    _print_split("meta_train", splits, f"tasks from meta-train, monitored on meta-{label}")
+    model = build_model(cfg.model)
+    set_mtl_mode(model, "meta_transfer")
+    loss_fn = make_loss(cfg.loss, model)
+    loop = head_inner_loop(model, loss_fn, cfg.mtl)
+    learner = MTLLearner(loop, cfg.mtl)
+    groups = {"model": list(model.variables), "inner_optimizer": list(loop.optimizer.variables),
+              "outer_optimizer": [v for o in learner.outer_optimizers for v in o.variables]}
+    meta = mtl_meta_config(cfg.mtl, cfg.meta)
+    start_step = 0
+    latest = checkpoint.latest_checkpoint(out_dir) if os.path.isdir(out_dir) else None
+    if latest is not None:  # rerunning the command resumes: model, optimizers, then the RNG
+        problems = checkpoint.config_differences(checkpoint.read_config(latest),
+                                                 json.loads(cfg.to_json()),
+                                                 ["data", "model", "loss", "mtl"],
+                                                 ignore=RESUME_MAY_CHANGE)
+        if problems:
+            raise ValueError(f"Cannot resume {latest}: its config differs:\n  "
+                             + "\n  ".join(problems) + "\nUse a fresh --checkpoint directory.")
+        state = checkpoint.load_checkpoint(latest, groups)
+        rng.bit_generator.state = state["rng_state"]
+        start_step = int(state["step"])
+        print(f"Resuming MTL meta-training from {latest} at task {start_step}", flush=True)
+    else:
+        seen = _read_classes(pretrained_weights_path(cfg.mtl.init_weights), "--init_weights")
+        _check_unseen(splits.test, seen, "--init_weights", cfg.mtl.init_weights)
+        load_pretrained(cfg, model)
+        _write_classes(out_dir, set(seen["trained_on"]) | set(splits.train),
+                       set(seen["selected_on"]) | set(splits.val), splits)
+    frozen = [v.numpy() for v in _base_kernels(model)]
+    lr_at = partial(meta_learning_rate, initial=cfg.mtl.meta_lr1, num_batch=cfg.mtl.num_batch,
+                    step_size=cfg.mtl.step_size, gamma=cfg.mtl.gamma)
+    monitor_inner, monitor_eval = mtl_evaluation_configs(cfg.mtl, cfg.inner, cfg.eval,
+                                                         shots=cfg.mtl.shot,
+                                                         num_query=cfg.mtl.val_query)
+    del monitor_inner  # the monitor's schedule is mtl_schedule(mtl, shot)
+    if start_step < meta.meta_iters:
+        meta_train(learner, tasks, splits, meta=meta, evaluation=monitor_eval,
+                   eval_schedule=mtl_schedule(cfg.mtl, cfg.mtl.shot), rng=rng, run_dir=out_dir,
+                   config_json=cfg.to_json(), checkpoint_groups=groups, start_step=start_step,
+                   meta_step_size_at=lr_at)
+    changed = [v.path for v, before in zip(_base_kernels(model), frozen)
+               if not np.array_equal(v.numpy(), before)]
+    if changed:  # an invariant of the method, checked on the real run too
+        raise RuntimeError(f"MTL meta-training changed frozen base kernels: {changed[:5]}")
+    plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME),
+                         val_label=label)
+    plot_phase(cfg, out_dir, val_label=label)
+    print(f"MTL meta-training done ({meta.meta_iters} tasks); {len(frozen)} base kernels "
+          f"unchanged; checkpoint {checkpoint.latest_checkpoint(out_dir)}", flush=True)
+    return 0
+
+
+def meta_eval_setup(cfg: Config, splits: Splits, eval_names, eval_split: str
+                    ) -> tuple[Config, keras.Model, InnerLoop, int]:
+    """--phase meta_eval: the meta-trained MTL U-Net and the config of its evaluation.
+
+    Args:
+        cfg: the run config.
+        splits: class splits.
+        eval_names: the classes run_metasegnet.py evaluates.
+        eval_split: their split's name.
+
+    Returns:
+        (cfg with the MTL adaptation as evaluation schedule, model, head inner loop,
+        meta-training tasks completed).
+    """
+    if not cfg.mtl.eval_weights:
+        raise ValueError("--phase meta_eval needs --eval_weights <checkpoint>/meta_train (written "
+                         "by --phase meta_train).")
+    _print_split("meta_eval", splits, f"evaluating the {len(eval_names)} meta-{eval_split} "
+                                      f"classes, never trained or selected on")
+    _check_unseen(eval_names, _read_classes(cfg.mtl.eval_weights, "--eval_weights"),
+                  "--eval_weights", cfg.mtl.eval_weights)
+    if cfg.mtl.init_weights:
+        _check_unseen(eval_names, _read_classes(pretrained_weights_path(cfg.mtl.init_weights),
+                                                "--init_weights"),
+                      "--init_weights", cfg.mtl.init_weights)
+    model = build_model(cfg.model)
+    set_mtl_mode(model, "meta_transfer")
+    loop = head_inner_loop(model, make_loss(cfg.loss, model), cfg.mtl)
+    state = checkpoint.load_checkpoint(cfg.mtl.eval_weights, {"model": list(model.variables)})
+    print(f"Restored the MTL U-Net from {cfg.mtl.eval_weights} (task {state['step']})",
+          flush=True)
+    return eval_config(cfg), model, loop, int(state["step"])
+
+
+def eval_config(cfg: Config) -> Config:
+    """cfg whose evaluation flags describe the MTL adaptation (run_metasegnet's final evaluation)."""
+    inner, evaluation = mtl_evaluation_configs(cfg.mtl, cfg.inner, cfg.eval, shots=cfg.mtl.teshot,
+                                               num_query=cfg.mtl.test_query)
+    return dataclasses.replace(cfg, inner=inner, eval=evaluation,
+                               run=dataclasses.replace(cfg.run, pretrained=True))
+
+
+def pretrained_loop(cfg: Config) -> InnerLoop:
+    """The pre-trained plain U-Net (--init_weights), adapting its head the MTL way (baseline).
+
+    Args:
+        cfg: the run config.
+
+    Returns:
+        InnerLoop on the plain U-Net's head.
+    """
+    unet = load_pretrained(cfg)
+    return head_inner_loop(unet, make_loss(cfg.loss, unet), cfg.mtl)

@@ -1,0 +1,117 @@
+"""A process of the distributed tests (logical devices and worker clusters must be set up before
+TensorFlow starts, so each runs in a fresh interpreter).
+
+    python distributed_worker.py logical OUT.npz
+        2 logical CPU devices: 3 meta-iterations of meta-batch 4 on 2 replicas and on 1, and a
+        distributed vs a serial evaluation; writes both weights and both IoU lists.
+    python distributed_worker.py train OUT.npz RUN_DIR ITERS [STOP_AFTER]
+        meta_train with --distribute multi_worker (TF_CONFIG set: a cluster) or mirrored on one
+        device (no TF_CONFIG); resumes from RUN_DIR's checkpoint; writes the final weights.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
+
+import numpy as np  # noqa: E402
+
+from devices.distribute import configure_devices  # noqa: E402
+
+MODE = sys.argv[1]
+configure_devices("mirrored", 2 if MODE == "logical" else 1)
+
+import tensorflow as tf  # noqa: E402
+
+from adapt.config import EvalConfig  # noqa: E402
+from adapt.config import UHOConfig  # noqa: E402
+from adapt.evaluate import evaluate  # noqa: E402
+from adapt.uho_objective import _spread_adapt, make_adapt_task  # noqa: E402
+from data.splits import Splits  # noqa: E402
+from devices.distribute import DistributedMetaLearner, Replicas, make_strategy  # noqa: E402
+from meta.config import MetaConfig  # noqa: E402
+from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
+from meta.train import meta_train  # noqa: E402
+from storage import checkpoint  # noqa: E402
+from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks  # noqa: E402
+
+SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=3, batch_size=3, aug_rate=0.5)
+META = MetaConfig(algorithm="fomaml", train_shots=6, foml_tail=2, meta_batch_size=4,
+                  meta_step_size=0.5, meta_step_size_final=0.5, meta_iters=3, eval_interval=2,
+                  monitor_tasks=2, seed=0)
+
+
+def make_loop() -> InnerLoop:
+    return InnerLoop(tiny_model(dropout=0.2), cross_entropy, sgd=True, learning_rate=0.05)
+
+
+def trainable(loop: InnerLoop) -> list[np.ndarray]:
+    return [v.numpy() for v in loop.variables]
+
+
+def logical(out: str) -> None:
+    tasks = toy_tasks(6, n=8)
+    names = sorted(tasks)
+    weights, ious = {}, {}
+    for label, devices in (("two", ["/cpu:0", "/cpu:1"]), ("one", ["/cpu:0"])):
+        replicas = Replicas(tf.distribute.MirroredStrategy(devices), make_loop(), make_loop)
+        learner = DistributedMetaLearner(replicas, META, SCHEDULE)
+        rng = np.random.default_rng(0)
+        for step in range(3):
+            batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
+            learner.meta_step(batch, rng, 0.5)
+        weights[label] = trainable(learner.loop)
+        evaluation = dict(shots=3, num_query=2, transductive=True, num_samples=1,
+                          all_tasks=True, seed=0, stream=1, split="test")
+        ious[f"{label}_spread"] = evaluate(learner.loop, tasks, names, SCHEDULE,
+                                           replicas=replicas, **evaluation).task_ious
+        ious[f"{label}_serial"] = evaluate(learner.loop, tasks, names, SCHEDULE,
+                                           **evaluation).task_ious
+        # UHO's val episodes with early stopping: spread over the replicas vs one by one
+        def adapt_task_of(run_loop):
+            return make_adapt_task(run_loop, tasks, names, SCHEDULE,
+                                   UHOConfig(max_steps=4, patience=2), base_drop_rate=0.2,
+                                   shots=3, num_query=2, transductive=True, seed=0)
+        params = {"lr": 0.05, "drop_rate": 0.1, "aug_rate": 0.5, "inner_batch_size": 3}
+        items = [(name, repetition) for repetition in range(2) for name in names[:3]]
+        spread = _spread_adapt(replicas, adapt_task_of)(params, items, None)
+        serial = [adapt_task_of(learner.loop)(params, t, r, None) for t, r in items]
+        ious[f"{label}_uho_spread"] = np.array(spread, np.float64)
+        ious[f"{label}_uho_serial"] = np.array(serial, np.float64)
+    np.savez(out, **{f"two_{i}": w for i, w in enumerate(weights["two"])},
+             **{f"one_{i}": w for i, w in enumerate(weights["one"])}, **ious)
+
+
+def train(out: str, run_dir: str, iters: int, stop_after: int | None) -> None:
+    multi = "TF_CONFIG" in os.environ
+    strategy = make_strategy("multi_worker" if multi else "mirrored", 1)
+    tasks = toy_tasks(6, n=8)
+    splits = Splits(train=tuple(sorted(tasks))[:4], val=tuple(sorted(tasks))[4:], test=())
+    replicas = Replicas(strategy, make_loop(), make_loop)
+    learner = DistributedMetaLearner(replicas, META, SCHEDULE)
+    groups = {"model": list(learner.loop.model.variables),
+              "inner_optimizer": list(learner.loop.optimizer.variables),
+              "outer_optimizer": list(learner.outer_optimizer.variables)}
+    rng = np.random.default_rng([0, 0])
+    start = 0
+    path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if path is not None:
+        state = checkpoint.load_checkpoint(path, groups)
+        rng.bit_generator.state = state["rng_state"]
+        start = int(state["step"])
+    meta = MetaConfig(**{**META.__dict__, "meta_iters": iters})
+    meta_train(learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=3, num_query=2),
+               eval_schedule=SCHEDULE, rng=rng, run_dir=run_dir, config_json="{}",
+               checkpoint_groups=groups, start_step=start, stop_after=stop_after)
+    np.savez(out, *trainable(learner.loop))
+
+
+if __name__ == "__main__":
+    if MODE == "logical":
+        logical(sys.argv[2])
+    else:
+        train(sys.argv[2], sys.argv[3], int(sys.argv[4]),
+              int(sys.argv[5]) if len(sys.argv) > 5 else None)
