@@ -106,7 +106,7 @@ def _add_model_flags(p):
     g.add_argument("--model_name", default=None, choices=["efficientlab", "unet", "mtl_unet"],
                    help="default: mtl_unet with --phase, else efficientlab")
     g.add_argument("--model_type", default=None, choices=["UNet"],
-                   help="the MTL seed's spelling of --model_name mtl_unet")
+                   help="MTL-Segmentation's spelling of --model_name mtl_unet")
     g.add_argument("--feature_extractor_name", default="efficientnet-b0",
                    choices=["efficientnet-b0", "efficientnet-b3"])
     g.add_argument("--rsd", type=int, nargs="*", default=[2, 4],
@@ -269,7 +269,7 @@ def _add_mtl_flags(p):
     g.add_argument("--init_weights", default=None, help="pre-trained U-Net weights (meta_train)")
     g.add_argument("--eval_weights", default=None, help="meta-trained weights (meta_eval)")
     g.add_argument("--dataset", default=None, choices=["COCO", "COCOStuff", "Fewshot"],
-                   help="pre-training data: COCO (the seed's layout, grey-level labels), "
+                   help="pre-training data: COCO (MTL-Segmentation's layout, grey-level labels), "
                         "COCOStuff (official label maps, 255 = unlabelled) or Fewshot (the "
                         "pooled meta-train classes; also when not given)")
     g.add_argument("--dataset_dir", default=None, help="root of the COCO / COCO-Stuff dataset")
@@ -277,13 +277,13 @@ def _add_mtl_flags(p):
                    help="classes of the COCO / COCO-Stuff labels, background included (head "
                         "channels of the pre-training)")
     g.add_argument("--mdataset_dir", default=None,
-                   help="the seed's name for the FSS-1000 data of the meta phases: shards "
+                   help="MTL-Segmentation's name for the FSS-1000 data of the meta phases: shards "
                         "written by fss_1000_image_to_tfrecord.py (same as --data-dir)")
     g.add_argument("--pre_init_weights", default=None,
                    help="a .weights.h5 of the plain U-Net the pre-training starts from")
     g.add_argument("--meta_label", default="exp1", help="run label, recorded in config.json")
     g.add_argument("--gpu", default=None,
-                   help="accepted for the seed's command line; TensorFlow picks the device "
+                   help="accepted for MTL-Segmentation's command line; TensorFlow picks the device "
                         "(restrict it with CUDA_VISIBLE_DEVICES)")
 
 
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_aliases(a) -> list[str]:
-    """The MTL seed's spellings onto ours: --model_type, --mdataset_dir; the default model."""
+    """MTL-Segmentation's spellings onto ours: --model_type, --mdataset_dir; the default model."""
     problems = []
     if a.model_type and a.model_name not in (None, "mtl_unet"):
         problems.append(f"--model_type UNet is --model_name mtl_unet; drop --model_name "
@@ -431,7 +431,7 @@ def config_from_namespace(a) -> Config:
                       eval_interval=a.eval_interval, monitor_tasks=a.monitor_tasks,
                       keep_checkpoints=a.keep_checkpoints, seed=a.seed)
     # Any non-empty value other than 0/false enables predictions (the reference's
-    # SAVE_PREDICTIONS=0 turned them on; reference-spec 5.3).
+    # SAVE_PREDICTIONS=0 turned them on; ml4ai/mliis utils/viz.py).
     save_predictions = os.environ.get("SAVE_PREDICTIONS", "").strip().lower() not in (
         "", "0", "false", "no", "off")
     evaluation = EvalConfig(

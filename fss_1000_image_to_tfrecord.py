@@ -5,7 +5,7 @@
 Behaviour (the format itself is documented in data/tfrecord.py):
 * Class folders are the sub-folders of --input_dir; if none of them holds images, a single
   sub-folder is descended into (the official archive nests `fewshot_data/<class>/`).
-* The MTL seed's FewShotPreprocessing.py layout is read too: `{train,val,test}/images/<class>/`
+* MTL-Segmentation's FewShotPreprocessing.py layout is read too: `{train,val,test}/images/<class>/`
   with the masks in `{train,val,test}/labels/<class>/`. When every class is in one split, the
   manifest records that split (`"split"`) as the meta-train/val/test classes; classes found in
   several splits are merged and no split is recorded.
@@ -154,7 +154,8 @@ def _scan_class(folder: str, problems: list[Problem], mask_folder: str | None = 
                 ) -> tuple[list[tuple[str, str, str]], int]:
     """(stem, image_path, mask_path) of the complete pairs of one class and the number of stems
     found (paired or not); appends a Problem for each incomplete pair. With `mask_folder` (the
-    MTL seed's labels/<class>/) the masks are read there, as .png or under the image's name."""
+    MTL-Segmentation's labels/<class>/) the masks are read there, as .png or under the image's
+    name."""
     images, masks = {}, {}
     listing = [(folder, name) for name in sorted(os.listdir(folder))]
     if mask_folder is not None:
@@ -189,7 +190,7 @@ def _scan_class(folder: str, problems: list[Problem], mask_folder: str | None = 
 
 
 def seed_split_folders(input_dir: str) -> dict[str, tuple[str, str]] | None:
-    """The MTL seed's FewShotPreprocessing.py layout, if input_dir has it.
+    """MTL-Segmentation's FewShotPreprocessing.py layout, if input_dir has it.
 
     That layout is `{train,val,test}/images/<class>/<n>.jpg` with the masks in
     `{train,val,test}/labels/<class>/` (ahirsharan/MTL-Segmentation FewShotPreprocessing.py,

@@ -13,7 +13,7 @@ source scripts/ensure_venv.sh
 PY=.venv/bin/python
 
 # ===================== PAPER BRANCH (SOTA evaluation, FSS-1000) =====================
-# Exact text supplied by the checkpoint engineer / lead; the flags are the paper's run.sh line.
+# The flags of the paper's run.sh line (ml4ai/mliis run.sh), unchanged.
 if [ -d fewshot_shards ] && [ -e EfficientLab-6-3_FOMAML-star_checkpoint ]; then
   exec "$PY" run_metasegnet.py --fss_1000 --image_size 224 --pretrained --rsd 2 4 --l2 \
     --foml --foml-tail 5 --final_layer_dropout_rate 0.5 --augment --aug_rate 0.5 --sgd \

@@ -80,7 +80,9 @@ class KShotConfig:
     k_shot_iter_range: tuple[int, ...] | None = None
     num_query: int = 20
     baseline_checkpoint: str | None = None  # joint-training baseline to plot against
-    max_steps: int = 500  # early-stopping bound when k >= 10 (reference-spec 4.6)
+    # early-stopping bound when k >= 10 (ml4ai/mliis
+    # meta_learners/supervised_reptile/supervised_reptile/eval.py)
+    max_steps: int = 500
     patience: int = 50
 
     def __post_init__(self):

@@ -1,6 +1,7 @@
 """Meta-test evaluation: adapt a copy of the init on each task's support set, score its queries.
 
-Per task sample (reference-spec 3.6): draw `shots` support + `num_query` query pairs at random,
+Per task sample (ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/eval.py): draw
+`shots` support + `num_query` query pairs at random,
 snapshot the full state, adapt for the schedule's iters, predict the queries in inference mode
 (together with --transductive, else each query batched after the support images), score IoU per
 query image, restore the full state (weights, BN statistics, optimizer slots, dropout seeds), so
@@ -10,7 +11,7 @@ Every task sample has its own generator, `np.random.default_rng([seed, stream, r
 task_index])`: the same seed gives the same episodes, mini-batches and augmentations for any
 init, so a meta-learned and a random init are compared on identical data.
 
-Hooks for later work orders:
+Hooks:
 * `evaluate_task(..., on_step=...)`: called after every adaptation step, e.g. UHO scoring the
   queries (`predict_queries` + `adapt.iou`) for early stopping;
 * `after_adapt(task_name, repetition, episode, predicted, score)`: called on the adapted model
@@ -18,32 +19,44 @@ Hooks for later work orders:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from adapt import iou
+from adapt.config import EvalConfig
 from data.episodes import Episode, sample_episode
+from data.splits import Splits
 from data.tasks import ClassData
+from meta.config import InnerConfig, MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, StepCallback, adapt
+from meta.streams import STREAM_MONITOR
+from meta.train import MonitorResult, held_out_split
 
-# Independent random streams under one --seed (fixed per seed, independent of each other):
-# UHO's val episodes (adapt/uho_objective.py), the k-shot experiment (adapt/kshot.py), MTL
-# pre-training's per-epoch val episodes (baselines/pretrain.py) and the one-episode-per-query protocol
-# (adapt/protocol_hsnet.py) each draw from their own. 7 is meta-fine-tuning's
-# (modes/experiments.py).
-STREAM_TEST = 1
-STREAM_TRAIN = 2
-STREAM_MONITOR = 3
-STREAM_UHO = 4
-STREAM_KSHOT = 5
-STREAM_PRETRAIN = 6
-STREAM_HSNET = 8
 _PLAN_TAG = 2**31
 
 # after_adapt(task_name, repetition, episode, predicted_foreground, score) -> None
 AfterAdapt = Callable[[str, int, Episode, np.ndarray, "TaskScore"], None]
+
+
+def evaluation_schedule(inner: InnerConfig, evaluation: EvalConfig) -> AdaptationSchedule:
+    """Test-time adaptation: the inner loop's optimizer settings with --eval-iters/--eval-batch.
+
+    Args:
+        inner: the inner-loop config (lr, schedule, augmentation).
+        evaluation: the evaluation config (eval_iters, eval_batch_size).
+
+    Returns:
+        AdaptationSchedule with iters = eval_iters, batch = eval_batch_size.
+    """
+    return AdaptationSchedule(
+        learning_rate=inner.learning_rate, iters=evaluation.eval_iters,
+        batch_size=evaluation.eval_batch_size,
+        aug_rate=inner.aug_rate if inner.augment else 0.0,
+        scheduler=inner.learning_rate_scheduler, step_decay_rate=inner.step_decay_rate,
+        decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
 
 
 @dataclass(frozen=True)
@@ -191,7 +204,7 @@ def evaluate_task(loop: InnerLoop, name: str, episode: Episode, schedule: Adapta
         inter, union = iou.intersections_unions(predicted, episode.query_masks)
         targets = np.eye(probabilities.shape[-1], dtype=np.float32)[episode.query_masks]
         score = TaskScore(name=name, repetition=repetition,
-                          ious=(inter + iou.EPSILON) / (union + iou.EPSILON),
+                          ious=iou.ratio(inter, union),
                           intersections=inter, unions=union, steps_taken=result.steps_taken,
                           query_loss=float(loop.loss_fn(targets, probabilities)))
         if after_adapt is not None:
@@ -234,12 +247,9 @@ def evaluation_plan(names: Sequence[str], *, num_samples: int, all_tasks: bool, 
 
 
 def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[str],
-             schedule: AdaptationSchedule, *, shots: int, num_query: int, transductive: bool,
-             num_samples: int, all_tasks: bool, seed: int, stream: int | Sequence[int],
-             split: str,
-             after_adapt: AfterAdapt | None = None,
-             on_task: Callable[[TaskScore], None] | None = None,
-             replicas=None) -> EvalResult:
+             schedule: AdaptationSchedule, evaluation: EvalConfig, *, seed: int,
+             stream: int | Sequence[int], split: str, after_adapt: AfterAdapt | None = None,
+             on_task: Callable[[TaskScore], None] | None = None, replicas=None) -> EvalResult:
     """Evaluate the loop's current init on a split (no side effect on any variable).
 
     Args:
@@ -247,11 +257,9 @@ def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[st
         tasks: class name -> ClassData.
         names: the split's class names (sorted).
         schedule: the test-time adaptation schedule.
-        shots: support pairs per task.
-        num_query: query pairs per task (5 in the paper).
-        transductive: predict the queries as one batch.
-        num_samples: see evaluation_plan.
-        all_tasks: see evaluation_plan.
+        evaluation: shots and num_query per task, transductive (predict the queries as one
+            batch), eval_samples and serially_eval_all_test_tasks (evaluation_plan's num_samples
+            and all_tasks).
         seed: run seed.
         stream: random stream of this evaluation (STREAM_TEST, STREAM_TRAIN, ...).
         split: label stored in the result ("train", "val", "test").
@@ -264,15 +272,18 @@ def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[st
     Returns:
         EvalResult.
     """
-    plan = evaluation_plan(names, num_samples=num_samples, all_tasks=all_tasks, seed=seed,
+    plan = evaluation_plan(names, num_samples=evaluation.eval_samples,
+                           all_tasks=evaluation.serially_eval_all_test_tasks, seed=seed,
                            stream=stream)
+    shots, num_query = evaluation.shots, evaluation.num_query
 
     def run_item(run_loop: InnerLoop, position: int) -> TaskScore:
         repetition, index = plan[position]
         name = names[index]
         rng = np.random.default_rng(_key(seed, stream, repetition, index))
         episode = sample_episode(rng, tasks[name], shots, num_query)
-        return evaluate_task(run_loop, name, episode, schedule, rng, transductive=transductive,
+        return evaluate_task(run_loop, name, episode, schedule, rng,
+                             transductive=evaluation.transductive,
                              repetition=repetition, after_adapt=after_adapt)
 
     # Hooks act on the run's own model (checkpoints of it), so they keep the serial path.
@@ -303,5 +314,33 @@ def _row_score(name: str, repetition: int, row: np.ndarray, num_query: int) -> T
     inter = np.rint(row[:num_query]).astype(np.int64)
     union = np.rint(row[num_query:2 * num_query]).astype(np.int64)
     return TaskScore(name=name, repetition=repetition,
-                     ious=(inter + iou.EPSILON) / (union + iou.EPSILON), intersections=inter,
+                     ious=iou.ratio(inter, union), intersections=inter,
                      unions=union, steps_taken=int(round(float(row[-1]))))
+
+
+def monitor(learner, tasks: Mapping[str, ClassData], splits: Splits, step: int, *,
+            meta: MetaConfig, evaluation: EvalConfig,
+            schedule: AdaptationSchedule) -> MonitorResult:
+    """Evaluate `meta.monitor_tasks` random train tasks and held-out tasks (no side effects).
+
+    Args:
+        learner: the meta-learner (its inner loop is used).
+        tasks: class name -> ClassData.
+        splits: class splits.
+        step: completed meta-iterations (selects the random stream).
+        meta: monitor_tasks and seed.
+        evaluation: shots, queries, transductive.
+        schedule: the test-time adaptation schedule.
+
+    Returns:
+        MonitorResult.
+    """
+    label, held_out = held_out_split(splits)
+    results = []
+    for index, (split, names) in enumerate((("train", splits.train), (label, held_out))):
+        few = dataclasses.replace(evaluation, eval_samples=min(meta.monitor_tasks, len(names)),
+                                  serially_eval_all_test_tasks=False)
+        results.append(evaluate(learner.loop, tasks, names, schedule, few, seed=meta.seed,
+                                stream=(STREAM_MONITOR, step, index), split=split,
+                                replicas=getattr(learner, "replicas", None)))
+    return MonitorResult(train=results[0], held_out=results[1])

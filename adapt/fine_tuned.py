@@ -1,4 +1,5 @@
-"""Per-task fine-tuned checkpoints (`--save_fine_tuned_checkpoints`, reference-spec 5.4).
+"""Per-task fine-tuned checkpoints (`--save_fine_tuned_checkpoints`, ml4ai/mliis
+meta_learners/supervised_reptile/supervised_reptile/eval.py).
 
 After a task is adapted in the final evaluation, every model variable (weights, BN statistics) is
 written with `storage.checkpoint.save_checkpoint` to

@@ -1,6 +1,6 @@
 """Evaluation metrics: IoU per query image, task mIoU, 95% CI, class-accumulated IoU.
 
-Two conventions are reported because the literature uses both (method.md "Evaluation protocol"):
+Two conventions are reported because the literature uses both:
 * the paper's mean IoU: IoU per query image = (|P & G| + eps) / (|P | G| + eps) on the
   thresholded foreground (eps = 1e-7, so an empty prediction of an empty mask scores 1);
   task IoU = mean over its queries; reported = mean over task samples +/- 1.96 * std / sqrt(n)
@@ -63,8 +63,12 @@ def iou_per_image(predicted: np.ndarray, masks: np.ndarray) -> np.ndarray:
     Returns:
         float64 (N,).
     """
-    inter, union = intersections_unions(predicted, masks)
-    return (inter + EPSILON) / (union + EPSILON)
+    return ratio(*intersections_unions(predicted, masks))
+
+
+def ratio(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
+    """IoU from pixel counts: (|P & G| + eps) / (|P | G| + eps), so empty of empty scores 1."""
+    return (intersections + EPSILON) / (unions + EPSILON)
 
 
 def confidence_interval_95(values: Sequence[float]) -> float:

@@ -1,4 +1,5 @@
-"""k-shot learning curves (`--run_k_shot_learning_curves_experiment`, reference-spec 4.6).
+"""k-shot learning curves (`--run_k_shot_learning_curves_experiment`, ml4ai/mliis
+meta_learners/supervised_reptile/supervised_reptile/eval.py).
 
 For each task and repetition, the class's images are split once into `num_query` held-out test
 images and a pool of training candidates; for every k the first k candidates are the support
@@ -22,14 +23,16 @@ import dataclasses
 import os
 from typing import Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from adapt.config import KShotConfig
-from adapt.evaluate import STREAM_KSHOT, evaluate_task
+from adapt.evaluate import evaluate_task
 from adapt.uho_objective import early_stopping_adapt
 from data.episodes import Episode
 from data.tasks import ClassData
 from meta.inner import AdaptationSchedule, InnerLoop
+from meta.streams import STREAM_KSHOT
 from storage.plots import plot_k_shot_curves
 
 CSV_NAME = "k-shot-results.csv"
@@ -130,7 +133,7 @@ def run_k_shot_experiment(loops: Mapping[str, InnerLoop], tasks: Mapping[str, Cl
                         curves[label].setdefault(k, []).append(score.iou)
                         writer.writerow([label, name, repetition, k, steps, repr(score.iou)])
                         f.flush()
-                        print(f"k-shot {label} {name} rep {repetition} k={k}: {steps} steps, "
-                              f"IoU {score.iou:.4f}", flush=True)
+                        logging.info(f"k-shot {label} {name} rep {repetition} k={k}: {steps} "
+                                     f"steps, IoU {score.iou:.4f}")
     plot_k_shot_curves(curves, os.path.join(out_dir, PLOT_NAME))
     return curves

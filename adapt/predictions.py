@@ -1,7 +1,8 @@
 """SAVE_PREDICTIONS: one side-by-side PNG per evaluated query (image | ground truth | prediction).
 
 The reference wrote only a prediction overlay, into `./predictions/` with the raw task name in
-the file name, overwriting earlier repetitions (reference-spec 5.3). Here each query gets three
+the file name, overwriting earlier repetitions (ml4ai/mliis utils/viz.py). Here each query gets
+three
 panels and a title with the task and its IoU, under a configurable directory, with a file name
 that is safe for any class name (slug + short hash, so "a/b" and "a_b" stay distinct).
 """
@@ -14,6 +15,8 @@ import unicodedata
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from storage import atomic
 
 _GT_COLOUR = np.array([0, 200, 0], np.float32)
 _PRED_COLOUR = np.array([255, 64, 0], np.float32)
@@ -83,9 +86,5 @@ def save_prediction_png(out_dir: str, task_name: str, index: int, image: np.ndar
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{task_name}  |  query {index}  |  IoU {iou:.3f}", fontsize=11)
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{safe_name(task_name)}_rep{repetition}_query{index}.png")
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=80, bbox_inches="tight")

@@ -29,10 +29,11 @@ from typing import Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from adapt import iou
-from adapt.evaluate import STREAM_HSNET, AfterAdapt, EvalResult, TaskScore, evaluate_task
+from adapt.evaluate import AfterAdapt, EvalResult, TaskScore, evaluate_task
 from data.episodes import episode_at, supports_per_query
 from data.tasks import ClassData
 from meta.inner import AdaptationSchedule
+from meta.streams import STREAM_HSNET
 
 PROTOCOL = "hsnet"
 

@@ -1,7 +1,8 @@
 """Update hyperparameter optimization (UHO): GP search over the test-time adaptation routine.
 
 Paper: "using Bayesian optimization to infer the optimal test-time adaptation routine
-hyperparameters"; reference-spec 4.3-4.4. For each configuration proposed by scikit-optimize's
+hyperparameters"; ml4ai/mliis meta_learners/hyperparam_search.py. For each configuration proposed
+by scikit-optimize's
 `Optimizer("GP", acq_func="EI")` (half of the budget random initial points), every val task is
 adapted with per-task early stopping (a callable the caller supplies, `adapt_task`); the
 objective is the mean val IoU. The best configuration is the one with the highest mean IoU, its
@@ -26,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from absl import logging
 import numpy as np
 from skopt import Optimizer
 from skopt.space import Integer, Real
@@ -35,9 +37,6 @@ from adapt.uho_csv import UHORow, append_row, read_rows
 from storage.progress import Progress
 
 
-
-def _say(message: str, *args) -> None:
-    print(message % args, flush=True)
 
 SEARCH_KEYS = ("lr", "drop_rate", "aug_rate", "inner_batch_size")
 TOP_FRACTION = 0.1  # the reference's x: top 10% of configurations define the next lr range
@@ -176,7 +175,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
     _check_resumable(csv_path, rows, set(task_names), repetitions)
     measured = _group_configs(rows)
     if measured:
-        _say("UHO: resuming from %s (%d rows, %d configurations)", csv_path, len(rows),
+        logging.info("UHO: resuming from %s (%d rows, %d configurations)", csv_path, len(rows),
                  len(measured))
     ranges = {"lr": tuple(cfg.lr_range), "drop_rate": tuple(cfg.drop_rate_range),
               "aug_rate": tuple(cfg.aug_rate_range),
@@ -230,7 +229,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
             if opt is not None:
                 # skopt minimizes; a NaN objective (no finite IoU) is told as the worst value.
                 opt.tell(x, -mean_iou if math.isfinite(mean_iou) else 0.0)
-            _say("UHO round %d config %d/%d: %s -> mean val IoU %.4f, median steps %d",
+            logging.info("UHO round %d config %d/%d: %s -> mean val IoU %.4f, median steps %d",
                      round_index, config_index + 1, budget, _fmt(params), mean_iou, steps)
             round_configs.append((params["lr"], mean_iou))
             summary.append((params, mean_iou, steps, config_rows))
@@ -239,7 +238,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
             if low == high:  # the top configurations agree: lr is settled, stop searching it
                 base["lr"] = low
             ranges["lr"] = (low, high)
-            _say("UHO: round %d searches lr in [%g, %g]", round_index + 1, low, high)
+            logging.info("UHO: round %d searches lr in [%g, %g]", round_index + 1, low, high)
 
     progress.close()
     best_params, best_iou, best_steps, _ = max(summary, key=lambda s: np.nan_to_num(s[1], nan=-1.0))
@@ -248,7 +247,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
                              aug_rate=float(best_params["aug_rate"]),
                              inner_batch_size=int(best_params["inner_batch_size"]))
     all_rows = tuple(r for s in summary for r in s[3])
-    _say("UHO best: %s, steps %d, mean val IoU %.4f", _fmt(best_params), best.steps, best_iou)
+    logging.info("UHO best: %s, steps %d, mean val IoU %.4f", _fmt(best_params), best.steps, best_iou)
     return UHOResult(best=best, best_mean_iou=best_iou, num_configs=len(summary), rows=all_rows)
 
 

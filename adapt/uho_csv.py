@@ -41,7 +41,8 @@ class UHORow:
 
 
 def results_csv_path(checkpoint_dir: str, csv_name: str, shots: int) -> str:
-    """`<checkpoint>/<stem>_<shots>-shot<ext>`, the reference's naming (reference-spec 4.4).
+    """`<checkpoint>/<stem>_<shots>-shot<ext>`, the reference's naming (ml4ai/mliis
+    meta_learners/hyperparam_search.py).
 
     Args:
         checkpoint_dir: the run's checkpoint directory.

@@ -1,6 +1,8 @@
 """The TF side of UHO: per-task early-stopping adaptation (the objective) and applying the result.
 
-`early_stopping_adapt` is reference-spec 4.2 on top of the meta engine: `adapt.evaluate.
+`early_stopping_adapt` is ml4ai/mliis
+meta_learners/supervised_reptile/supervised_reptile/reptile.py on top of the meta engine:
+`adapt.evaluate.
 evaluate_task` adapts a val task (snapshot, compiled steps, restore) and its `on_step` hook scores
 the query IoU after every step into an `EarlyStopper` (patience 50 by default), which ends the
 adaptation and remembers the best step count. `run_uho` runs the GP search of `adapt.uho` with it
@@ -13,9 +15,7 @@ exactly what the interrupted one would have.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -24,37 +24,18 @@ import numpy as np
 from adapt import iou
 from adapt.config import UHOConfig
 from adapt.early_stopping import EarlyStopper
-from adapt.evaluate import STREAM_UHO, evaluate_task, predict_queries
+from adapt.evaluate import evaluate_task, predict_queries
 from adapt.uho import UHOResult, UpdateHyperparams, optimize_update_hyperparams
 from adapt.uho_csv import results_csv_path
 from data.episodes import Episode, sample_episode
 from data.tasks import ClassData
 from meta.inner import AdaptationSchedule, InnerLoop
+from meta.streams import STREAM_UHO
+from models.layers import dropout_rate
+from storage import atomic
 from storage.plots import plot_uho_search
 
 BEST_NAME = "uho_best.json"
-
-
-@contextlib.contextmanager
-def dropout_rate(model, rate: float, base_rate: float):
-    """Run a block with the head dropout at `rate`, then put `base_rate` back.
-
-    The rate is a model variable read at call time (models.layers), so no retrace happens.
-
-    Args:
-        model: a model built by models.build_model.
-        rate: dropout during the block.
-        base_rate: the model's configured rate (restored afterwards).
-    """
-    if rate == base_rate:
-        yield
-        return
-    from models.layers import set_dropout_rate
-    set_dropout_rate(model, rate)
-    try:
-        yield
-    finally:
-        set_dropout_rate(model, base_rate)
 
 
 def update_schedule(base: AdaptationSchedule, params: Mapping, steps: int) -> AdaptationSchedule:
@@ -92,7 +73,8 @@ def early_stopping_adapt(loop: InnerLoop, name: str, episode: Episode,
                          schedule: AdaptationSchedule, rng: np.random.Generator, *,
                          max_steps: int, min_steps: int = 0, patience: int = 50,
                          transductive: bool = True) -> tuple[int, float]:
-    """Adapt up to max_steps, scoring the queries after every step (reference-spec 4.2).
+    """Adapt up to max_steps, scoring the queries after every step (ml4ai/mliis
+    meta_learners/supervised_reptile/supervised_reptile/reptile.py).
 
     Args:
         loop: the inner loop holding the init (left bit-identical afterwards).
@@ -204,7 +186,8 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
 
     Raises:
         ValueError: no val classes, or an inner lr schedule other than fixed (UHO searches a
-            fixed lr; the reference raised the same conflict, reference-spec 4.2).
+            fixed lr; the reference raised the same conflict, ml4ai/mliis
+            meta_learners/supervised_reptile/supervised_reptile/reptile.py).
     """
     if base.scheduler not in ("fixed", "constant"):
         raise ValueError(f"UHO searches a fixed inner learning rate; drop --learning_rate_scheduler"
@@ -226,7 +209,5 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
     best = {**dataclasses.asdict(result.best), "mean_val_iou": result.best_mean_iou,
             "num_configs": result.num_configs, "results_csv": csv_path}
     path = os.path.join(out_dir, BEST_NAME)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump(best, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    atomic.write_json(path, best, indent=1)
     return result

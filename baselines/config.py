@@ -37,7 +37,7 @@ class MTLConfig:
     dataset: str = "Fewshot"  # pre-training data: Fewshot (pooled FSS classes), COCO, COCOStuff
     dataset_dir: str | None = None  # root of the COCO / COCO-Stuff dataset
     pre_init_weights: str | None = None  # .weights.h5 the pre-training starts from
-    meta_label: str = "exp1"  # the seed's run label, recorded in config.json
+    meta_label: str = "exp1"  # MTL-Segmentation's run label, recorded in config.json
 
     def __post_init__(self):
         ensure(self.phase in ("pre_train", "meta_train", "meta_eval"),

@@ -1,5 +1,6 @@
 """Joint-training baseline (`--joint_train`): ordinary supervised training on all meta-train
-classes pooled, the transfer-learning baseline the paper compares against (reference-spec 6).
+classes pooled, the transfer-learning baseline the paper compares against (ml4ai/mliis
+joint_train.py).
 
 Differences from the reference's `joint_train.py` (which crashed on `args.lsd`):
 * the same network and head as the meta-learned model (2 channels: the pooled object classes vs
@@ -20,13 +21,16 @@ from __future__ import annotations
 import csv
 import math
 import os
+from functools import partial
 from typing import Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from data.episodes import mini_batch_indices
 from data.tasks import ClassData, pool_classes
 from meta.inner import InnerLoop
+from meta.streams import STREAM_TRAINING
 from storage import checkpoint
 from storage.progress import Progress
 
@@ -52,19 +56,20 @@ def epoch_learning_rate(epoch: int, epochs: int, learning_rate: float) -> float:
 
 
 def _groups(loop: InnerLoop) -> dict[str, list]:
-    return {"model": list(loop.model.variables), "optimizer": list(loop.optimizer.variables)}
+    return checkpoint.variable_groups(loop.model, optimizer=loop.optimizer)
 
 
-def _resume(loop: InnerLoop, run_dir: str, rng: np.random.Generator) -> int:
-    path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-    if path is None:
-        return 0
+def _check_kind(run_dir: str, path: str) -> None:
     if checkpoint.read_state(path).get("kind") != KIND:
         raise ValueError(f"--checkpoint {run_dir!r} holds a meta-training checkpoint ({path}); "
                          f"joint training needs its own directory.")
-    state = checkpoint.load_checkpoint(path, _groups(loop))
-    rng.bit_generator.state = state["rng_state"]
-    print(f"Resuming joint training from {path} after epoch {state['step']}", flush=True)
+
+
+def _resume(loop: InnerLoop, run_dir: str, rng: np.random.Generator) -> int:
+    state = checkpoint.resume(run_dir, _groups(loop), rng, check=partial(_check_kind, run_dir))
+    if state is None:
+        return 0
+    logging.info(f"Resuming joint training from {state['path']} after epoch {state['step']}")
     return int(state["step"])
 
 
@@ -97,11 +102,11 @@ def joint_train(loop: InnerLoop, tasks: Mapping[str, ClassData], train_names: Se
     if epochs < 1:
         raise ValueError(f"--joint_train_epochs must be >= 1. Received: {epochs}")
     images, masks = pool_classes(tasks, train_names)
-    rng = np.random.default_rng([int(seed), 0])
+    rng = np.random.default_rng([int(seed), STREAM_TRAINING])
     start = _resume(loop, run_dir, rng)
     steps_per_epoch = max(1, len(images) // batch_size)
-    print(f"Joint training on {len(images)} pairs of {len(train_names)} classes: {epochs} epochs "
-          f"x {steps_per_epoch} steps of batch {batch_size}", flush=True)
+    logging.info(f"Joint training on {len(images)} pairs of {len(train_names)} classes: "
+                 f"{epochs} epochs x {steps_per_epoch} steps of batch {batch_size}")
     if start == 0:
         loop.reset_optimizer()
     log_path = os.path.join(run_dir, LOG_NAME)
@@ -135,8 +140,8 @@ def joint_train(loop: InnerLoop, tasks: Mapping[str, ClassData], train_names: Se
             checkpoint.save_checkpoint(run_dir, epoch + 1, _groups(loop),
                                        rng_state=rng.bit_generator.state, config_json=config_json,
                                        keep=keep, extra={"kind": KIND})
-            print(f"Joint training epoch {epoch + 1}/{epochs}: lr {lr:.3g}, mean loss "
-                  f"{history[-1]:.4f}", flush=True)
+            logging.info(f"Joint training epoch {epoch + 1}/{epochs}: lr {lr:.3g}, mean loss "
+                         f"{history[-1]:.4f}")
     finally:
         progress.close()
     return history

@@ -1,7 +1,7 @@
 """Meta-transfer learning (Sun et al., CVPR 2019) of a pre-trained, frozen U-Net.
 
 The base kernels and biases of the pre-trained U-Net stay frozen (`models.mtl.set_mtl_mode(model,
-"meta_transfer")`); what is meta-learned (reference-spec 7.2):
+"meta_transfer")`); what is meta-learned (ahirsharan/MTL-Segmentation models/mtl.py):
 * the per-channel scale (init 1) and shift (init 0) of every convolution, and the batch-norm
   gamma/beta: Adam at `meta_lr1`;
 * the initial weights of the head (the final 1x1 conv `final_layer_weights`, the "base
@@ -169,6 +169,12 @@ class MTLLearner:
     def outer_optimizers(self) -> list[keras.optimizers.Optimizer]:
         """The two Adam optimizers (scale/shift + BN, head init), for checkpoints."""
         return [self.ss_optimizer, self.head_optimizer]
+
+    def checkpoint_groups(self) -> dict[str, list]:
+        """The model, the head's inner optimizer, and both outer optimizers as one group."""
+        return {"model": list(self.model.variables),
+                "inner_optimizer": list(self.loop.optimizer.variables),
+                "outer_optimizer": [v for o in self.outer_optimizers for v in o.variables]}
 
     def _outer_graph(self, images, masks, meta_lr1, meta_lr2):
         y = tf.one_hot(tf.cast(tf.round(masks), tf.int32), 2, dtype=tf.float32)

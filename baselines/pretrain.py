@@ -2,7 +2,8 @@
 
 Every image of every meta-train class goes into one pooled binary segmentation problem (the
 foreground of whichever class the image shows), in shuffled mini-batches of `pre_batch_size`.
-Optimizer as the original (reference-spec 7.2): SGD with Nesterov momentum `pre_custom_momentum`
+Optimizer as the original (ahirsharan/MTL-Segmentation models/mtl.py): SGD with Nesterov momentum
+`pre_custom_momentum`
 and L2 weight decay `pre_custom_weight_decay` added to every gradient (PyTorch's coupled
 `weight_decay`, over all trainable variables), learning rate `pre_lr` decayed by `pre_gamma`
 every `pre_step_size` epochs.
@@ -15,29 +16,32 @@ classes select; the meta-test classes are never touched. The weights with the be
 kept in `best.weights.h5`.
 
 Outputs in `run_dir`: best.weights.h5 + best.json, a checkpoint after every epoch
-(`storage.checkpoint`; rerunning the command resumes), training_log.csv and tensorboard/ (`storage.logs`;
-one row per epoch, `meta_iter` = epochs completed, `meta_step_size` = the learning rate).
+(`storage.checkpoint`; rerunning the command resumes), training_log.csv and tensorboard/
+(`storage.logs`; one row per epoch, `meta_iter` = epochs completed, `meta_step_size` = the learning rate).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
-from adapt.evaluate import STREAM_PRETRAIN, evaluate
+from adapt.config import EvalConfig
+from adapt.evaluate import evaluate
 from baselines.config import MTLConfig
 from baselines.mtl import head_inner_loop, mtl_schedule
 from data.augment import augment_batch
 from data.splits import Splits
 from data.tasks import ClassData, pool_classes
-from storage import checkpoint
+from meta.inner import gradient_step
+from meta.streams import STREAM_PRETRAIN
+from storage import atomic, checkpoint
 from storage.logs import TrainingLog
 
 BEST_WEIGHTS = "best.weights.h5"
@@ -104,15 +108,10 @@ class PretrainStep:
     def _graph(self, images, masks, learning_rate, aug_rate, seed):
         x, m = tf.cond(aug_rate > 0.0, lambda: augment_batch(images, masks, aug_rate, seed),
                        lambda: (images, masks))
-        y = self.targets(m)
-        with tf.GradientTape() as tape:
-            loss = self.loss_fn(y, self.model(x, training=True))
-        gradients = tape.gradient(loss, self.variables)
-        if self.weight_decay:  # PyTorch SGD weight_decay: g + wd * w, before momentum
-            gradients = [g + self.weight_decay * v for g, v in zip(gradients, self.variables)]
         self.optimizer.learning_rate.assign(learning_rate)
-        self.optimizer.apply(gradients, self.variables)
-        return loss
+        # PyTorch SGD weight_decay: g + wd * w, before momentum
+        return gradient_step(self.model, self.loss_fn, self.variables, self.optimizer, x,
+                             self.targets(m), l2=self.weight_decay)
 
     def targets(self, masks: tf.Tensor) -> tf.Tensor:
         """What the loss compares the prediction with: one-hot (b, S, S, 2) of the {0,1} masks."""
@@ -144,10 +143,8 @@ def _save_best(run_dir: str, model: keras.Model, epoch: int, val_miou: float,
     model.save_weights(tmp)
     os.replace(tmp, path)
     info = os.path.join(run_dir, BEST_INFO)
-    with open(f"{info}.tmp", "w", encoding="utf-8") as f:
-        json.dump({"epoch": epoch, "val_miou": val_miou,
-                   "num_classes": int(model.output_shape[-1]), **(extra or {})}, f)
-    os.replace(f"{info}.tmp", info)
+    atomic.write_json(info, {"epoch": epoch, "val_miou": val_miou,
+                             "num_classes": int(model.output_shape[-1]), **(extra or {})})
     return path
 
 
@@ -190,10 +187,11 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
     schedule = mtl_schedule(mtl, mtl.shot)
 
     def validate() -> tuple[float, float]:
-        result = evaluate(val_loop, tasks, splits.val, schedule, shots=mtl.shot,
-                          num_query=mtl.val_query, transductive=False,
-                          num_samples=monitor_tasks, all_tasks=False, seed=seed,
-                          stream=STREAM_PRETRAIN, split="val")
+        result = evaluate(val_loop, tasks, splits.val, schedule,
+                          EvalConfig(shots=mtl.shot, num_query=mtl.val_query, transductive=False,
+                                     eval_samples=monitor_tasks,
+                                     serially_eval_all_test_tasks=False),
+                          seed=seed, stream=STREAM_PRETRAIN, split="val")
         return result.mean_iou, result.mean_query_loss
 
     return train_epochs(model, step, images, masks, validate, mtl=mtl, aug_rate=aug_rate,
@@ -228,14 +226,12 @@ def train_epochs(model: keras.Model, step: PretrainStep, images: np.ndarray, tar
         FloatingPointError: an epoch's loss is not finite.
     """
     os.makedirs(run_dir, exist_ok=True)
-    groups = {"model": list(model.variables), "optimizer": list(step.optimizer.variables)}
+    groups = checkpoint.variable_groups(model, optimizer=step.optimizer)
     start, best_epoch, best_miou = 0, 0, -math.inf
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None:  # resume: model and optimizer, then the RNG, then the epoch
-        state = checkpoint.load_checkpoint(latest, groups)
-        rng.bit_generator.state = state["rng_state"]
+    state = checkpoint.resume(run_dir, groups, rng)  # model and optimizer, then the RNG
+    if state is not None:
         start, best_epoch, best_miou = state["step"], state["best_epoch"], state["best_val_miou"]
-        print(f"Resuming pre-training from {latest} after epoch {start}", flush=True)
+        logging.info(f"Resuming pre-training from {state['path']} after epoch {start}")
     end = mtl.pre_max_epoch if stop_after is None else min(stop_after, mtl.pre_max_epoch)
     log = TrainingLog(run_dir, start_step=start)
     try:
@@ -265,10 +261,9 @@ def train_epochs(model: keras.Model, step: PretrainStep, images: np.ndarray, tar
                                        config_json=config_json, keep=1,
                                        extra={"best_epoch": best_epoch,
                                               "best_val_miou": best_miou})
-            print(f"Pre-train epoch {done}/{mtl.pre_max_epoch}: lr={lr:.3g} loss={loss:.4f} "
-                  f"val loss={val_loss:.4f} val mIoU={val_miou:.4f} "
-                  f"(best {best_miou:.4f} at epoch {best_epoch}) "
-                  f"{seconds:.1f}s", flush=True)
+            logging.info(f"Pre-train epoch {done}/{mtl.pre_max_epoch}: lr={lr:.3g} "
+                         f"loss={loss:.4f} val loss={val_loss:.4f} val mIoU={val_miou:.4f} "
+                         f"(best {best_miou:.4f} at epoch {best_epoch}) {seconds:.1f}s")
     finally:
         log.close()
     return PretrainResult(best_path=os.path.join(run_dir, BEST_WEIGHTS), best_epoch=best_epoch,

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from adapt.config import EvalConfig  # noqa: E402
 from adapt.evaluate import evaluate  # noqa: E402
 from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
 from meta.inner import AdaptationSchedule  # noqa: E402
@@ -46,8 +47,10 @@ def main(argv=None) -> dict:
     names = sorted(tasks)
 
     def run():
-        return evaluate(loop, tasks, names, schedule, shots=5, num_query=5, transductive=True,
-                        num_samples=1, all_tasks=True, seed=0, stream=1, split="test")
+        return evaluate(loop, tasks, names, schedule,
+                        EvalConfig(shots=5, num_query=5, transductive=True, eval_samples=1,
+                                   serially_eval_all_test_tasks=True),
+                        seed=0, stream=1, split="test")
 
     run()  # traces
     with timing.record() as totals:

@@ -1,6 +1,7 @@
 """Batch augmentation in pure TF, for use inside the compiled inner-loop step.
 
-The reference augments in numpy per example (reference-spec 3.5); that would force a host round
+The reference augments in numpy per example (ml4ai/mliis augmenters/np_augmenters.py); that would
+force a host round
 trip per mini-batch, so we do one stateless-random TF pass over the whole batch instead:
 
 * with probability `aug_rate` an example is augmented, otherwise it passes through bit-exactly;

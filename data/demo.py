@@ -9,7 +9,8 @@ differs from the class object in at least two of the three attributes, so the su
 so growing --num_classes keeps earlier classes identical.
 
 Class folder names are "c<k>_<colour>_<texture>_<shape>" with k a seeded shuffle of the classes:
-the reference carves its validation classes off the alphabetical end (reference-spec 1.5), and
+the reference carves its validation classes off the alphabetical end (ml4ai/mliis
+data/fss_1000_utils.py), and
 the prefix keeps that tail a random mix of colours, textures and shapes.
 
 CLI: python -m data.demo --out_dir demo_fss --num_classes 240 --images_per_class 10 --image_size 128

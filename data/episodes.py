@@ -1,8 +1,8 @@
-"""Episode sampling: pure functions of an explicit `np.random.Generator` (style 9).
+"""Episode sampling: pure functions of an explicit `np.random.Generator`, so runs reproduce.
 
 An episode is one task's k support (training) shots and q query (test) shots, drawn disjointly and
 uniformly from all of the class's pairs; the reference instead always took the first k+q records
-in file order (reference-spec 1.4), which we fix.
+in file order (ml4ai/mliis meta_learners/metaseg.py), which we fix.
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def mini_batch_indices(rng: np.random.Generator, num_examples: int, batch_size: 
     Without replacement (the default): shuffle 0..num_examples-1, walk it, start a new shuffle when
     it runs out, and emit a batch every `batch_size` indices; batches continue across reshuffles,
     so with 5 shots and batch 8 a batch holds one full pass plus 3 of the next (duplicates inside a
-    batch are expected, reference-spec 1.4). With replacement: each batch is an independent draw of
+    batch are expected, ml4ai/mliis meta_learners/metaseg.py). With replacement: each batch is an
+    independent draw of
     `batch_size` distinct indices.
 
     Args:

@@ -1,8 +1,8 @@
-"""A multi-class segmentation dataset for MTL pre-training (COCO as the MTL seed reads it, or
+"""A multi-class segmentation dataset for MTL pre-training (COCO as MTL-Segmentation reads it, or
 official COCO-Stuff label maps) -> in-memory uint8 arrays per split.
 
 Two layouts (`--dataset`):
-* "COCO", the MTL seed's (ahirsharan/MTL-Segmentation dataloader/dataset_loader.py):
+* "COCO", MTL-Segmentation's (ahirsharan/MTL-Segmentation dataloader/dataset_loader.py):
   `DIR/train/<stem>.jpg`, `DIR/val/<stem>.jpg`, labels `DIR/labels/{train,val}/<stem>.png`,
   greyscale, class c stored as grey value c * 255 / (K - 1) (the seed reads value x (K-1) / 255).
   A value decodes to the nearest class (the seed truncated, so 63 at K = 5 became class 0);
@@ -246,7 +246,8 @@ def load_multiclass(layout: str, dataset_dir: str, num_classes: int, image_size:
     """Check and decode the train and val splits of a multi-class dataset.
 
     Args:
-        layout: "COCO" (the seed's grey-level labels) or "COCOStuff" (id maps, 255 unlabelled).
+        layout: "COCO" (MTL-Segmentation's grey-level labels) or "COCOStuff" (id maps, 255
+            unlabelled).
         dataset_dir: the dataset root (--dataset_dir).
         num_classes: K (--num_classes).
         image_size: side S of the decoded images.

@@ -1,6 +1,6 @@
-"""Meta-train / meta-val / meta-test class splits (reference-spec 1.5).
+"""Meta-train / meta-val / meta-test class splits (ml4ai/mliis data/fss_1000_utils.py).
 
-Rules, in order (when the data records its own split, e.g. the MTL seed's
+Rules, in order (when the data records its own split, e.g. MTL-Segmentation's
 `{train,val,test}/images/<class>/` folders converted by fss_1000_image_to_tfrecord.py, and no
 split option is given, that split is used instead):
 1. test: the classes named in `test_tasks_file` (one per line), or `num_test_tasks` classes drawn

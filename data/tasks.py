@@ -3,7 +3,7 @@
 FSS-1000 is small (10,000 pairs, ~2 GiB as uint8 at 224 px), so every class is decoded once into
 numpy arrays and episodes are sliced from memory; this replaces the reference's per-task tf.data
 iterators, whose "first n records in write order" sampling made 1-shot evaluation always use the
-same 6 of 10 images (reference-spec 1.4).
+same 6 of 10 images (ml4ai/mliis meta_learners/metaseg.py).
 """
 from __future__ import annotations
 

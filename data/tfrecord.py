@@ -12,7 +12,8 @@ Each record is a `tf.train.Example` with features
     image_id    bytes   the file stem inside the class folder, e.g. "7"
     height      int64   == image_size
     width       int64   == image_size
-Unlike the reference (one raw-uint8 file per class, reference-spec 1.2) the class name travels
+Unlike the reference (one raw-uint8 file per class, ml4ai/mliis data/fss_1000_image_to_tfrecord.py)
+the class name travels
 in every record, so shards can mix classes and the loader needs no file-name conventions.
 """
 from __future__ import annotations

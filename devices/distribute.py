@@ -207,6 +207,10 @@ class DistributedMetaLearner:
         self._pack = [tf.function(self._pack_graph(lrn)) for lrn in self.learners]
         self._reseed = [tf.function(self._reseed_graph(lrn.loop.model)) for lrn in self.learners]
 
+    def checkpoint_groups(self) -> dict[str, list]:
+        """The main replica's groups: every replica holds the same weights after a meta-step."""
+        return self.learners[0].checkpoint_groups()
+
     @staticmethod
     def _pack_graph(learner: MetaLearner):
         state = _float_state(learner.loop.model)

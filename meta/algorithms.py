@@ -1,18 +1,18 @@
 """Reptile, FOMAML and FOMAML*: one "update direction" per task, one meta-update per meta-batch.
 
-The algorithms differ only in what a task contributes (style 6):
-* Reptile: d = phi - theta, the whole adaptation's displacement (reference-spec 3.2).
-* FOMAML: d = phi_after - phi_before of the *last* inner step only, i.e. -lr * grad for SGD
-  (reference-spec 3.3).
+The algorithms differ only in what a task contributes (as in openai/supervised-reptile; here
+after ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/reptile.py, Gecko and FOMLIS):
+* Reptile: d = phi - theta, the whole adaptation's displacement.
+* FOMAML: d = phi_after - phi_before of the *last* inner step only, i.e. -lr * grad for SGD.
 * FOMAML* (`foml_tail=T`): the task's `train_shots` pairs are split into train_shots - T pairs for
   the first inner_iters - 1 steps and T held-out "tail" pairs that form the last step's batch,
   unaugmented; d is that last step's update, a gradient on data the earlier steps never saw.
 
 The meta-update theta <- theta + epsilon * mean_i d_i is applied as the pseudo-gradient
--mean_i d_i to an SGD outer optimizer whose learning rate is the annealed epsilon (style 7), so
+-mean_i d_i to an SGD outer optimizer whose learning rate is the annealed epsilon, so
 the outer state is an ordinary, checkpointable Keras optimizer. Only the adapted variables are
 meta-updated; BN moving statistics are never reset or averaged and carry over between tasks, as
-in the paper (reference-spec 3.1). The inner optimizer starts fresh on every task.
+in the original. The inner optimizer starts fresh on every task.
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def reptile_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptati
 
 def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
                with_replacement: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the FOMAML* train part and held-out tail (reference-spec 3.3).
+    """Indices of the FOMAML* train part and held-out tail (ml4ai/mliis
+    meta_learners/supervised_reptile/supervised_reptile/reptile.py).
 
     Args:
         rng: the run's generator.
@@ -131,7 +132,8 @@ def fomaml_direction(loop: InnerLoop, class_data: ClassData, schedule: Adaptatio
         tail_x, tail_m = support_tensors(images[tail], masks[tail])
         with section("sampling"):
             tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
-        # The whole tail is one batch and is not augmented (reference-spec 3.3).
+        # The whole tail is one batch and is not augmented (ml4ai/mliis
+        # meta_learners/supervised_reptile/supervised_reptile/reptile.py).
         last = run_steps(loop, tail_x, tail_m, np.arange(len(tail), dtype=np.int32)[None],
                          tail_seed, schedule, first_step=schedule.iters - 1, aug_rate=0.0)
     with section("directions"):
@@ -184,6 +186,12 @@ class MetaLearner:
                          for i, v in enumerate(loop.variables)]
         self._accumulate = tf.function(self._accumulate_graph)
         self._apply_mean = tf.function(self._apply_mean_graph)
+
+    def checkpoint_groups(self) -> dict[str, list]:
+        """What a meta-training checkpoint holds: the model, inner and outer optimizer state."""
+        return {"model": list(self.loop.model.variables),
+                "inner_optimizer": list(self.loop.optimizer.variables),
+                "outer_optimizer": list(self.outer_optimizer.variables)}
 
     def _accumulate_graph(self, direction):
         for total, d in zip(self._sum, direction):

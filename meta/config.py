@@ -20,7 +20,8 @@ def ensure(condition: bool, message: str) -> None:
 class InnerConfig:
     """How one task is adapted: the inner loop (meta-training) or test-time adaptation."""
 
-    sgd: bool = False  # plain SGD; otherwise Adam with beta1 = 0 (reference 2.8)
+    # plain SGD; otherwise Adam with beta1 = 0 (ml4ai/mliis meta_learners/args.py)
+    sgd: bool = False
     learning_rate: float = 1e-3
     inner_batch_size: int = 8
     inner_iters: int = 8

@@ -1,7 +1,8 @@
 """The compiled inner loop: one optimizer and one traced train step per model, reused by every task.
 
 `InnerLoop(model, loss_fn, ...)` builds, once:
-* the inner optimizer (SGD, or Adam with beta1 = 0; reference-spec 2.8), whose slots and
+* the inner optimizer (SGD, or Adam with beta1 = 0; ml4ai/mliis meta_learners/args.py), whose
+slots and
   `iterations` are reset per task by `reset_optimizer()` (assign, no rebuild);
 * `train_step(images, masks, indices, learning_rate, aug_rate, seed)`: one `tf.function` with an
   input signature whose batch dimension is None, so 10-shot training tasks, 5-shot evaluation
@@ -28,7 +29,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adapt.config import EvalConfig
 from data.augmentations import augmentation_fn
 from data.episodes import mini_batch_indices
 from meta.config import InnerConfig
@@ -89,26 +89,9 @@ def training_schedule(inner: InnerConfig) -> AdaptationSchedule:
         decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
 
 
-def evaluation_schedule(inner: InnerConfig, evaluation: EvalConfig) -> AdaptationSchedule:
-    """Test-time adaptation: the inner loop's optimizer settings with --eval-iters/--eval-batch.
-
-    Args:
-        inner: the inner-loop config (lr, schedule, augmentation).
-        evaluation: the evaluation config (eval_iters, eval_batch_size).
-
-    Returns:
-        AdaptationSchedule with iters = eval_iters, batch = eval_batch_size.
-    """
-    return AdaptationSchedule(
-        learning_rate=inner.learning_rate, iters=evaluation.eval_iters,
-        batch_size=evaluation.eval_batch_size,
-        aug_rate=inner.aug_rate if inner.augment else 0.0,
-        scheduler=inner.learning_rate_scheduler, step_decay_rate=inner.step_decay_rate,
-        decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
-
-
 def make_inner_optimizer(sgd: bool, learning_rate: float) -> keras.optimizers.Optimizer:
-    """SGD, or Adam with beta1 = 0, beta2 = 0.999, epsilon = 1e-8 (reference-spec 2.8).
+    """SGD, or Adam with beta1 = 0, beta2 = 0.999, epsilon = 1e-8 (ml4ai/mliis
+    meta_learners/args.py).
 
     Args:
         sgd: plain gradient descent (--sgd).
@@ -121,6 +104,42 @@ def make_inner_optimizer(sgd: bool, learning_rate: float) -> keras.optimizers.Op
         return keras.optimizers.SGD(learning_rate=learning_rate)
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.0, beta_2=0.999,
                                  epsilon=1e-8)
+
+
+def gradient_step(model: keras.Model, loss_fn: Callable, variables: Sequence,
+                  optimizer: keras.optimizers.Optimizer, x: tf.Tensor, y: tf.Tensor, *,
+                  l2: float = 0.0, loss_scale: float | None = None) -> tf.Tensor:
+    """One supervised step inside a compiled function: loss, gradients, optimizer update.
+
+    Args:
+        model: the model (training mode: dropout on, BN statistics updated).
+        loss_fn: fn(y_true, y_pred) -> scalar.
+        variables: the variables the step updates.
+        optimizer: built on `variables`, with this step's learning rate assigned.
+        x: the mini-batch of images.
+        y: the targets the loss compares the prediction with.
+        l2: coefficient of an L2 term added to the gradients (0 = off), as PyTorch's SGD
+            weight_decay.
+        loss_scale: multiply the loss by this before the gradient and divide the gradients
+            after (float16 compute); a step whose gradients are not finite changes nothing.
+
+    Returns:
+        the loss before the update.
+    """
+    with tf.GradientTape() as tape:
+        # the loss in float32 whatever the compute dtype (a no-op without mixed precision)
+        probabilities = tf.cast(model(x, training=True), tf.float32)
+        loss = loss_fn(y, probabilities)
+        scaled = loss if loss_scale is None else loss * loss_scale
+    gradients = tape.gradient(scaled, variables)
+    if loss_scale is not None:
+        gradients = [g / loss_scale for g in gradients]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+        gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    if l2:
+        gradients = [g + l2 * v for g, v in zip(gradients, variables)]
+    optimizer.apply(gradients, variables)
+    return loss
 
 
 class InnerLoop:
@@ -190,18 +209,8 @@ class InnerLoop:
         if self.weight_decay != 1.0:  # reference --weight-decay: shrink before every step
             for v in self.variables:
                 v.assign(v * self.weight_decay)
-        with tf.GradientTape() as tape:
-            # the loss in float32 whatever the compute dtype (a no-op without mixed precision)
-            probabilities = tf.cast(self.model(x, training=True), tf.float32)
-            loss = self.loss_fn(y, probabilities)
-            scaled = loss if self.loss_scale is None else loss * self.loss_scale
-        gradients = tape.gradient(scaled, self.variables)
-        if self.loss_scale is not None:
-            gradients = [g / self.loss_scale for g in gradients]
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
-            gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
-        self.optimizer.apply(gradients, self.variables)
-        return loss
+        return gradient_step(self.model, self.loss_fn, self.variables, self.optimizer, x, y,
+                             loss_scale=self.loss_scale)
 
     def _train_steps_graph(self, images, masks, indices, learning_rates, aug_rate, seeds):
         # A task's steps in one call: a graph loop instead of one Python dispatch per step.

@@ -1,6 +1,6 @@
 """Step-size schedules: the inner learning rate per adaptation step and the annealed meta step.
 
-Inner schedules (reference-spec 2.8):
+Inner schedules (ml4ai/mliis models/lr_schedulers.py):
 * `fixed` / `constant`: lr_t = lr0.
 * `step_decay` / `step`: lr_t = max(lr0 * rate ** floor(t / n), 1e-7).
 * `cosine_anneal`: lr_t = max(0.5 * lr0 * (1 + cos(pi * t / T)), 0).
@@ -49,7 +49,8 @@ def inner_learning_rate(step: int, *, learning_rate: float, scheduler: str = "fi
 
 
 def meta_step_size(iteration: int, *, initial: float, final: float, meta_iters: int) -> float:
-    """Linearly annealed meta step epsilon of meta-iteration `iteration` (reference-spec 3.4).
+    """Linearly annealed meta step epsilon of meta-iteration `iteration` (ml4ai/mliis
+    meta_learners/supervised_reptile/supervised_reptile/train.py).
 
     Args:
         iteration: 0-based meta-iteration.

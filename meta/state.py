@@ -1,4 +1,5 @@
-"""Which state is snapshotted, said out loud (style 8; reference-spec 3.1).
+"""Which state is snapshotted, said out loud (the states of ml4ai/mliis
+meta_learners/supervised_reptile/supervised_reptile/reptile.py).
 
 * **Model state** = the trainable weights (kernels, biases, BN gamma/beta): what meta-training
   moves. After each meta-training task only this is reset, so BN moving statistics carry over
@@ -9,7 +10,7 @@
 
 A `Snapshot` keeps shadow `tf.Variable`s next to the originals and copies between them with one
 compiled group of assigns: no numpy round trip (`get_weights`/`set_weights` costs ~100 ms per task
-on our CPU; method.md "Traps").
+on a CPU).
 """
 from __future__ import annotations
 
@@ -41,18 +42,6 @@ def unique_variables(variables: Iterable) -> list:
             seen.add(key)
             out.append(v)
     return out
-
-
-def model_state(model: keras.Model) -> list:
-    """The meta-learned state: the model's trainable variables.
-
-    Args:
-        model: a Keras model.
-
-    Returns:
-        list of variables (order of `model.trainable_variables`).
-    """
-    return list(model.trainable_variables)
 
 
 def full_state(model: keras.Model, optimizers: Sequence[keras.optimizers.Optimizer] = ()) -> list:

@@ -1,4 +1,5 @@
-"""The outer meta-training loop (reference-spec 3.4), read top to bottom.
+"""The outer meta-training loop (ml4ai/mliis
+meta_learners/supervised_reptile/supervised_reptile/train.py), read top to bottom.
 
 Per meta-iteration, in a fixed order: schedule (annealed epsilon), meta-step (meta-batch of
 training classes drawn from the one training RNG), non-finite check, periodic evaluation,
@@ -15,16 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
-from adapt.config import EvalConfig
-from adapt.evaluate import STREAM_MONITOR, EvalResult, evaluate
 from data.splits import Splits
 from data.tasks import ClassData
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
 from meta.divergence import DivergenceGuard
-from meta.inner import AdaptationSchedule
 from meta.schedules import meta_step_size
 from storage import checkpoint
 from storage.logs import TrainingLog
@@ -47,10 +46,15 @@ def is_time(step: int, every: int, total: int) -> bool:
 
 @dataclass(frozen=True)
 class MonitorResult:
-    """The periodic evaluation: a few train tasks and a few held-out tasks."""
+    """The periodic evaluation: a few train tasks and a few held-out tasks.
 
-    train: EvalResult
-    held_out: EvalResult
+    Attributes:
+        train: the train tasks' result (its `mean_iou`).
+        held_out: the held-out tasks' result (its `mean_iou` and `mean_query_loss`).
+    """
+
+    train: object
+    held_out: object
 
 
 def held_out_split(splits: Splits) -> tuple[str, tuple[str, ...]]:
@@ -67,34 +71,6 @@ def held_out_split(splits: Splits) -> tuple[str, tuple[str, ...]]:
     return "test", splits.test
 
 
-def monitor(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits, step: int, *,
-            meta: MetaConfig, evaluation: EvalConfig, schedule: AdaptationSchedule) -> MonitorResult:
-    """Evaluate `meta.monitor_tasks` random train tasks and held-out tasks (no side effects).
-
-    Args:
-        learner: the meta-learner (its inner loop is used).
-        tasks: class name -> ClassData.
-        splits: class splits.
-        step: completed meta-iterations (selects the random stream).
-        meta: monitor_tasks and seed.
-        evaluation: shots, queries, transductive.
-        schedule: the test-time adaptation schedule.
-
-    Returns:
-        MonitorResult.
-    """
-    label, held_out = held_out_split(splits)
-    results = []
-    for index, (split, names) in enumerate((("train", splits.train), (label, held_out))):
-        results.append(evaluate(learner.loop, tasks, names, schedule, shots=evaluation.shots,
-                                num_query=evaluation.num_query,
-                                transductive=evaluation.transductive,
-                                num_samples=min(meta.monitor_tasks, len(names)), all_tasks=False,
-                                seed=meta.seed, stream=(STREAM_MONITOR, step, index),
-                                split=split, replicas=getattr(learner, "replicas", None)))
-    return MonitorResult(train=results[0], held_out=results[1])
-
-
 def _resumed_checkpoint(run_dir: str, start_step: int) -> str | None:
     """The checkpoint a resumed run started from, for the divergence message (None if fresh)."""
     if start_step == 0:
@@ -107,11 +83,10 @@ def _resumed_checkpoint(run_dir: str, start_step: int) -> str | None:
 
 
 def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Splits, *,
-               meta: MetaConfig, evaluation: EvalConfig, eval_schedule: AdaptationSchedule,
+               meta: MetaConfig, monitor: Callable[[int], MonitorResult],
                rng: np.random.Generator, run_dir: str, config_json: str,
                checkpoint_groups: Mapping[str, Sequence], start_step: int = 0,
                stop_after: int | None = None,
-               on_monitor: Callable[[int, MonitorResult], None] | None = None,
                meta_step_size_at: Callable[[int], float] | None = None) -> int:
     """Meta-train from `start_step` to `meta.meta_iters`, evaluating and checkpointing periodically.
 
@@ -120,17 +95,16 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
         tasks: class name -> ClassData.
         splits: class splits; meta-batches draw from splits.train only.
         meta: the meta config (iterations, batch, steps, eval interval, seed, keep).
-        evaluation: evaluation settings for the periodic monitor.
-        eval_schedule: test-time adaptation schedule for the monitor.
+        monitor: step -> MonitorResult, the periodic evaluation (adapt.evaluate.monitor); it
+            must leave the learner's state as it found it.
         rng: the training generator (its state is checkpointed).
         run_dir: --checkpoint directory (checkpoints, CSV, TensorBoard).
         config_json: resolved config written into every checkpoint.
         checkpoint_groups: variables to checkpoint ("model", "inner_optimizer", ...).
         start_step: completed meta-iterations (from a restored checkpoint).
         stop_after: stop once this many meta-iterations are completed (tests, interruption).
-        on_monitor: called with (step, MonitorResult) after each periodic evaluation.
-        meta_step_size_at: step -> meta step size, replacing the linear anneal (hook added by
-            the MTL engineer: meta-transfer learning's StepLR, baselines/mtl.py).
+        meta_step_size_at: step -> meta step size, replacing the linear anneal (meta-transfer
+            learning's StepLR, baselines/mtl.py).
 
     Returns:
         completed meta-iterations at exit.
@@ -151,15 +125,12 @@ def meta_train(learner: MetaLearner, tasks: Mapping[str, ClassData], splits: Spl
     end = meta.meta_iters if stop_after is None else min(stop_after, meta.meta_iters)
 
     def periodic(step: int, epsilon: float, loss: float | None, seconds: float) -> None:
-        result = monitor(learner, tasks, splits, step, meta=meta, evaluation=evaluation,
-                         schedule=eval_schedule)
-        print(f"Meta-iteration {step}: train mIoU={result.train.mean_iou:.4f} "
-              f"{label} mIoU={result.held_out.mean_iou:.4f} meta-step={epsilon:.3g}", flush=True)
+        result = monitor(step)
+        logging.info(f"Meta-iteration {step}: train mIoU={result.train.mean_iou:.4f} "
+                     f"{label} mIoU={result.held_out.mean_iou:.4f} meta-step={epsilon:.3g}")
         log.log(step, meta_step_size=epsilon, loss=loss, seconds=seconds,
                 train_miou=result.train.mean_iou, val_miou=result.held_out.mean_iou,
                 val_loss=result.held_out.mean_query_loss)
-        if on_monitor is not None:
-            on_monitor(step, result)
 
     if start_step == 0 and meta.meta_iters > 0:
         periodic(0, meta.meta_step_size, None, 0.0)

@@ -2,7 +2,7 @@
 
 Every function takes and returns plain lists of tensors (one entry per variable, in the same
 order), so the meta-algorithms read like the paper's formulas and each operation is tested
-alone (style 6; supervised-reptile `variables.py`). Inputs may be tensors, variables or arrays.
+alone (as openai/supervised-reptile `supervised_reptile/variables.py`). Inputs may be tensors, variables or arrays.
 """
 from __future__ import annotations
 
@@ -75,17 +75,3 @@ def average(lists: Sequence[Weights]) -> list[tf.Tensor]:
     _check_same_length(*lists)
     return [tf.add_n([tf.convert_to_tensor(w[i]) for w in lists]) / len(lists)
             for i in range(len(lists[0]))]
-
-
-def interpolate(a: Weights, b: Weights, epsilon) -> list[tf.Tensor]:
-    """a + epsilon * (b - a): the Reptile step from a towards b.
-
-    Args:
-        a: start weights (theta).
-        b: target weights (e.g. mean adapted weights).
-        epsilon: step size in [0, 1] (float or scalar tensor); 1 gives b, 0 gives a.
-
-    Returns:
-        list of tensors a[i] + epsilon * (b[i] - a[i]).
-    """
-    return add(a, scale(subtract(b, a), epsilon))

@@ -1,4 +1,5 @@
-"""EfficientLab: truncated EfficientNet encoder, light residual skip decoder (reference-spec 2).
+"""EfficientLab: truncated EfficientNet encoder, light residual skip decoder (ml4ai/mliis
+models/efficientlab.py).
 
 The encoder is Keras' own EfficientNet (`keras.applications`, weights=None), cut after the stage
 that reaches stride 16; skip features are read from it by layer name (`EFFICIENTNET_SKIPS`), so the
@@ -18,7 +19,8 @@ from models.layers import (IMAGENET_MEAN, IMAGENET_STD, ResizeBilinear, Training
 
 APPLICATIONS = {"efficientnet-b0": keras.applications.EfficientNetB0,
                 "efficientnet-b3": keras.applications.EfficientNetB3}
-# Reference endpoints reduction_1..4 (strides 2, 4, 8, 16) as Keras layer names (spec 2.2):
+# Reference endpoints reduction_1..4 (strides 2, 4, 8, 16) as Keras layer names (ml4ai/mliis
+# models/efficientnet/efficientnet_builder.py):
 # the last block before each stride-2 block, and the end of the 112/136-channel stage.
 EFFICIENTNET_SKIPS = {
     "efficientnet-b0": {1: "block1a_project_bn", 2: "block2b_add", 3: "block3b_add",
@@ -228,7 +230,8 @@ def build_efficientlab(cfg: ModelConfig) -> keras.Model:
         x = skip_decoder(x, skips[2], filters, cfg)
     for reduction in sorted(cfg.rsd, reverse=True):
         x = residual_skip_decoder(x, skips[reduction], reduction, filters, cfg)
-    # reference head init: normal(0, sqrt(2 / fan_out)), fan_out = 1 * 1 * 2 -> std 1 (spec 2.3)
+    # reference head init: normal(0, sqrt(2 / fan_out)), fan_out = 1 * 1 * 2 -> std 1 (ml4ai/mliis
+    # models/efficientlab.py)
     head_init = keras.initializers.RandomNormal(stddev=(2.0 / 2) ** 0.5)
     outputs = segmentation_head(x, cfg, kernel_initializer=head_init)
     return keras.Model(inputs, outputs, name="efficientlab")

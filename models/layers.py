@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -163,15 +164,25 @@ def set_dropout_rate(model: keras.Model, rate: float) -> None:
         layer.rate.assign(float(rate))
 
 
-def get_dropout_rate(model: keras.Model) -> float:
-    """The head dropout rate a model currently uses.
+@contextlib.contextmanager
+def dropout_rate(model, rate: float, base_rate: float):
+    """Run a block with the head dropout at `rate`, then put `base_rate` back.
+
+    The rate is a model variable read at call time, so no compiled step retraces.
 
     Args:
-        model: a model from `models.build.build_model`.
-    Returns:
-        the rate as a Python float.
+        model: a model built by models.build_model.
+        rate: dropout during the block.
+        base_rate: the model's configured rate (restored afterwards).
     """
-    return float(ops.convert_to_numpy(_head_dropouts(model)[0].rate))
+    if rate == base_rate:
+        yield
+        return
+    set_dropout_rate(model, rate)
+    try:
+        yield
+    finally:
+        set_dropout_rate(model, base_rate)
 
 
 def segmentation_head(x, cfg, kernel_initializer="glorot_uniform"):

@@ -17,7 +17,8 @@ from models.config import LossConfig
 from models.regularizers import regularization
 
 EPSILON = 1e-7
-FOCAL_GAMMA = 2.0  # the MTL seed's focal loss (spec 7.4): gamma 2, no alpha
+# MTL-Segmentation's focal loss (ahirsharan/MTL-Segmentation utils/losses.py): gamma 2, no alpha
+FOCAL_GAMMA = 2.0
 
 
 # Floor of the exact log: below any probability an ordinary pixel gets, above float32's

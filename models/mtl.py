@@ -1,8 +1,10 @@
-"""Meta-transfer learning (Sun et al., CVPR 2019) layers and switches for the MTL U-Net (spec 7).
+"""Meta-transfer learning (Sun et al., CVPR 2019) layers and switches for the MTL U-Net
+(ahirsharan/MTL-Segmentation models/mtl.py).
 
 A scaling-and-shifting (SS) convolution keeps the pre-trained kernel W and bias b and learns a
 scale Phi1 of shape (1, 1, in, out) (init 1), shared over the kernel window, and a per-output-
-channel shift Phi2 (init 0): y = conv(x, W * Phi1) + (b + Phi2). As in the original (spec 7.1),
+channel shift Phi2 (init 0): y = conv(x, W * Phi1) + (b + Phi2). As in the original
+(ahirsharan/MTL-Segmentation models/mtl.py),
 a conv without bias has no shift: the U-Net's 3x3 convs feed batch norm, which removes any
 per-channel constant, so a shift there would get an identically zero gradient (Adam would turn
 its round-off into steps). Which weights train is the layer's `mode`:

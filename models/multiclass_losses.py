@@ -2,7 +2,7 @@
 
 Every loss takes integer labels (N, S, S) with IGNORE_LABEL (255) marking unlabelled pixels, and
 the model's K-channel softmax probabilities (N, S, S, K); unlabelled pixels count nowhere (not in
-a mean, a sum, a sort, nor in which classes are present). Definitions follow the MTL seed's
+a mean, a sum, a sort, nor in which classes are present). Definitions follow MTL-Segmentation's
 `utils/losses.py` / `utils/lovasz_losses.py` (ahirsharan/MTL-Segmentation):
 * cross_entropy: mean -log p[label] over labelled pixels (labels optionally smoothed);
 * dice: 1 - (2 sum(P T) + 1) / (sum P + sum T + 1), one-hot T, over all classes and labelled

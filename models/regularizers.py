@@ -1,4 +1,5 @@
-"""Weight and activation regularizers added to the loss (--l2, --l1, --darc1; reference-spec 2.7).
+"""Weight and activation regularizers added to the loss (--l2, --l1, --darc1; ml4ai/mliis
+models/regularizers.py).
 
 The weight terms cover every trainable kernel and bias of a layer that is not batch norm (the
 reference: trainable variables whose name lacks `batch_normalization`), read when the loss is

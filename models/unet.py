@@ -1,4 +1,5 @@
-"""U-Net and MTL U-Net (reference-spec 7.3), with EfficientLab's input normalization and head.
+"""U-Net and MTL U-Net (ahirsharan/MTL-Segmentation models/unet_mtl.py), with EfficientLab's input
+normalization and head.
 
 Stack k (1..n) has 2**(p + k - 1) channels (p = --start_num_feature_maps_power); the bottleneck
 has twice the deepest stack's. Each double conv is (3x3 conv without bias -> BN -> ReLU) x 2; down
@@ -32,7 +33,7 @@ def imagenet_normalization(x):
 
 def _double_conv(x, filters: int, name: str, conv):
     for j in (1, 2):
-        # no bias: batch norm's beta is the per-channel offset (as the seed's U-Net)
+        # no bias: batch norm's beta is the per-channel offset (as MTL-Segmentation's U-Net)
         x = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{j}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{j}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{j}")(x)

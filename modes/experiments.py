@@ -16,28 +16,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from functools import partial
 
 import numpy as np
 
+from adapt.evaluate import evaluation_schedule, monitor
 from adapt.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
 from adapt.kshot import run_k_shot_experiment
 from adapt.own_images import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs, \
     fine_tune_user_task
 from adapt.uho import UHOResult, UpdateHyperparams
-from adapt.uho_objective import apply_update_hyperparams, dropout_rate, run_uho
+from adapt.uho_objective import apply_update_hyperparams, run_uho
 from args import Config
 from baselines.joint_train import joint_train
 from data.splits import Splits
 from data.user_task import UserTask, load_user_task
 from devices.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.algorithms import MetaLearner
-from meta.inner import AdaptationSchedule, InnerLoop, evaluation_schedule, training_schedule
+from meta.inner import AdaptationSchedule, InnerLoop, training_schedule
+from meta.streams import STREAM_META_FINE_TUNE
 from meta.train import meta_train
+from models.layers import dropout_rate
 from models.losses import make_loss
 from storage import checkpoint
 
 META_FINE_TUNE_DIR = "fine-tuned_on_train_val_with_optimized_update_hyperparams"
-_META_FINE_TUNE_STREAM = 7  # meta-fine-tuning's own RNG, apart from meta-training's [seed, 0]
 
 
 def _may_augment(cfg: Config) -> bool:
@@ -108,7 +111,8 @@ def final_schedule(cfg: Config, uho: UHOResult | None) -> tuple[AdaptationSchedu
 
 def meta_fine_tune_on_train_val(cfg: Config, loop: InnerLoop, tasks, splits: Splits,
                                 out_dir: str, best: UpdateHyperparams) -> None:
-    """Meta-train S more iterations on train + val classes with UHO's schedule (reference 4.5).
+    """Meta-train S more iterations on train + val classes with UHO's schedule (ml4ai/mliis
+    meta_learners/supervised_reptile/supervised_reptile/eval.py).
 
     The inner loop uses UHO's lr, steps, batch size and aug rate; the meta step is fixed at
     --meta-step-final. Unlike the reference, S counts the iterations (it ran --meta-iters).
@@ -132,25 +136,20 @@ def meta_fine_tune_on_train_val(cfg: Config, loop: InnerLoop, tasks, splits: Spl
                                meta_step_size=cfg.meta.meta_step_size_final,
                                eval_interval=min(cfg.meta.eval_interval, iterations))
     learner = MetaLearner(loop, meta, schedule)
-    groups = {"model": list(loop.model.variables),
-              "inner_optimizer": list(loop.optimizer.variables),
-              "outer_optimizer": list(learner.outer_optimizer.variables)}
+    groups = learner.checkpoint_groups()
     run_dir = os.path.join(out_dir, META_FINE_TUNE_DIR)
-    rng = np.random.default_rng([cfg.meta.seed, _META_FINE_TUNE_STREAM])
-    start = 0
-    path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-    if path is not None:
-        state = checkpoint.load_checkpoint(path, groups)
-        rng.bit_generator.state = state["rng_state"]
-        start = int(state["step"])
+    rng = np.random.default_rng([cfg.meta.seed, STREAM_META_FINE_TUNE])
+    state = checkpoint.resume(run_dir, groups, rng)
+    start = 0 if state is None else int(state["step"])
     print(f"Meta-fine-tuning on {len(splits.train) + len(splits.val)} train + val classes for "
           f"{iterations} meta-iterations (from {start}) with lr={best.lr:.4g}, "
           f"inner_iters={schedule.iters}, meta-step {meta.meta_step_size:g}", flush=True)
     merged = Splits(train=tuple(sorted(splits.train + splits.val)), val=splits.val,
                     test=splits.test)
     eval_schedule = apply_update_hyperparams(evaluation_schedule(cfg.inner, cfg.eval), best)
-    meta_train(learner, tasks, merged, meta=meta, evaluation=cfg.eval,
-               eval_schedule=eval_schedule, rng=rng, run_dir=run_dir,
+    watch = partial(monitor, learner, tasks, merged, meta=meta, evaluation=cfg.eval,
+                    schedule=eval_schedule)
+    meta_train(learner, tasks, merged, meta=meta, monitor=watch, rng=rng, run_dir=run_dir,
                config_json=cfg.to_json(), checkpoint_groups=groups, start_step=start)
 
 

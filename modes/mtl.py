@@ -1,4 +1,4 @@
-"""run_metasegnet.py's meta-transfer-learning branch: `--model_name mtl_unet --phase ...` (issue 6).
+"""run_metasegnet.py's meta-transfer-learning modes: `--model_name mtl_unet --phase ...`.
 
 Three phases, each writing into `<--checkpoint>/<phase>/` (config.json first, like every run):
 * `pre_train`: the plain U-Net trained on the pooled meta-train classes (baselines/pretrain.py), or,
@@ -31,6 +31,7 @@ from functools import partial
 import keras
 import numpy as np
 
+from adapt.evaluate import monitor
 from args import Config
 from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
                       mtl_meta_config, mtl_schedule)
@@ -41,7 +42,7 @@ from meta.train import held_out_split, meta_train
 from models.build import build_model
 from models.losses import make_loss
 from models.mtl import load_pretrained_unet, set_mtl_mode
-from storage import checkpoint
+from storage import atomic, checkpoint
 from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
 from storage.plots import plot_phase_curves
 
@@ -71,10 +72,9 @@ def multiclass_pre_training(cfg: Config) -> bool:
 def _write_classes(out_dir: str, trained_on, selected_on, splits: Splits) -> None:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, CLASSES_NAME)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump({"trained_on": sorted(set(trained_on)), "selected_on": sorted(set(selected_on)),
-                   "test": list(splits.test)}, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    atomic.write_json(path, {"trained_on": sorted(set(trained_on)),
+                             "selected_on": sorted(set(selected_on)), "test": list(splits.test)},
+                      indent=1)
 
 
 def _read_classes(weights: str, flag: str) -> dict:
@@ -261,6 +261,15 @@ def _base_kernels(model: keras.Model) -> list:
             if not any(k in v.path for k in ("moving_mean", "moving_variance", "seed"))]
 
 
+def _check_resumable(cfg: Config, path: str) -> None:
+    problems = checkpoint.config_differences(checkpoint.read_config(path), json.loads(cfg.to_json()),
+                                             ["data", "model", "loss", "mtl"],
+                                             ignore=RESUME_MAY_CHANGE)
+    if problems:
+        raise ValueError(f"Cannot resume {path}: its config differs:\n  "
+                         + "\n  ".join(problems) + "\nUse a fresh --checkpoint directory.")
+
+
 def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
                      rng: np.random.Generator) -> int:
     """--phase meta_train: meta-learn scale/shift, BN and head init of the frozen U-Net.
@@ -285,23 +294,13 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     loss_fn = make_loss(cfg.loss, model)
     loop = head_inner_loop(model, loss_fn, cfg.mtl)
     learner = MTLLearner(loop, cfg.mtl)
-    groups = {"model": list(model.variables), "inner_optimizer": list(loop.optimizer.variables),
-              "outer_optimizer": [v for o in learner.outer_optimizers for v in o.variables]}
+    groups = learner.checkpoint_groups()
     meta = mtl_meta_config(cfg.mtl, cfg.meta)
-    start_step = 0
-    latest = checkpoint.latest_checkpoint(out_dir) if os.path.isdir(out_dir) else None
-    if latest is not None:  # rerunning the command resumes: model, optimizers, then the RNG
-        problems = checkpoint.config_differences(checkpoint.read_config(latest),
-                                                 json.loads(cfg.to_json()),
-                                                 ["data", "model", "loss", "mtl"],
-                                                 ignore=RESUME_MAY_CHANGE)
-        if problems:
-            raise ValueError(f"Cannot resume {latest}: its config differs:\n  "
-                             + "\n  ".join(problems) + "\nUse a fresh --checkpoint directory.")
-        state = checkpoint.load_checkpoint(latest, groups)
-        rng.bit_generator.state = state["rng_state"]
-        start_step = int(state["step"])
-        print(f"Resuming MTL meta-training from {latest} at task {start_step}", flush=True)
+    # rerunning the command resumes: model, optimizers, then the RNG
+    state = checkpoint.resume(out_dir, groups, rng, check=partial(_check_resumable, cfg))
+    start_step = 0 if state is None else int(state["step"])
+    if state is not None:
+        print(f"Resuming MTL meta-training from {state['path']} at task {start_step}", flush=True)
     else:
         seen = _read_classes(pretrained_weights_path(cfg.mtl.init_weights), "--init_weights")
         _check_unseen(splits.test, seen, "--init_weights", cfg.mtl.init_weights)
@@ -316,8 +315,9 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
                                                          num_query=cfg.mtl.val_query)
     del monitor_inner  # the monitor's schedule is mtl_schedule(mtl, shot)
     if start_step < meta.meta_iters:
-        meta_train(learner, tasks, splits, meta=meta, evaluation=monitor_eval,
-                   eval_schedule=mtl_schedule(cfg.mtl, cfg.mtl.shot), rng=rng, run_dir=out_dir,
+        watch = partial(monitor, learner, tasks, splits, meta=meta, evaluation=monitor_eval,
+                        schedule=mtl_schedule(cfg.mtl, cfg.mtl.shot))
+        meta_train(learner, tasks, splits, meta=meta, monitor=watch, rng=rng, run_dir=out_dir,
                    config_json=cfg.to_json(), checkpoint_groups=groups, start_step=start_step,
                    meta_step_size_at=lr_at)
     changed = [v.path for v, before in zip(_base_kernels(model), frozen)

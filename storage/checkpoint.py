@@ -1,4 +1,4 @@
-"""Atomic, resumable meta-training checkpoints (style 12).
+"""Atomic, resumable checkpoints of meta-training and every other training loop.
 
 Layout under the run directory (--checkpoint DIR):
     DIR/ckpt-<step>/variables.npz  every variable of each group, in order
@@ -21,7 +21,7 @@ dropout seed states), "inner_optimizer": ..., "outer_optimizer": ...}. Loading c
 group's variable count, order, shapes and dtypes and names every mismatch; nothing is assigned
 unless everything matches.
 
-Resume order (run_metasegnet.py): build the model and optimizers exactly as for a fresh run, then
+Resume order (`resume`): build the model and optimizers exactly as for a fresh run, then
 load the model, inner and outer optimizer variables, then set the RNG state, then continue at
 meta-iteration `step` (the number of completed meta-iterations).
 """
@@ -34,11 +34,12 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from data.errors import DivergenceError, UserError
+from storage import atomic
 
 LAST = "LAST"
 PREFIX = "ckpt-"
@@ -123,15 +124,6 @@ def _own_checkpoints(directory: str, run_id: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *,
                     rng_state: dict | None, config_json: str, keep: int | None = 2,
                     extra: dict | None = None) -> str:
@@ -173,8 +165,8 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
         state = {"format": FORMAT_VERSION, "step": int(step), "rng_state": rng_state,
                  "run_id": run_id, "sequence": sequence,
                  "variables": {g: _describe(v) for g, v in groups.items()}, **(extra or {})}
-        _write_text_atomic(os.path.join(tmp, "state.json"), json.dumps(state, indent=1))
-        _write_text_atomic(os.path.join(tmp, "config.json"), config_json)
+        atomic.write_text(os.path.join(tmp, "state.json"), json.dumps(state, indent=1))
+        atomic.write_text(os.path.join(tmp, "config.json"), config_json)
         final = os.path.join(directory, _name(step))
         if os.path.exists(final):  # the same step written again (e.g. a rerun)
             shutil.rmtree(final)
@@ -182,7 +174,7 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(os.path.join(directory, LAST), _name(step) + "\n")
+    atomic.write_text(os.path.join(directory, LAST), _name(step) + "\n")
     if keep is not None:
         for _, old in _own_checkpoints(directory, run_id)[:-keep]:
             if old != final:
@@ -310,6 +302,41 @@ def load_checkpoint(path: str, groups: Mapping[str, Sequence], *,
     if state.get("run_id"):  # a run resumed from here goes on pruning its own checkpoints
         _ADOPTED[os.path.realpath(os.path.dirname(path))] = state["run_id"]
     return state
+
+
+def variable_groups(model, **optimizers) -> dict[str, list]:
+    """The groups a run checkpoints: "model" (weights, BN statistics, dropout seeds), then each
+    optimizer's variables under its keyword."""
+    return {"model": list(model.variables),
+            **{name: list(optimizer.variables) for name, optimizer in optimizers.items()}}
+
+
+def resume(run_dir: str, groups: Mapping[str, Sequence], rng: np.random.Generator | None = None,
+           *, check: Callable[[str], None] | None = None) -> dict | None:
+    """Load the checkpoint LAST names in `run_dir`, so a rerun goes on where the last one stopped.
+
+    The variables first, then the generator's state: a run resumed this way continues exactly as
+    the uninterrupted one would have.
+
+    Args:
+        run_dir: the run directory (it may not exist yet).
+        groups: the variables, as they were saved.
+        rng: the training generator whose state comes back, or None.
+        check: called with the checkpoint's path before anything is loaded; it raises to refuse.
+
+    Returns:
+        the checkpoint's state (step, rng_state and whatever the run stored) with its "path", or
+        None when `run_dir` holds no checkpoint.
+    """
+    path = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if path is None:
+        return None
+    if check is not None:
+        check(path)
+    state = load_checkpoint(path, groups)
+    if rng is not None:
+        rng.bit_generator.state = state["rng_state"]
+    return {**state, "path": path}
 
 
 def config_differences(saved: Mapping, current: Mapping, sections: Sequence[str],

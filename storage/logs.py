@@ -21,6 +21,8 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 from tensorflow.core.framework import summary_pb2
 
+from storage import atomic
+
 # tf.summary.scalar lives in the tensorboard package, which TensorFlow no longer installs; the core
 # op tf.summary.write with the "scalars" plugin metadata writes the identical event.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -153,8 +155,4 @@ def plot_training_curves(csv_path: str, png_path: str, val_label: str = "val") -
     ax_loss.set(xlabel="meta-iteration", ylabel="inner-loop loss", title="loss")
     ax_loss.grid(alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, png_path)
-    return png_path
+    return atomic.save_figure(fig, png_path, dpi=90)

@@ -1,7 +1,8 @@
 """PNG plots of the UHO search and of the k-shot learning curves.
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot), so nothing global is left open
-between calls (the reference leaked a figure per prediction, reference-spec 5.3), and written to
+between calls (the reference leaked a figure per prediction, ml4ai/mliis utils/viz.py), and written
+to
 a temporary name first, then renamed, so a crash never leaves a half-written PNG.
 """
 from __future__ import annotations
@@ -13,22 +14,19 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from adapt.uho_csv import UHORow
+from storage import atomic
 
 
 def _save(fig: Figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic.save_figure(fig, path, dpi=100, bbox_inches="tight")
     return path
 
 
-def uho_config_summary(rows: Sequence[UHORow], median_mode: bool = False) -> list[dict]:
+def uho_config_summary(rows: Sequence, median_mode: bool = False) -> list[dict]:
     """One entry per measured configuration: its lr, mean IoU and median best step count.
 
     Args:
-        rows: UHO rows (any order).
+        rows: UHO rows (adapt.uho_csv.UHORow, any order).
         median_mode: take the IoU from the `median_steps` rows (the objective under
             --eval_tasks_with_median_early_stopping_iterations).
 
@@ -36,7 +34,7 @@ def uho_config_summary(rows: Sequence[UHORow], median_mode: bool = False) -> lis
         list of dicts with keys round, config, lr, mean_iou, steps, in first-seen order.
     """
     kind = "median_steps" if median_mode else "early_stopping"
-    configs: dict[tuple[int, int], list[UHORow]] = {}
+    configs: dict[tuple[int, int], list] = {}
     for r in rows:
         configs.setdefault((r.round, r.config), []).append(r)
     out = []
@@ -50,7 +48,7 @@ def uho_config_summary(rows: Sequence[UHORow], median_mode: bool = False) -> lis
     return out
 
 
-def plot_uho_search(rows: Sequence[UHORow], path: str, median_mode: bool = False) -> str:
+def plot_uho_search(rows: Sequence, path: str, median_mode: bool = False) -> str:
     """Scatter of mean val IoU against lr (log axis), coloured by the median best step count.
 
     Args:
@@ -163,7 +161,7 @@ def epoch_means(meta_iter: np.ndarray, values: np.ndarray, tasks_per_epoch: int
 
 def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: str, *,
                       tasks_per_epoch: int = 1, val_label: str = "val") -> list[str]:
-    """Mean IoU and loss per epoch of an MTL phase, as the MTL seed reports them.
+    """Mean IoU and loss per epoch of an MTL phase, as MTL-Segmentation reports them.
 
     `pre_train` writes pre_train_curves.png (val mIoU; train and val loss per epoch).
     `meta_train` writes meta_train_curves.png (train-task mIoU after adaptation; query loss,

@@ -1,6 +1,7 @@
 """Load the paper's TF1 checkpoints (EfficientLab-6-3_FOMAML-star_checkpoint) into Keras EfficientLab.
 
-The reference (ml4ai/mliis, TF 1.15) saves every graph variable with `tf.train.Saver`. We read the file
+The reference (ml4ai/mliis, TF 1.15) saves every graph variable with `tf.train.Saver`. We read the
+file
 with `tf.train.load_checkpoint` (no TF1 graph needed) and fill each Keras weight from exactly one
 tensor, by the name mapping of `storage/tf1_names.py`. Nothing is skipped silently: a Keras weight with no
 tensor, a tensor matching no weight, or a shape mismatch raises one ValueError listing them all, and
@@ -20,6 +21,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -324,6 +326,6 @@ def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
         return build_model(model_cfg)
     model = build_model(dataclasses.replace(model_cfg, restore_efficient_net_weights_from=None))
     report = restore_tf1_checkpoint(model, path, model_cfg, backbone_only=True)
-    print(f"Restored the EfficientNet backbone from TF1 checkpoint {report.checkpoint}: "
-          f"{report.mapped}", flush=True)
+    logging.info(f"Restored the EfficientNet backbone from TF1 checkpoint {report.checkpoint}: "
+                 f"{report.mapped}")
     return model

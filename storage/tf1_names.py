@@ -33,7 +33,8 @@ _SKIP_DECODER_LAYER = re.compile(r"^skipdec_(skip|sep1|sep2)_(conv|bn|dwconv|dw_
 _SKIP_DEPTHWISE = re.compile(re.escape(SKIP_DECODER_SCOPE) +
                              r"/(depthwise_conv2d(?:_(\d+))?)/depthwise_kernel$")
 
-# Blocks the backbone taps: stem + blocks_0..N-1 (spec 2.2: 11 for B0, ending at reduction_4 =
+# Blocks the backbone taps: stem + blocks_0..N-1 (ml4ai/mliis
+# models/efficientnet/efficientnet_builder.py: 11 for B0, ending at reduction_4 =
 # Keras block5c; 18 for B3, ending at the 136-channel stage = Keras block5e).
 USED_BLOCKS = {"efficientnet-b0": 11, "efficientnet-b3": 18}
 # Blocks the reference builds but never uses. Its truncation rule stops before a stage whose

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from data.demo import make_demo_dataset
+from modes import restore, setup
 import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
 
@@ -120,7 +121,7 @@ def test_pretrained_evaluates_the_checkpoint_and_rejects_other_models(shards, fi
     out = capsys.readouterr().out
     # The training run's config stays; the evaluation's own config is written beside it.
     assert open(os.path.join(finished_run, "config.json")).read() == trained_config
-    evaluated = json.load(open(os.path.join(finished_run, run_metasegnet.EVAL_CONFIG_NAME)))
+    evaluated = json.load(open(os.path.join(finished_run, setup.EVAL_CONFIG_NAME)))
     assert evaluated["run"]["pretrained"] is True
     expected = json.load(open(os.path.join(finished_run, "meta-test_results.json")))["mean_iou"]
     line = [l for l in out.splitlines() if l.startswith("Mean IoU over all meta-test tasks: ")]
@@ -140,10 +141,10 @@ def test_runs_from_before_the_augmentation_flag_resume_as_metaseg(tmp_path, flag
     (tmp_path / "config.json").write_text(json.dumps(saved))
     cfg = parse_args(flags)
     if refused:
-        with pytest.raises(run_metasegnet.RunError, match="inner.augmentation: checkpoint 'metaseg'"):
-            run_metasegnet._check_compatible(str(tmp_path), cfg, resume=True)
+        with pytest.raises(setup.RunError, match="inner.augmentation: checkpoint 'metaseg'"):
+            restore.check_compatible(str(tmp_path), cfg, resume=True)
     else:
-        run_metasegnet._check_compatible(str(tmp_path), cfg, resume=True)
+        restore.check_compatible(str(tmp_path), cfg, resume=True)
 
 
 def test_pretrained_keeps_the_training_runs_results(finished_run):

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-import run_metasegnet
 from data.demo import make_demo_dataset
+from modes.final_eval import RESULTS_NAME
+import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
 
 
@@ -30,7 +31,7 @@ def test_hsnet_protocol_scores_every_test_image_once_and_says_so(shards, tmp_pat
     run_dir = str(tmp_path / "run")
     assert run_metasegnet.main(_argv(shards, run_dir, "--protocol", "hsnet")) == 0
     out = capsys.readouterr().out
-    results = json.load(open(os.path.join(run_dir, run_metasegnet.RESULTS_NAME)))
+    results = json.load(open(os.path.join(run_dir, RESULTS_NAME)))
     assert results["protocol"] == "hsnet" and results["split"] == "test"
     assert results["num_queries"] == 14 and results["shots"] == 2  # 2 classes x 7 images
     assert sorted(len(v) for v in results["per_task"].values()) == [7, 7]

@@ -1,6 +1,7 @@
-"""Meta-transfer learning as the MTL seed runs it, at 32 px: pre-train a K-class U-Net on a
-separate multi-class dataset (the seed's COCO layout, and COCO-Stuff's), meta-train on FSS-layout
-shards with --way 2, meta-evaluate; and the seed's own flag names and folders."""
+"""Meta-transfer learning as MTL-Segmentation runs it, at 32 px: pre-train a K-class U-Net on a
+separate multi-class dataset (MTL-Segmentation's COCO layout, and COCO-Stuff's), meta-train on
+FSS-layout
+shards with --way 2, meta-evaluate; and MTL-Segmentation's own flag names and folders."""
 import json
 import os
 
@@ -32,7 +33,8 @@ def data(tmp_path_factory):
     make_demo_dataset(str(root / "fss"), num_classes=6, images_per_class=5, image_size=32, seed=0)
     names = sorted(os.listdir(root / "fss"))
     names = [n for n in names if not n.startswith(".")]
-    # The seed's FewShotPreprocessing.py folders, with a class-level split, converted to shards.
+    # MTL-Segmentation's FewShotPreprocessing.py folders, with a class-level split, converted to
+    # shards.
     make_seed_fewshot(root / "fss", root / "seed_fss",
                       {"train": names[:3], "val": names[3:4], "test": names[4:]})
     convert(str(root / "seed_fss"), str(root / "shards"), image_size=32, log=None)

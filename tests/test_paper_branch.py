@@ -6,6 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from modes import setup
 import run_metasegnet
 from tests.fixtures.tf1_synthetic import write_synthetic_checkpoint
 from paper_shards_writer import paper_record, write_paper_shard
@@ -92,15 +93,17 @@ def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
     from meta.inner import training_schedule
     from storage.tf1_checkpoint import open_tf1_checkpoint
     import modes.experiments
+    from modes import restore
+    from storage.tf1_checkpoint import build_model_with_backbone
     write_synthetic_checkpoint(str(tmp_path / "tf1"), rsd=(2, 4), optimizer="adam", seed=5)
     cfg = parse_args(["--data-dir", "unused", "--image_size", "32", "--rsd", "2", "4",
                       "--checkpoint", str(tmp_path / "run"), "--meta-iters", "3",
                       "--continue_training_from_checkpoint", str(tmp_path / "tf1")])
-    loop = modes.experiments.make_inner_loop(cfg, run_metasegnet.build_model_with_backbone(cfg.model))
+    loop = modes.experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
     learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
     rng = np.random.default_rng(0)
     rng_state = rng.bit_generator.state
-    assert run_metasegnet.restore(cfg, loop.model, learner, rng) == 0  # meta-iteration 0
+    assert restore.restore(cfg, loop.model, learner, rng) == 0  # meta-iteration 0
     assert "Continuing meta-training from TF1 checkpoint" in capsys.readouterr().out
     with open_tf1_checkpoint(str(tmp_path / "tf1")) as (_, reader):
         np.testing.assert_array_equal(loop.model.get_layer("final_layer_weights").kernel.numpy(),
@@ -123,7 +126,7 @@ def test_fp_k_folder_alone_suits_the_k_shot_curves_only():
     names = ["airliner", "bus", "motorbike", "potted_plant", "television"]
     base = ["--data-dir", "fp_k", "--fp_k_test_set", "--checkpoint", "ckpt"]
     kshot = parse_args(base + ["--pretrained", "--run_k_shot_learning_curves_experiment"])
-    splits = run_metasegnet.make_splits(kshot, names)
+    splits = setup.make_splits(kshot, names)
     assert splits.test == tuple(names) and splits.train == ()
-    with pytest.raises(run_metasegnet.RunError, match="No meta-training classes"):
-        run_metasegnet.make_splits(parse_args(base), names)
+    with pytest.raises(setup.RunError, match="No meta-training classes"):
+        setup.make_splits(parse_args(base), names)

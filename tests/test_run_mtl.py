@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data.demo import make_demo_dataset
+from modes.final_eval import RESULTS_NAME
 import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
 
@@ -61,7 +62,7 @@ def test_three_phases_write_their_outputs(three_phases):
             assert json.load(f)["mtl"]["phase"] == phase
     assert (run_dir / "pre_train" / "best.weights.h5").is_file()
     assert checkpoint.read_state(str(run_dir / "meta_train"))["step"] == 4  # 2 epochs x 2 tasks
-    with open(run_dir / "meta_eval" / run_metasegnet.RESULTS_NAME) as f:
+    with open(run_dir / "meta_eval" / RESULTS_NAME) as f:
         results = json.load(f)
     assert results["split"] == "test" and results["num_classes"] == 2
     assert results["meta_iterations"] == 4

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adapt import iou
+from adapt.config import EvalConfig
 from adapt.evaluate import evaluate, predict_queries
 from adapt.fine_tuned import combine_hooks, fine_tuned_dir, load_fine_tuned, make_checkpoint_saver
 from meta.inner import AdaptationSchedule, InnerLoop
@@ -28,9 +29,10 @@ def test_fine_tuned_checkpoints_reload_to_their_iou(tasks, tmp_path):
     hook = combine_hooks(None, remember,
                          make_checkpoint_saver(loop.model, root, "test", json.dumps({})))
     schedule = AdaptationSchedule(learning_rate=0.05, iters=4, batch_size=3)
-    result = evaluate(loop, tasks, sorted(tasks), schedule, shots=3, num_query=4,
-                      transductive=True, num_samples=2, all_tasks=True, seed=0, stream=1,
-                      split="test", after_adapt=hook)
+    result = evaluate(loop, tasks, sorted(tasks), schedule,
+                      EvalConfig(shots=3, num_query=4, transductive=True, eval_samples=2,
+                                 serially_eval_all_test_tasks=True),
+                      seed=0, stream=1, split="test", after_adapt=hook)
     assert len(result.scores) == 4
     init = [np.array(v.numpy()) for v in loop.model.variables]
 

@@ -37,3 +37,21 @@ def test_class_accumulated_iou_sums_before_dividing():
                  "b": [(0, 4)],
                  "c": [(0, 0)]}            # nothing to find, nothing predicted -> 1
     assert iou.class_accumulated_iou(per_class) == pytest.approx((10 / 12 + 0 + 1) / 3)
+
+
+def test_iou_per_image_thresholds_the_foreground_probability():
+    y = np.zeros((3, 8, 8), np.int32)
+    y[0, :4] = 1
+    y[1, :, :2] = 1
+    p = np.zeros((3, 8, 8, 2), np.float32)
+    p[..., 1] = 0.2
+    p[0, :2, :, 1] = 0.9  # 16 of 32 foreground pixels, nothing else
+    p[1, :, :4, 1] = 0.51  # 16 of 32 predicted, covering all 16 true ones
+    p[2, 0, 0, 1] = 0.5  # exactly 0.5 is background: empty prediction of an empty mask scores 1
+    p[..., 0] = 1 - p[..., 1]
+    expected = np.array([16 / 32, 16 / 32, 1.0])
+    np.testing.assert_allclose(iou.iou_per_image(iou.foreground(p), y), expected, rtol=1e-6)
+    np.testing.assert_allclose(iou.iou_per_image(iou.foreground(p[..., 1]), y), expected,
+                               rtol=1e-6)
+    assert float(np.mean(iou.iou_per_image(iou.foreground(p), y))) == \
+        pytest.approx(expected.mean())

@@ -1,5 +1,6 @@
 """UHO search, early stopper, results CSV (resume) and plot, on a synthetic objective (no TF)."""
 import csv
+import logging
 import math
 
 import numpy as np
@@ -77,7 +78,8 @@ def test_search_dimensions_drop_fixed_ranges():
     assert dims[2].bounds == (2, 16)
 
 
-def test_lr_search_finds_optimum_and_writes_rows(tmp_path, capsys):
+def test_lr_search_finds_optimum_and_writes_rows(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="absl")
     cfg = UHOConfig(num_configs_to_sample=12, lr_range=(1e-4, 1.0), max_steps=40)
     csv_path = results_csv_path(str(tmp_path), cfg.results_csv_name, shots=5)
     assert csv_path.endswith("val-set_hyper_param_search_results_5-shot.csv")
@@ -86,7 +88,7 @@ def test_lr_search_finds_optimum_and_writes_rows(tmp_path, capsys):
     assert result.num_configs == 12
     # Long searches report as they go: one line per configuration and a progress bar.
     captured = capsys.readouterr()
-    assert captured.out.count("UHO round 0 config ") == 12 and "UHO best: " in captured.out
+    assert caplog.text.count("UHO round 0 config ") == 12 and "UHO best: " in caplog.text
     assert f"UHO adaptations {12 * len(TASKS)}/{12 * len(TASKS)}" in captured.err
     # Only lr is searched: the other dimensions keep the base setting.
     assert (result.best.drop_rate, result.best.aug_rate, result.best.inner_batch_size) == (0.5, 0.5, 8)

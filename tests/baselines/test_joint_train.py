@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from adapt.config import EvalConfig
 from storage import checkpoint
 
 from adapt import iou
@@ -65,9 +66,10 @@ def test_joint_training_learns_resumes_and_loads(tasks, tmp_path):
     evaluator = _loop(5)
     checkpoint.load_checkpoint(run, {"model": list(evaluator.model.variables)})
     assert _pooled_iou(evaluator, tasks) == pytest.approx(_pooled_iou(loop, tasks), abs=1e-6)
-    result = evaluate(evaluator, tasks, sorted(tasks), AdaptationSchedule(0.01, 2, 4), shots=3,
-                      num_query=3, transductive=True, num_samples=1, all_tasks=True, seed=0,
-                      stream=1, split="test")
+    result = evaluate(evaluator, tasks, sorted(tasks), AdaptationSchedule(0.01, 2, 4),
+                      EvalConfig(shots=3, num_query=3, transductive=True, eval_samples=1,
+                                 serially_eval_all_test_tasks=True),
+                      seed=0, stream=1, split="test")
     assert len(result.scores) == 3
 
 

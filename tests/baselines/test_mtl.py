@@ -7,12 +7,13 @@ import pytest
 import tensorflow as tf
 
 from adapt.config import EvalConfig
+from adapt.evaluate import evaluation_schedule
 from baselines.config import MTLConfig
 from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
                       mtl_meta_config, mtl_schedule)
 from data.episodes import sample_episode
 from meta.config import InnerConfig, MetaConfig
-from meta.inner import adapt, evaluation_schedule
+from meta.inner import adapt
 from models.build import build_model
 from models.config import LossConfig, ModelConfig
 from models.losses import make_loss

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adapt.evaluate import STREAM_PRETRAIN, evaluate
+from adapt.config import EvalConfig
+from adapt.evaluate import evaluate
 from baselines.config import MTLConfig
 from baselines.mtl import head_inner_loop, mtl_schedule
 from baselines.pretrain import (BEST_INFO, BEST_WEIGHTS, PretrainStep, pre_train,
                            pre_train_learning_rate)
 from data.splits import Splits
 from data.tasks import pool_classes
+from meta.streams import STREAM_PRETRAIN
 from storage import checkpoint
 from storage.logs import CSV_NAME, read_log
 from tests.fixtures.meta_fixtures import SIZE, cross_entropy, tiny_model, toy_tasks
@@ -92,7 +94,8 @@ def test_keeps_best_val_weights_and_resumes_exactly(tasks, tmp_path):
     fresh = tiny_model(dropout=0.0)
     fresh.load_weights(os.path.join(tmp_path / "straight", BEST_WEIGHTS))
     again = evaluate(head_inner_loop(fresh, cross_entropy, MTL), tasks, SPLITS.val,
-                     mtl_schedule(MTL, MTL.shot), shots=MTL.shot, num_query=MTL.val_query,
-                     transductive=False, num_samples=2, all_tasks=False, seed=0,
-                     stream=STREAM_PRETRAIN, split="val")
+                     mtl_schedule(MTL, MTL.shot),
+                     EvalConfig(shots=MTL.shot, num_query=MTL.val_query, transductive=False,
+                                eval_samples=2, serially_eval_all_test_tasks=False),
+                     seed=0, stream=STREAM_PRETRAIN, split="val")
     assert again.mean_iou == pytest.approx(best["val_miou"], abs=1e-5)

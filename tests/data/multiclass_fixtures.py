@@ -1,4 +1,5 @@
-"""Tiny multi-class datasets in the MTL seed's COCO layout and in COCO-Stuff's, and the seed's
+"""Tiny multi-class datasets in MTL-Segmentation's COCO layout and in COCO-Stuff's, and
+MTL-Segmentation's
 FewShotPreprocessing.py folders: colour-coded boxes on a noisy grey background."""
 import os
 
@@ -29,7 +30,7 @@ def _save(array: np.ndarray, path: str, **kwargs) -> None:
 
 def make_seed_coco(root, num_classes: int = 3, counts=(16, 8), size: int = 32,
                    seed: int = 0) -> str:
-    """The seed's COCO layout: DIR/{train,val}/<n>.jpg, DIR/labels/{train,val}/<n>.png with
+    """MTL-Segmentation's COCO layout: DIR/{train,val}/<n>.jpg, DIR/labels/{train,val}/<n>.png with
     grey value c * 255 / (K - 1) rounded to an integer."""
     rng = np.random.default_rng(seed)
     for split, n in zip(("train", "val"), counts):

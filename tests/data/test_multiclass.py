@@ -1,4 +1,5 @@
-"""Multi-class pre-training data: the seed's grey-level COCO labels decoded to the nearest class,
+"""Multi-class pre-training data: MTL-Segmentation's grey-level COCO labels decoded to the nearest
+class,
 COCO-Stuff id maps with 255 kept, every bad file reported by path and skipped."""
 import os
 
@@ -12,7 +13,8 @@ from multiclass_fixtures import draw, make_coco_stuff, make_seed_coco
 
 
 def test_grey_levels_decode_to_the_nearest_class_not_by_truncation():
-    # K = 5: levels 0, 63.75, 127.5, 191.25, 255; the seed's int(v * 4 / 255) made 63 class 0
+    # K = 5: levels 0, 63.75, 127.5, 191.25, 255; MTL-Segmentation's int(v * 4 / 255) made 63 class
+    # 0
     grey = np.array([[0, 63, 64, 127, 128], [191, 192, 254, 255, 1]], np.uint8)
     ids = decode_grey_label(Image.fromarray(grey), 5)
     np.testing.assert_array_equal(ids, [[0, 1, 1, 2, 2], [3, 3, 4, 4, 0]])

@@ -1,4 +1,4 @@
-"""The converter reads the MTL seed's FewShotPreprocessing.py folders
+"""The converter reads MTL-Segmentation's FewShotPreprocessing.py folders
 ({train,val,test}/images/<class>/ + labels/<class>/) and keeps their class split."""
 import json
 import os
@@ -13,7 +13,8 @@ from fss_1000_image_to_tfrecord import convert
 
 
 def _seed_layout(src, out, assign):
-    """assign(class, stem) -> split; copies <class>/<stem>.jpg/.png into the seed's folders."""
+    """assign(class, stem) -> split; copies <class>/<stem>.jpg/.png into MTL-Segmentation's
+    folders."""
     for name in sorted(os.listdir(src)):
         for file in sorted(os.listdir(os.path.join(src, name))):
             stem, ext = os.path.splitext(file)

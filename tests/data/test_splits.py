@@ -86,6 +86,6 @@ def test_published_fss1000_lists(published_lists):
     splits = split_classes(folders, test_tasks_file=test_file, num_val_tasks=10)
     assert len(splits.test) == 240 and len(splits.train) == 750
     assert set(splits.train) | set(splits.val) == set(folders) - set(test_names)
-    # reference-spec 1.5: the 10 alphabetically last training classes.
+    # ml4ai/mliis data/fss_1000_utils.py: the 10 alphabetically last training classes.
     assert set(splits.val) == {"zucchini", "zebra", "yurt", "yorkshire_terrier", "yonex_icon",
                                "yoga_pad", "yawl", "wrench", "wreck", "woodpecker"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,9 +27,8 @@ configure_devices("mirrored", 2 if MODE == "logical" else 1)
 
 import tensorflow as tf  # noqa: E402
 
-from adapt.config import EvalConfig  # noqa: E402
-from adapt.config import UHOConfig  # noqa: E402
-from adapt.evaluate import evaluate  # noqa: E402
+from adapt.config import EvalConfig, UHOConfig  # noqa: E402
+from adapt.evaluate import evaluate, monitor  # noqa: E402
 from adapt.uho_objective import _spread_adapt, make_adapt_task  # noqa: E402
 from data.splits import Splits  # noqa: E402
 from devices.distribute import DistributedMetaLearner, Replicas, make_strategy  # noqa: E402
@@ -64,8 +64,9 @@ def logical(out: str) -> None:
             batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
             learner.meta_step(batch, rng, 0.5)
         weights[label] = trainable(learner.loop)
-        evaluation = dict(shots=3, num_query=2, transductive=True, num_samples=1,
-                          all_tasks=True, seed=0, stream=1, split="test")
+        evaluation = dict(evaluation=EvalConfig(shots=3, num_query=2, transductive=True,
+                                                eval_samples=1, serially_eval_all_test_tasks=True),
+                          seed=0, stream=1, split="test")
         ious[f"{label}_spread"] = evaluate(learner.loop, tasks, names, SCHEDULE,
                                            replicas=replicas, **evaluation).task_ious
         ious[f"{label}_serial"] = evaluate(learner.loop, tasks, names, SCHEDULE,
@@ -92,19 +93,15 @@ def train(out: str, run_dir: str, iters: int, stop_after: int | None) -> None:
     splits = Splits(train=tuple(sorted(tasks))[:4], val=tuple(sorted(tasks))[4:], test=())
     replicas = Replicas(strategy, make_loop(), make_loop)
     learner = DistributedMetaLearner(replicas, META, SCHEDULE)
-    groups = {"model": list(learner.loop.model.variables),
-              "inner_optimizer": list(learner.loop.optimizer.variables),
-              "outer_optimizer": list(learner.outer_optimizer.variables)}
+    groups = learner.checkpoint_groups()
     rng = np.random.default_rng([0, 0])
-    start = 0
-    path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-    if path is not None:
-        state = checkpoint.load_checkpoint(path, groups)
-        rng.bit_generator.state = state["rng_state"]
-        start = int(state["step"])
+    state = checkpoint.resume(run_dir, groups, rng)
+    start = 0 if state is None else int(state["step"])
     meta = MetaConfig(**{**META.__dict__, "meta_iters": iters})
-    meta_train(learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=3, num_query=2),
-               eval_schedule=SCHEDULE, rng=rng, run_dir=run_dir, config_json="{}",
+    watch = partial(monitor, learner, tasks, splits, meta=meta,
+                    evaluation=EvalConfig(shots=3, num_query=2), schedule=SCHEDULE)
+    meta_train(learner, tasks, splits, meta=meta, monitor=watch, rng=rng, run_dir=run_dir,
+               config_json="{}",
                checkpoint_groups=groups, start_step=start, stop_after=stop_after)
     np.savez(out, *trainable(learner.loop))
 

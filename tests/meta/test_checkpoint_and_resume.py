@@ -1,11 +1,12 @@
 """Checkpoints: atomic writes, keep-last-N, clear mismatch errors, exact resume of meta-training."""
-import json
 import os
+from functools import partial
 
 import numpy as np
 import pytest
 
 from adapt.config import EvalConfig
+from adapt.evaluate import monitor
 from data.splits import Splits
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
@@ -53,7 +54,7 @@ def test_crash_mid_write_leaves_previous_checkpoint_loadable(tmp_path, monkeypat
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
-    monkeypatch.setattr(checkpoint, "_write_text_atomic", crash)
+    monkeypatch.setattr(checkpoint.atomic, "write_text", crash)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_checkpoint(str(tmp_path), 2, {"model": variables}, rng_state=None,
                                    config_json="{}")
@@ -106,8 +107,10 @@ def _run(run_dir, *, stop_after=None, resume=False):
         state = checkpoint.load_checkpoint(run_dir, groups)
         rng.bit_generator.state = state["rng_state"]
         start = state["step"]
-    meta_train(learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=2, eval_iters=2),
-               eval_schedule=SCHEDULE, rng=rng, run_dir=run_dir, config_json="{}",
+    watch = partial(monitor, learner, tasks, splits, meta=meta,
+                    evaluation=EvalConfig(shots=2, eval_iters=2), schedule=SCHEDULE)
+    meta_train(learner, tasks, splits, meta=meta, monitor=watch, rng=rng, run_dir=run_dir,
+               config_json="{}",
                checkpoint_groups=groups, start_step=start, stop_after=stop_after)
     return [np.array(v.numpy()) for v in model.variables]
 
@@ -161,8 +164,10 @@ def test_diverging_run_stops_before_saving_and_names_the_last_checkpoint(tmp_pat
         loop = InnerLoop(model, cross_entropy, sgd=True, learning_rate=0.02)
         learner = MetaLearner(loop, meta, AdaptationSchedule(learning_rate=0.02, iters=1,
                                                              batch_size=4))
-        meta_train(learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=2, eval_iters=1),
-                   eval_schedule=SCHEDULE, rng=np.random.default_rng(0), run_dir=run_dir,
+        watch = partial(monitor, learner, tasks, splits, meta=meta,
+                        evaluation=EvalConfig(shots=2, eval_iters=1), schedule=SCHEDULE)
+        meta_train(learner, tasks, splits, meta=meta, monitor=watch,
+                   rng=np.random.default_rng(0), run_dir=run_dir,
                    config_json="{}", checkpoint_groups={"model": list(model.variables)},
                    meta_step_size_at=lambda step: step_sizes[step])
     # Runaway weights (finite loss under batch norm) in the first meta-iteration.

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from adapt.config import EvalConfig
 from adapt.evaluate import EvalResult, TaskScore, evaluate, evaluation_plan
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
@@ -47,16 +48,18 @@ def test_snapshot_restore_is_bit_identical(loop):
 def test_evaluation_leaves_every_variable_bit_identical(loop, tasks):
     schedule = AdaptationSchedule(learning_rate=0.05, iters=3, batch_size=4, aug_rate=0.5)
     before = _everything(loop)
-    result = evaluate(loop, tasks, sorted(tasks), schedule, shots=3, num_query=5,
-                      transductive=True, num_samples=1, all_tasks=True, seed=0, stream=1,
-                      split="test")
+    result = evaluate(loop, tasks, sorted(tasks), schedule,
+                      EvalConfig(shots=3, num_query=5, transductive=True, eval_samples=1,
+                                 serially_eval_all_test_tasks=True),
+                      seed=0, stream=1, split="test")
     after = _everything(loop)
     assert len(result.scores) == 4 and all(s.steps_taken == 3 for s in result.scores)
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     # ... and the adaptation did change things in between: a second run scores the same
-    again = evaluate(loop, tasks, sorted(tasks), schedule, shots=3, num_query=5,
-                     transductive=False, num_samples=1, all_tasks=True, seed=0, stream=1,
-                     split="test")
+    again = evaluate(loop, tasks, sorted(tasks), schedule,
+                     EvalConfig(shots=3, num_query=5, transductive=False, eval_samples=1,
+                                serially_eval_all_test_tasks=True),
+                     seed=0, stream=1, split="test")
     np.testing.assert_allclose(again.task_ious, result.task_ious, atol=1e-6)
 
 
@@ -71,11 +74,11 @@ def test_inner_step_traced_once_across_a_20_task_run(loop, tasks):
         learner.meta_step([tasks[names[j % 4]] for j in range(i, i + 5)], rng, 0.1 / (i + 1))
     for lr, shots, batch, rate in ((0.02, 3, 2, 0.5), (0.005, 5, 8, 0.0)):  # new values, shapes
         set_dropout_rate(loop.model, rate)
-        evaluate(loop, tasks, names, AdaptationSchedule(learning_rate=lr, iters=2,
-                                                        batch_size=batch, aug_rate=0.0,
-                                                        scheduler="cosine_anneal"),
-                 shots=shots, num_query=2, transductive=True, num_samples=1, all_tasks=True,
-                 seed=1, stream=2, split="test")
+        schedule = AdaptationSchedule(learning_rate=lr, iters=2, batch_size=batch, aug_rate=0.0,
+                                      scheduler="cosine_anneal")
+        evaluate(loop, tasks, names, schedule,
+                 EvalConfig(shots=shots, num_query=2, transductive=True, eval_samples=1,
+                            serially_eval_all_test_tasks=True), seed=1, stream=2, split="test")
     set_dropout_rate(loop.model, 0.2)
     # without a per-step callback every task's steps are one compiled call (meta.inner)
     assert loop.trace_counts == {"train_step": 0, "train_steps": 1, "predict": 1}

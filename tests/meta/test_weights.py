@@ -31,13 +31,6 @@ def test_average_is_elementwise_mean_and_accepts_variables():
         np.testing.assert_allclose(got[i].numpy(), (a[i] + b[i] + 3.0 * a[i]) / 3, rtol=1e-6)
 
 
-def test_interpolate_endpoints_and_midpoint():
-    a, b = _lists(2)
-    for eps, want in ((0.0, a), (1.0, b), (0.3, [x + 0.3 * (y - x) for x, y in zip(a, b)])):
-        for got, w in zip(weights.interpolate(a, b, eps), want):
-            np.testing.assert_allclose(got.numpy(), w, rtol=1e-5, atol=1e-6)
-
-
 def test_mismatched_lengths_and_empty_average_raise():
     a, b = _lists()
     with pytest.raises(ValueError, match="same length"):

@@ -13,7 +13,8 @@ from models.layers import IMAGENET_MEAN, IMAGENET_STD
 from models.losses import make_loss
 
 SIZE = 64
-# Reference-spec 2.6 (verified there against the paper's TF1 graph): trainable parameters.
+# ml4ai/mliis models/efficientlab.py (verified there against the paper's TF1 graph): trainable
+# parameters.
 B0_ENCODER_PARAMS = 851_808  # stem + 11 MBConv blocks, cut at Keras' block5c_add
 B0_RSD_2_4_PARAMS = 2_071_714  # EfficientLab-6-3 (--rsd 2 4)
 B0_RSD_2_PARAMS = 1_368_242
@@ -62,7 +63,8 @@ def test_backbone_is_keras_efficientnet_truncated_at_block5c(b0):
 
 def test_drop_connect_rates_are_the_reference_ones(b0):
     rates = {layer.name: layer.rate for layer in b0.layers if layer.name.endswith("_drop")}
-    # reference: 0.2 * block index / 11 for the 11 blocks of the truncated B0 (spec 2.2)
+    # reference: 0.2 * block index / 11 for the 11 blocks of the truncated B0 (ml4ai/mliis
+    # models/efficientnet/efficientnet_builder.py)
     expected = {"block2b_drop": 2, "block3b_drop": 4, "block4b_drop": 6, "block4c_drop": 7,
                 "block5b_drop": 9, "block5c_drop": 10}
     assert set(rates) == set(expected)

@@ -7,7 +7,6 @@ import tensorflow as tf
 from models.build import build_model
 from models.config import LOSS_NAMES, LossConfig, ModelConfig
 from models.losses import make_loss
-from models.metrics import iou_per_image, mean_iou
 from models.mtl import set_mtl_mode
 from models.regularizers import regularized_weights
 
@@ -136,22 +135,6 @@ def test_regularizers_follow_the_mtl_mode():
     set_mtl_mode(model, "meta_transfer")
     names = {w.path for w in regularized_weights(model)}
     assert names == {"final_layer_weights/kernel", "final_layer_weights/bias"}
-
-
-def test_mean_iou_is_the_evaluation_iou():
-    y = np.zeros((3, 8, 8), np.int32)
-    y[0, :4] = 1
-    y[1, :, :2] = 1
-    p = np.zeros((3, 8, 8, 2), np.float32)
-    p[..., 1] = 0.2
-    p[0, :2, :, 1] = 0.9  # 16 of 32 foreground pixels, nothing else
-    p[1, :, :4, 1] = 0.51  # 16 of 32 predicted, covering all 16 true ones
-    p[2, 0, 0, 1] = 0.5  # exactly 0.5 is background: empty prediction of an empty mask scores 1
-    p[..., 0] = 1 - p[..., 1]
-    expected = np.array([16 / 32, 16 / 32, 1.0])
-    np.testing.assert_allclose(np.asarray(iou_per_image(np.eye(2)[y], p)), expected, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(iou_per_image(y, p)), expected, rtol=1e-6)
-    assert float(mean_iou(np.eye(2)[y], p)) == pytest.approx(expected.mean())
 
 
 CE_LOSSES = ("cross_entropy", "bce_dice", "ce_dice", "focal")

@@ -1,0 +1,110 @@
+"""A run's shared start: check the inputs, seed, read the shards, split, write config.json.
+
+Every mode that reads --data-dir starts here, in this order, so a refused input writes nothing
+and the same seed draws the same model initialization and training stream in every mode.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import keras
+import numpy as np
+
+from adapt import protocol_hsnet
+from args import Config
+from data.splits import Splits
+from data.tasks import FORMATS, ClassData, data_format, load_tasks
+from meta.streams import STREAM_TRAINING
+from meta.train import held_out_split
+from modes import experiments, mtl
+from modes.restore import check_compatible, resume_source
+from modes.setup import RunError, check_class_sizes, make_splits, write_config
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the modes share once the inputs are read.
+
+    Attributes:
+        cfg: the run config.
+        tasks: class name -> ClassData.
+        splits: the class splits.
+        eval_split: "test", or "val" with --eval_val_tasks.
+        eval_names: the classes of the final evaluation.
+        out_dir: where this run writes (--checkpoint, or an MTL phase's folder in it).
+        rng: the one training stream.
+        is_chief: whether this process writes (only the chief of a cluster does).
+        started: time.monotonic() at the start of the run.
+    """
+
+    cfg: Config
+    tasks: Mapping[str, ClassData]
+    splits: Splits
+    eval_split: str
+    eval_names: tuple[str, ...]
+    out_dir: str
+    rng: np.random.Generator
+    is_chief: bool
+    started: float = field(default_factory=time.monotonic)
+
+
+def _check_inputs(cfg: Config) -> None:
+    """Refuse what would fail later (data, own-image folder, resume, --pretrained)."""
+    if cfg.data.data_dir is None:
+        raise RunError("--data-dir (or --mdataset_dir) is required (a directory written by "
+                       "fss_1000_image_to_tfrecord.py).")
+    if not os.path.isfile(os.path.join(cfg.data.data_dir, "manifest.json")) and \
+            os.path.isdir(os.path.join(cfg.data.data_dir, "train", "images")):
+        raise RunError(f"--data-dir {cfg.data.data_dir!r} holds the MTL seed's image folders, "
+                       f"not shards: convert them first with fss_1000_image_to_tfrecord.py "
+                       f"--input_dir {cfg.data.data_dir} --tfrecord_dir SHARDS.")
+    if cfg.run.fine_tune_task:
+        experiments.load_user_folder(cfg)  # a bad folder fails before training, not after
+    if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
+        source = resume_source(cfg)
+        if source is not None:  # a refused resume leaves the run's config.json as it was
+            check_compatible(source, cfg, resume=True)
+    if cfg.run.pretrained and not os.path.exists(cfg.run.checkpoint):
+        raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint "
+                       f"{cfg.run.checkpoint!r}, which does not exist.")
+
+
+def prepare(cfg: Config, *, is_chief: bool, started: float) -> Run:
+    """Check the inputs, seed, read and split the classes, write config.json (chief only).
+
+    Args:
+        cfg: the run config.
+        is_chief: whether this process writes into --checkpoint.
+        started: time.monotonic() at the start of the run.
+
+    Returns:
+        the Run.
+    """
+    _check_inputs(cfg)
+    run_dir = cfg.run.checkpoint
+    out_dir = run_dir if not os.path.isfile(run_dir) else os.path.dirname(os.path.abspath(run_dir))
+    if cfg.run.mtl:  # meta-transfer learning writes each phase into <checkpoint>/<phase>
+        out_dir = mtl.phase_dir(cfg)
+    keras.utils.set_random_seed(cfg.meta.seed)
+    rng = np.random.default_rng([cfg.meta.seed, STREAM_TRAINING])
+    print(f"Reading --data-dir {cfg.data.data_dir} as "
+          f"{FORMATS[data_format(cfg.data.data_dir)]}", flush=True)
+    tasks = load_tasks(cfg.data.data_dir, cfg.data.image_size)
+    splits = make_splits(cfg, sorted(tasks))
+    eval_split = "val" if cfg.eval.eval_val_tasks else "test"
+    eval_names = splits.val if cfg.eval.eval_val_tasks else splits.test
+    print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
+          f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
+          f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
+    if not cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
+        if cfg.eval.protocol == protocol_hsnet.PROTOCOL:
+            protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
+        check_class_sizes(cfg, tasks, splits, eval_names)
+    if is_chief:  # only the chief of a cluster writes into --checkpoint
+        write_config(out_dir, cfg)
+    return Run(cfg=cfg, tasks=tasks, splits=splits, eval_split=eval_split,
+               eval_names=tuple(eval_names), out_dir=out_dir, rng=rng, is_chief=is_chief,
+               started=started)
