@@ -2,7 +2,7 @@
 # metaseg's entry script.
 # * With FSS-1000 shards (fewshot_shards/) and the paper's checkpoint
 #   (EfficientLab-6-3_FOMAML-star_checkpoint/) present: the paper's SOTA evaluation.
-# * Otherwise: the built-in CPU demo, end to end (about 12 minutes on 2 cores): draw a small
+# * Otherwise: the built-in CPU demo, end to end (about 16 minutes on 2 cores): draw a small
 #   synthetic few-shot dataset, convert it, meta-train EfficientLab at 64 px with Reptile and with
 #   FOMAML*, and compare both meta-learned inits with a random init under the same test-time
 #   adaptation on held-out classes. METASEG_DEMO=mtl ./run.sh runs the MTL U-Net demo instead.

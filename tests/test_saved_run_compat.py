@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 
-# The project imports of this file (module paths may move; flags and run_metasegnet.py stay).
+# The library imports of this file: everything else goes through the command line.
 from args import parse_args
 from models.build import build_model
 from storage.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_state
