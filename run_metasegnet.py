@@ -57,7 +57,8 @@ def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:
     out_dir = mtl.phase_dir(cfg)
     write_config(out_dir, cfg)
     keras.utils.set_random_seed(cfg.meta.seed)
-    return mtl.pre_train_multiclass_phase(cfg, out_dir, np.random.default_rng([cfg.meta.seed, STREAM_TRAINING]))
+    rng = np.random.default_rng([cfg.meta.seed, STREAM_TRAINING])
+    return mtl.pre_train_multiclass_phase(cfg, out_dir, rng)
 
 
 def mtl_pre_train(cfg: Config, strategy, started: float) -> int:
@@ -190,6 +191,8 @@ def show_library_logs() -> None:
         handler = _Stdout()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    # Printed once, here: absl would otherwise give the root logger a stderr handler as well.
+    logger.propagate = False
     absl_logging.set_verbosity(absl_logging.INFO)
 
 

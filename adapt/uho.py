@@ -176,7 +176,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
     measured = _group_configs(rows)
     if measured:
         logging.info("UHO: resuming from %s (%d rows, %d configurations)", csv_path, len(rows),
-                 len(measured))
+                     len(measured))
     ranges = {"lr": tuple(cfg.lr_range), "drop_rate": tuple(cfg.drop_rate_range),
               "aug_rate": tuple(cfg.aug_rate_range),
               "inner_batch_size": tuple(cfg.batch_size_range)}
@@ -198,22 +198,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
             # the optimizer's RNG, so a resumed search replays the same draws.
             asked = opt.ask() if opt is not None else []
             if done:
-                params = _params_of(done[0])
-                x = [params[d.name] for d in dims]
-                searched = {d.name for d in dims}
-                changed = [k for k in SEARCH_KEYS if k not in searched and params[k] != base[k]]
-                if changed:
-                    raise ValueError(
-                        f"UHO results file {csv_path!r}: configuration {config_index} was measured "
-                        f"with {', '.join(f'{k}={params[k]}' for k in changed)}, but this run "
-                        f"fixes {', '.join(f'{k}={base[k]}' for k in changed)}. Move the file "
-                        f"away or pass another --uho_results_csv_name.")
-                for d, value in zip(dims, x):
-                    if value not in d:
-                        raise ValueError(
-                            f"UHO results file {csv_path!r}: {d.name}={value} of configuration "
-                            f"{config_index} lies outside this run's range {d.bounds}. Move the "
-                            f"file away or pass another --uho_results_csv_name.")
+                params, x = _replayed(done, dims, base, csv_path, config_index)
             else:
                 x = asked
                 params = dict(base)
@@ -230,7 +215,7 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
                 # skopt minimizes; a NaN objective (no finite IoU) is told as the worst value.
                 opt.tell(x, -mean_iou if math.isfinite(mean_iou) else 0.0)
             logging.info("UHO round %d config %d/%d: %s -> mean val IoU %.4f, median steps %d",
-                     round_index, config_index + 1, budget, _fmt(params), mean_iou, steps)
+                         round_index, config_index + 1, budget, _fmt(params), mean_iou, steps)
             round_configs.append((params["lr"], mean_iou))
             summary.append((params, mean_iou, steps, config_rows))
         if ranges["lr"][0] != ranges["lr"][1] and round_index + 1 < cfg.uho_outer_iters:
@@ -241,13 +226,45 @@ def optimize_update_hyperparams(adapt_task: AdaptTask, task_names: Sequence[str]
             logging.info("UHO: round %d searches lr in [%g, %g]", round_index + 1, low, high)
 
     progress.close()
+    return _best(summary)
+
+
+def _replayed(done: Sequence[UHORow], dims, base: dict, csv_path: str,
+              config_index: int) -> tuple[dict, list]:
+    """The params and search point of a configuration measured before (a resumed search).
+
+    Raises:
+        ValueError: it was measured with another fixed value or outside this run's ranges.
+    """
+    params = _params_of(done[0])
+    x = [params[d.name] for d in dims]
+    searched = {d.name for d in dims}
+    changed = [k for k in SEARCH_KEYS if k not in searched and params[k] != base[k]]
+    if changed:
+        raise ValueError(
+            f"UHO results file {csv_path!r}: configuration {config_index} was measured "
+            f"with {', '.join(f'{k}={params[k]}' for k in changed)}, but this run "
+            f"fixes {', '.join(f'{k}={base[k]}' for k in changed)}. Move the file "
+            f"away or pass another --uho_results_csv_name.")
+    for d, value in zip(dims, x):
+        if value not in d:
+            raise ValueError(
+                f"UHO results file {csv_path!r}: {d.name}={value} of configuration "
+                f"{config_index} lies outside this run's range {d.bounds}. Move the "
+                f"file away or pass another --uho_results_csv_name.")
+    return params, x
+
+
+def _best(summary: Sequence[tuple[dict, float, int, list[UHORow]]]) -> UHOResult:
+    """The configuration of highest mean IoU (a NaN mean counts as -1), and every row."""
     best_params, best_iou, best_steps, _ = max(summary, key=lambda s: np.nan_to_num(s[1], nan=-1.0))
     best = UpdateHyperparams(lr=float(best_params["lr"]), steps=int(best_steps),
                              drop_rate=float(best_params["drop_rate"]),
                              aug_rate=float(best_params["aug_rate"]),
                              inner_batch_size=int(best_params["inner_batch_size"]))
     all_rows = tuple(r for s in summary for r in s[3])
-    logging.info("UHO best: %s, steps %d, mean val IoU %.4f", _fmt(best_params), best.steps, best_iou)
+    logging.info("UHO best: %s, steps %d, mean val IoU %.4f", _fmt(best_params), best.steps,
+                 best_iou)
     return UHOResult(best=best, best_mean_iou=best_iou, num_configs=len(summary), rows=all_rows)
 
 

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from adapt import iou
-from adapt.config import UHOConfig
+from adapt.config import EvalConfig, UHOConfig
 from adapt.early_stopping import EarlyStopper
 from adapt.evaluate import evaluate_task, predict_queries
 from adapt.uho import UHOResult, UpdateHyperparams, optimize_update_hyperparams
@@ -104,9 +104,8 @@ def early_stopping_adapt(loop: InnerLoop, name: str, episode: Episode,
 
 
 def make_adapt_task(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[str],
-                    base: AdaptationSchedule, cfg: UHOConfig, *, base_drop_rate: float,
-                    shots: int, num_query: int, transductive: bool, seed: int,
-                    stream: int = STREAM_UHO):
+                    base: AdaptationSchedule, cfg: UHOConfig, evaluation: EvalConfig, *,
+                    base_drop_rate: float, seed: int, stream: int = STREAM_UHO):
     """The `adapt_task(params, task, repetition, steps)` callable adapt.uho searches with.
 
     Args:
@@ -115,10 +114,8 @@ def make_adapt_task(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequ
         names: the val classes (their order fixes the random keys).
         base: the flags' evaluation schedule.
         cfg: min_steps, max_steps, patience.
+        evaluation: shots and num_query (the early-stopping set) per episode, transductive.
         base_drop_rate: the model's configured head dropout.
-        shots: support pairs per episode.
-        num_query: query pairs per episode (the early-stopping set).
-        transductive: query prediction mode.
         seed: run seed.
         stream: random stream of these episodes.
 
@@ -127,6 +124,7 @@ def make_adapt_task(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequ
         steps=n adapts exactly n steps and returns (n, IoU).
     """
     index = {name: i for i, name in enumerate(names)}
+    shots, num_query, transductive = evaluation.shots, evaluation.num_query, evaluation.transductive
 
     def adapt_task(params, task, repetition, steps):
         rng = np.random.default_rng([int(seed), int(stream), int(repetition), index[task]])
@@ -160,9 +158,8 @@ def _spread_adapt(replicas, adapt_task_of):
 
 
 def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence[str],
-            base: AdaptationSchedule, cfg: UHOConfig, *, base_drop_rate: float, shots: int,
-            num_query: int, transductive: bool, repetitions: int, seed: int,
-            out_dir: str, replicas=None) -> UHOResult:
+            base: AdaptationSchedule, cfg: UHOConfig, evaluation: EvalConfig, *,
+            base_drop_rate: float, seed: int, out_dir: str, replicas=None) -> UHOResult:
     """Search the update hyperparameters on the val classes; write CSV, plot and uho_best.json.
 
     Args:
@@ -170,12 +167,9 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
         tasks: class name -> ClassData.
         val_names: the val classes.
         base: the flags' evaluation schedule (unsearched dimensions keep its values).
-        cfg: the UHO config.
+        cfg: the UHO config (repetitions: episodes per val class and configuration).
+        evaluation: shots and num_query per val episode, transductive.
         base_drop_rate: the model's configured head dropout.
-        shots: support pairs per val episode.
-        num_query: query pairs per val episode.
-        transductive: query prediction mode.
-        repetitions: episodes per val class and configuration.
         seed: run seed.
         out_dir: the checkpoint directory (results file, plot, best config).
         replicas: a single-process `devices.distribute.Replicas` (--distribute mirrored): each
@@ -193,16 +187,16 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
         raise ValueError(f"UHO searches a fixed inner learning rate; drop --learning_rate_scheduler"
                          f" {base.scheduler} (or set it to fixed) together with "
                          f"--optimize_update_hyperparms_on_val_set.")
-    csv_path = results_csv_path(out_dir, cfg.results_csv_name, shots)
+    csv_path = results_csv_path(out_dir, cfg.results_csv_name, evaluation.shots)
+
     def adapt_task_of(run_loop):
-        return make_adapt_task(run_loop, tasks, val_names, base, cfg,
-                               base_drop_rate=base_drop_rate, shots=shots, num_query=num_query,
-                               transductive=transductive, seed=seed)
+        return make_adapt_task(run_loop, tasks, val_names, base, cfg, evaluation,
+                               base_drop_rate=base_drop_rate, seed=seed)
     adapt_many = None if replicas is None else _spread_adapt(replicas, adapt_task_of)
     result = optimize_update_hyperparams(
         adapt_task_of(loop), list(val_names), cfg,
         {"lr": base.learning_rate, "drop_rate": base_drop_rate, "aug_rate": base.aug_rate,
-         "inner_batch_size": base.batch_size}, csv_path, repetitions=repetitions, seed=seed,
+         "inner_batch_size": base.batch_size}, csv_path, repetitions=cfg.repetitions, seed=seed,
         adapt_many=adapt_many)
     median_mode = cfg.eval_tasks_with_median_early_stopping_iterations
     plot_uho_search(result.rows, os.path.splitext(csv_path)[0] + ".png", median_mode=median_mode)

@@ -17,7 +17,8 @@ kept in `best.weights.h5`.
 
 Outputs in `run_dir`: best.weights.h5 + best.json, a checkpoint after every epoch
 (`storage.checkpoint`; rerunning the command resumes), training_log.csv and tensorboard/
-(`storage.logs`; one row per epoch, `meta_iter` = epochs completed, `meta_step_size` = the learning rate).
+(`storage.logs`; one row per epoch, `meta_iter` = epochs completed, `meta_step_size` = the learning
+rate).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Every function takes and returns plain lists of tensors (one entry per variable, in the same
 order), so the meta-algorithms read like the paper's formulas and each operation is tested
-alone (as openai/supervised-reptile `supervised_reptile/variables.py`). Inputs may be tensors, variables or arrays.
+alone (as openai/supervised-reptile `supervised_reptile/variables.py`). Inputs may be tensors,
+variables or arrays.
 """
 from __future__ import annotations
 

@@ -81,10 +81,8 @@ def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits
           f"[{cfg.uho.min_steps}, {cfg.uho.max_steps}] steps, patience {cfg.uho.patience}",
           flush=True)
     result = run_uho(loop, tasks, splits.val, evaluation_schedule(cfg.inner, cfg.eval), cfg.uho,
-                     base_drop_rate=cfg.model.final_layer_dropout_rate, shots=cfg.eval.shots,
-                     num_query=cfg.eval.num_query, transductive=cfg.eval.transductive,
-                     repetitions=cfg.uho.repetitions, seed=cfg.meta.seed, out_dir=out_dir,
-                     replicas=replicas)
+                     cfg.eval, base_drop_rate=cfg.model.final_layer_dropout_rate,
+                     seed=cfg.meta.seed, out_dir=out_dir, replicas=replicas)
     best = result.best
     print(f"UHO chose lr={best.lr:.4g}, steps={best.steps}, drop_rate={best.drop_rate:.3g}, "
           f"aug_rate={best.aug_rate:.3g}, inner_batch_size={best.inner_batch_size} "

@@ -56,7 +56,7 @@ def write_results(out_dir: str, results: dict) -> str:
             current = f.read()
         if not any(open(p, "rb").read() == current for p in numbered.values()):
             atomic.write_text(os.path.join(out_dir, f"{stem}-{next_n}{ext}"),
-                          current.decode("utf-8", "replace"))
+                              current.decode("utf-8", "replace"))
             next_n += 1
     text = json.dumps(results, indent=1)
     atomic.write_text(os.path.join(out_dir, f"{stem}-{next_n}{ext}"), text)

@@ -7,8 +7,8 @@ Three phases, each writing into `<--checkpoint>/<phase>/` (config.json first, li
   `pre_train/best.weights.h5`;
 * `meta_train --init_weights <pre_train dir or .weights.h5>`: the MTL U-Net gets every pre-trained
   kernel by explicit name (`models.mtl.load_pretrained_unet`, a mismatch is an error), its base
-  kernels are frozen, and scale/shift + BN + head init are meta-learned (baselines/mtl.py) through the
-  shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs); a
+  kernels are frozen, and scale/shift + BN + head init are meta-learned (baselines/mtl.py) through
+  the shared outer loop (`meta.train.meta_train`: task sampling, monitor, checkpoints, logs); a
   K-class pre-training loads everything but its head, and the `way`-channel head starts fresh;
 * `meta_eval --eval_weights <meta_train dir or ckpt folder>`: run_metasegnet.py's final
   evaluation, unchanged, with the MTL adaptation (head only, --update_step SGD steps at --base_lr,
@@ -72,9 +72,9 @@ def multiclass_pre_training(cfg: Config) -> bool:
 def _write_classes(out_dir: str, trained_on, selected_on, splits: Splits) -> None:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, CLASSES_NAME)
-    atomic.write_json(path, {"trained_on": sorted(set(trained_on)),
-                             "selected_on": sorted(set(selected_on)), "test": list(splits.test)},
-                      indent=1)
+    classes = {"trained_on": sorted(set(trained_on)), "selected_on": sorted(set(selected_on)),
+               "test": list(splits.test)}
+    atomic.write_json(path, classes, indent=1)
 
 
 def _read_classes(weights: str, flag: str) -> dict:
@@ -262,9 +262,9 @@ def _base_kernels(model: keras.Model) -> list:
 
 
 def _check_resumable(cfg: Config, path: str) -> None:
-    problems = checkpoint.config_differences(checkpoint.read_config(path), json.loads(cfg.to_json()),
-                                             ["data", "model", "loss", "mtl"],
-                                             ignore=RESUME_MAY_CHANGE)
+    problems = checkpoint.config_differences(
+        checkpoint.read_config(path), json.loads(cfg.to_json()), ["data", "model", "loss", "mtl"],
+        ignore=RESUME_MAY_CHANGE)
     if problems:
         raise ValueError(f"Cannot resume {path}: its config differs:\n  "
                          + "\n  ".join(problems) + "\nUse a fresh --checkpoint directory.")

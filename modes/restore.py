@@ -86,7 +86,8 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
         completed meta-iterations (0 for a fresh run).
     """
     run_dir = cfg.run.checkpoint
-    # The head dropout rate is a model variable, but the flags decide it (--final_layer_dropout_rate).
+    # The head dropout rate is a model variable, but the flags decide it
+    # (--final_layer_dropout_rate).
     skip = ("final_dropout/rate",) + (
         ("final_layer_weights",) if cfg.run.do_not_restore_final_layer_weights else ())
     if cfg.run.pretrained:

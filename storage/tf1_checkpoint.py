@@ -3,10 +3,10 @@
 The reference (ml4ai/mliis, TF 1.15) saves every graph variable with `tf.train.Saver`. We read the
 file
 with `tf.train.load_checkpoint` (no TF1 graph needed) and fill each Keras weight from exactly one
-tensor, by the name mapping of `storage/tf1_names.py`. Nothing is skipped silently: a Keras weight with no
-tensor, a tensor matching no weight, or a shape mismatch raises one ValueError listing them all, and
-nothing is assigned until everything matched. Tensors left out on purpose (optimizer slots, EMA
-shadows, `global_step`, blocks the reference builds but never uses, the head under
+tensor, by the name mapping of `storage/tf1_names.py`. Nothing is skipped silently: a Keras weight
+with no tensor, a tensor matching no weight, or a shape mismatch raises one ValueError listing them
+all, and nothing is assigned until everything matched. Tensors left out on purpose (optimizer slots,
+EMA shadows, `global_step`, blocks the reference builds but never uses, the head under
 `--do_not_restore_final_layer_weights`) are counted by reason in the returned report.
 """
 from __future__ import annotations

@@ -8,7 +8,8 @@ The paper's code (ml4ai/mliis, TF 1.15) names its variables in two ways:
   `decode/decode_skip_connections_<reduction - 1>`, so TF1 numbers them in call order
   (`conv2d`, `conv2d_1`, ..., `batch_normalization`, `batch_normalization_1`, ...).
 This module is pure string logic: which TF1 tensor fills which Keras weight, and which TF1 tensors
-are deliberately left out (with the reason). Reading and assigning live in `storage/tf1_checkpoint.py`.
+are deliberately left out (with the reason). Reading and assigning live in
+`storage/tf1_checkpoint.py`.
 """
 from __future__ import annotations
 

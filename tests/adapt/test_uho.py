@@ -78,8 +78,9 @@ def test_search_dimensions_drop_fixed_ranges():
     assert dims[2].bounds == (2, 16)
 
 
-def test_lr_search_finds_optimum_and_writes_rows(tmp_path, capsys, caplog):
+def test_lr_search_finds_optimum_and_writes_rows(tmp_path, capsys, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="absl")
+    monkeypatch.setattr(logging.getLogger("absl"), "propagate", True)  # to caplog's handler
     cfg = UHOConfig(num_configs_to_sample=12, lr_range=(1e-4, 1.0), max_steps=40)
     csv_path = results_csv_path(str(tmp_path), cfg.results_csv_name, shots=5)
     assert csv_path.endswith("val-set_hyper_param_search_results_5-shot.csv")

@@ -74,8 +74,9 @@ def logical(out: str) -> None:
         # UHO's val episodes with early stopping: spread over the replicas vs one by one
         def adapt_task_of(run_loop):
             return make_adapt_task(run_loop, tasks, names, SCHEDULE,
-                                   UHOConfig(max_steps=4, patience=2), base_drop_rate=0.2,
-                                   shots=3, num_query=2, transductive=True, seed=0)
+                                   UHOConfig(max_steps=4, patience=2),
+                                   EvalConfig(shots=3, num_query=2, transductive=True),
+                                   base_drop_rate=0.2, seed=0)
         params = {"lr": 0.05, "drop_rate": 0.1, "aug_rate": 0.5, "inner_batch_size": 3}
         items = [(name, repetition) for repetition in range(2) for name in names[:3]]
         spread = _spread_adapt(replicas, adapt_task_of)(params, items, None)

@@ -1,7 +1,8 @@
 """TF1 checkpoint loader, tested on reference-format checkpoints written here with tf.compat.v1.
 
-`tests/fixtures/tf1_synthetic.py` rebuilds the reference graph in TF1 graph mode, so variable names come from
-TF1's own auto-naming and the graph's forward pass is an independent reference for our Keras model.
+`tests/fixtures/tf1_synthetic.py` rebuilds the reference graph in TF1 graph mode, so variable names
+come from TF1's own auto-naming and the graph's forward pass is an independent reference for our
+Keras model.
 """
 import dataclasses
 import hashlib
