@@ -1,5 +1,6 @@
-"""Early stopping on a higher-is-better metric, counted in adaptation steps (ml4ai/mliis
-meta_learners/hyperparam_search.py).
+"""Early stopping on a higher-is-better metric, counted in adaptation steps.
+
+After ml4ai/mliis meta_learners/hyperparam_search.py.
 
 UHO and the k-shot experiment adapt a task one step at a time, score the query IoU after every
 step and feed it here; the stopper remembers the best step count and says when to stop.

@@ -1,5 +1,6 @@
-"""Per-task fine-tuned checkpoints (`--save_fine_tuned_checkpoints`, ml4ai/mliis
-meta_learners/supervised_reptile/supervised_reptile/eval.py).
+"""Per-task fine-tuned checkpoints (`--save_fine_tuned_checkpoints`).
+
+As ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/eval.py saves them.
 
 After a task is adapted in the final evaluation, every model variable (weights, BN statistics) is
 written with `storage.checkpoint.save_checkpoint` to

@@ -1,5 +1,6 @@
-"""k-shot learning curves (`--run_k_shot_learning_curves_experiment`, ml4ai/mliis
-meta_learners/supervised_reptile/supervised_reptile/eval.py).
+"""k-shot learning curves (`--run_k_shot_learning_curves_experiment`).
+
+The experiment of ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/eval.py.
 
 For each task and repetition, the class's images are split once into `num_query` held-out test
 images and a pool of training candidates; for every k the first k candidates are the support

@@ -1,6 +1,6 @@
-"""Phase 1 of meta-transfer learning on a separate multi-class dataset (COCO / COCO-Stuff), as the
-MTL-Segmentation pre-trains (ahirsharan/MTL-Segmentation trainer/pre.py,
-dataloader/dataset_loader.py).
+"""Phase 1 of meta-transfer learning on a separate multi-class dataset (COCO / COCO-Stuff).
+
+As ahirsharan/MTL-Segmentation pre-trains (trainer/pre.py, dataloader/dataset_loader.py).
 
 The plain U-Net with a K-channel head is trained on the dataset's train split with the
 optimizer, schedule, checkpoints, resume and logs of the pooled pre-training (baselines/pretrain.py:

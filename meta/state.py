@@ -1,5 +1,6 @@
-"""Which state is snapshotted, said out loud (the states of ml4ai/mliis
-meta_learners/supervised_reptile/supervised_reptile/reptile.py).
+"""Which state is snapshotted, said out loud.
+
+The two states of ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/reptile.py:
 
 * **Model state** = the trainable weights (kernels, biases, BN gamma/beta): what meta-training
   moves. After each meta-training task only this is reset, so BN moving statistics carry over

@@ -1,5 +1,6 @@
-"""The outer meta-training loop (ml4ai/mliis
-meta_learners/supervised_reptile/supervised_reptile/train.py), read top to bottom.
+"""The outer meta-training loop, read top to bottom.
+
+After ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/train.py.
 
 Per meta-iteration, in a fixed order: schedule (annealed epsilon), meta-step (meta-batch of
 training classes drawn from the one training RNG), non-finite check, periodic evaluation,

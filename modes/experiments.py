@@ -1,4 +1,4 @@
-"""run_metasegnet.py's steps around test-time adaptation, each one call from its `_run`:
+"""run_metasegnet.py's steps around test-time adaptation, each one call from a mode:
 
 * `optimize_update_hyperparams_step`: UHO on the val classes (adapt/uho*.py), and
   `meta_fine_tune_on_train_val` (`--meta_fine_tune_steps_on_train_val S`);

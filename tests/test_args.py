@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from args import parse_args
-from paper_line import PAPER_LINE as PAPER_LINE_FLAGS
+from tests.fixtures.paper_line import PAPER_LINE as PAPER_LINE_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,7 @@ import run_metasegnet
 from fss_1000_image_to_tfrecord import convert
 
 from storage import checkpoint
-from paper_line import PAPER_LINE
+from tests.fixtures.paper_line import PAPER_LINE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

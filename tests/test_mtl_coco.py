@@ -17,7 +17,7 @@ from models.build import build_model
 from models.mtl import set_mtl_mode
 from modes.mtl import _base_kernels, _unet_config
 from storage.logs import CSV_NAME, read_log
-from tests.data.multiclass_fixtures import make_coco_stuff, make_seed_coco, make_seed_fewshot
+from tests.fixtures.multiclass import make_coco_stuff, make_seed_coco, make_seed_fewshot
 
 SMALL = ["--image_size", "32", "--n_unet_encoding_stacks", "2",
          "--start_num_feature_maps_power", "3", "--seed", "1"]

@@ -8,8 +8,8 @@ import pytest
 
 from modes import setup
 import run_metasegnet
+from tests.fixtures.paper_shards_writer import paper_record, write_paper_shard
 from tests.fixtures.tf1_synthetic import write_synthetic_checkpoint
-from paper_shards_writer import paper_record, write_paper_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT = "EfficientLab-6-3_FOMAML-star_checkpoint"

@@ -9,7 +9,7 @@ from PIL import Image
 
 from data.multiclass import IGNORE_LABEL, decode_grey_label, load_multiclass
 from data.problems import ProblemsFound
-from multiclass_fixtures import draw, make_coco_stuff, make_seed_coco
+from tests.fixtures.multiclass import draw, make_coco_stuff, make_seed_coco
 
 
 def test_grey_levels_decode_to_the_nearest_class_not_by_truncation():

@@ -8,7 +8,8 @@ import pytest
 from data import paper_shards
 from data.tasks import data_format, load_tasks
 from fss_1000_image_to_tfrecord import convert
-from paper_shards_writer import convert_like_the_paper, paper_record, write_paper_shard
+
+from tests.fixtures.paper_shards_writer import convert_like_the_paper, paper_record, write_paper_shard
 
 SIZE = 224
 
