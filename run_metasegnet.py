@@ -95,27 +95,19 @@ def joint_train(cfg: Config, strategy, started: float) -> int:
                               initial_weights=initial_weights)
 
 
-def evaluate_checkpoint(cfg: Config, strategy, started: float) -> int:
-    """--pretrained: evaluate --checkpoint's init as it is (or fine-tune it on own images)."""
-    run = prepare(cfg, is_chief=_is_chief(strategy), started=started)
-    loop, learner = _build_learner(cfg, strategy)
-    initial_weights = _initial_weights(cfg, loop.model)
-    start_step = restore(cfg, loop.model, learner, run.rng)
-    _export(cfg, loop.model)
-    return adapt_and_evaluate(run, loop, start_step=start_step,
-                              replicas=getattr(learner, "replicas", None),
-                              initial_weights=initial_weights)
-
-
 def meta_train_and_evaluate(cfg: Config, strategy, started: float) -> int:
-    """Meta-train (or resume) with Reptile / FOMAML / FOMAML*, then evaluate the init."""
+    """Meta-train (or resume) with Reptile / FOMAML / FOMAML*, then evaluate the init.
+
+    With --pretrained, --checkpoint's init is restored and evaluated as it is (or fine-tuned on
+    own images): the same steps without the training.
+    """
     run = prepare(cfg, is_chief=_is_chief(strategy), started=started)
     loop, learner = _build_learner(cfg, strategy)
     model = loop.model
     initial_weights = _initial_weights(cfg, model)
     start_step = restore(cfg, model, learner, run.rng)
     _export(cfg, model)
-    if start_step < cfg.meta.meta_iters:
+    if not cfg.run.pretrained and start_step < cfg.meta.meta_iters:
         watch = partial(monitor, learner, run.tasks, run.splits, meta=cfg.meta,
                         evaluation=cfg.eval, schedule=evaluation_schedule(cfg.inner, cfg.eval))
         meta_train(learner, run.tasks, run.splits, meta=cfg.meta, monitor=watch, rng=run.rng,
@@ -156,7 +148,7 @@ def _export(cfg: Config, model) -> None:
 MODES = {"fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,
          "mtl_pre_train": mtl_pre_train, "mtl_meta_train": mtl_meta_train,
          "mtl_meta_eval": mtl_meta_eval, "joint_train": joint_train,
-         "evaluate_checkpoint": evaluate_checkpoint, "meta_train": meta_train_and_evaluate}
+         "meta_train": meta_train_and_evaluate}
 
 
 def mode_of(cfg: Config) -> str:
@@ -169,7 +161,7 @@ def mode_of(cfg: Config) -> str:
         return f"mtl_{cfg.mtl.phase}"
     if cfg.run.joint_train:
         return "joint_train"
-    return "evaluate_checkpoint" if cfg.run.pretrained else "meta_train"
+    return "meta_train"  # with --pretrained: restore and evaluate, no training
 
 
 class _Stdout(logging.StreamHandler):

@@ -6,8 +6,7 @@ and the same seed draws the same model initialization and training stream in eve
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import keras
@@ -48,7 +47,7 @@ class Run:
     out_dir: str
     rng: np.random.Generator
     is_chief: bool
-    started: float = field(default_factory=time.monotonic)
+    started: float
 
 
 def _check_inputs(cfg: Config) -> None:
