@@ -60,6 +60,11 @@ class RunConfig:
     joint_train_epochs: int = 10
     compare_random_init: bool = False
     mtl: bool = False  # --phase given: the meta-transfer-learning pipeline
+    serve: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7860
+    serve_dir: str = "serve_output"
+    given_flags: tuple[str, ...] = ()  # dests of the flags typed on the command line
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,19 @@ def _add_eval_flags(p):
                    dest="fine_tuned_checkpoint", default=None)
 
 
+def _add_serve_flags(p):
+    g = p.add_argument_group("segment your own images in a web page (docs/adaptation.md)")
+    g.add_argument("--serve", action="store_true",
+                   help="open a page where you paint a few examples and segment more images "
+                        "with the init in --checkpoint")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address the page binds to (0.0.0.0 opens it to the network)")
+    g.add_argument("--port", type=int, default=7860, help="port of the page")
+    g.add_argument("--serve_dir", default="serve_output",
+                   help="the page's output folder: one subfolder per browser session; nothing "
+                        "is written elsewhere")
+
+
 def _add_uho_flags(p):
     g = p.add_argument_group("update hyperparameter optimization (UHO)")
     g.add_argument("--optimize_update_hyperparms_on_val_set", action="store_true")
@@ -311,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (_add_data_flags, _add_model_flags, _add_loss_flags, _add_inner_flags,
                 _add_meta_flags, _add_eval_flags, _add_uho_flags, _add_experiment_flags,
-                _add_mtl_flags, _add_device_flags):
+                _add_mtl_flags, _add_device_flags, _add_serve_flags):
         add(p)
     return p
 
@@ -381,9 +399,11 @@ def _contradictions(a) -> list[str]:
                         a.continue_training_from_checkpoint)):
         if path and not os.path.exists(path):
             problems.append(f"{flag} {path!r} does not exist")
-    if not a.pretrained and os.path.isfile(a.checkpoint) and a.phase is None:
+    if not (a.pretrained or a.fine_tune_task or a.serve) and os.path.isfile(a.checkpoint) \
+            and a.phase is None:
         problems.append(f"--checkpoint {a.checkpoint!r} is a file; training writes a folder "
-                        f"(only --pretrained reads a file, e.g. a .tar.gz)")
+                        f"(only --pretrained, --fine-tune-task and --serve read a file, e.g. a "
+                        f".tar.gz)")
     if a.distribute != "none" and (a.phase or a.joint_train):
         problems.append("--distribute spreads Reptile/FOMAML meta-batches and evaluations; it "
                         "cannot be combined with --phase or --joint_train")
@@ -393,13 +413,45 @@ def _contradictions(a) -> list[str]:
         problems.append("UHO, k-shot curves and --fine-tune-task write their own files; run them "
                         "on one machine (--distribute none|mirrored, --pretrained), not with "
                         "--distribute multi_worker")
+    if a.serve and (a.fine_tune_task or a.pretrained or a.phase or a.joint_train
+                    or a.data_dir or a.optimize_update_hyperparms_on_val_set
+                    or a.run_k_shot_learning_curves_experiment or a.distribute != "none"):
+        problems.append("--serve opens the page on the init in --checkpoint; it cannot be "
+                        "combined with --fine-tune-task, --pretrained, --phase, --joint_train, "
+                        "--data-dir, UHO, k-shot curves or --distribute")
+    if not 1 <= a.port <= 65535:
+        problems.append(f"--port must be in 1..65535. Received: {a.port}")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems
 
 
-def config_from_namespace(a) -> Config:
-    """Turn parsed flags into the frozen configs (raises ValueError on a bad value)."""
+def given_flags(argv=None) -> frozenset[str]:
+    """The flags typed on the command line (their dests), as opposed to defaults.
+
+    Args:
+        argv: the arguments (default sys.argv[1:]).
+
+    Returns:
+        dests, e.g. {"checkpoint", "fine_tune_task", "learning_rate"}.
+    """
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args(argv)
+    return frozenset(vars(namespace))
+
+
+def config_from_namespace(a, given=frozenset()) -> Config:
+    """Turn parsed flags into the frozen configs (raises ValueError on a bad value).
+
+    Args:
+        a: the parsed flags.
+        given: the dests of the flags typed on the command line (`given_flags`).
+
+    Returns:
+        Config.
+    """
     data = DataConfig(data_dir=a.data_dir, image_size=a.image_size, fss_1000=a.fss_1000,
                       test_tasks_file=a.test_tasks_file, num_test_tasks=a.num_test_tasks,
                       num_val_tasks=a.num_val_tasks, fp_k_test_set=a.fp_k_test_set, seed=a.seed)
@@ -481,7 +533,9 @@ def config_from_namespace(a) -> Config:
                     optimize_update_hyperparms_on_val_set=a.optimize_update_hyperparms_on_val_set,
                     run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,
                     joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,
-                    compare_random_init=a.compare_random_init, mtl=a.phase is not None)
+                    compare_random_init=a.compare_random_init, mtl=a.phase is not None,
+                    serve=a.serve, host=a.host, port=a.port, serve_dir=a.serve_dir,
+                    given_flags=tuple(sorted(given)))
     device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
                           mixed_precision=a.mixed_precision, jit_compile=a.jit_compile)
     return Config(data=data, model=model, loss=loss, inner=inner, meta=meta, eval=evaluation,
@@ -496,6 +550,6 @@ def parse_args(argv=None) -> Config:
     if problems:
         parser.error(problems[0])
     try:
-        return config_from_namespace(namespace)
+        return config_from_namespace(namespace, given_flags(argv))
     except ValueError as e:
         parser.error(str(e))

@@ -33,23 +33,26 @@ from meta.algorithms import MetaLearner  # noqa: E402
 from meta.inner import InnerLoop, training_schedule  # noqa: E402
 from meta.streams import STREAM_TRAINING  # noqa: E402
 from meta.train import meta_train  # noqa: E402
-from modes import experiments, mtl  # noqa: E402
+from modes import experiments, mtl, own_images  # noqa: E402
 from modes.final_eval import adapt_and_evaluate  # noqa: E402
 from modes.restore import restore  # noqa: E402
 from modes.session import prepare  # noqa: E402
 from modes.setup import write_config  # noqa: E402
+from segmenter import build  # noqa: E402
 from storage.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 
 
 def fine_tune_only(cfg: Config, strategy, started: float) -> int:
-    """--fine-tune-task DIR with the flags' schedule: load --checkpoint's init, adapt, write."""
-    task = experiments.load_user_folder(cfg)  # validated before any work or output
-    keras.utils.set_random_seed(cfg.meta.seed)
-    loop = experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
-    restore(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, pretrained=True)),
-            loop.model, None, None)
-    experiments.fine_tune_user_folder(cfg, loop, None, task=task)
-    return 0
+    """--fine-tune-task DIR --checkpoint INIT: the init's own settings; typed flags override."""
+    return own_images.fine_tune_only(cfg)
+
+
+def serve(cfg: Config, strategy, started: float) -> int:
+    """--serve --checkpoint INIT: the page where a person paints examples and segments images."""
+    init, settings = own_images.load_init(cfg)
+    from serve.app import launch  # Gradio is imported only for the page
+    return launch(build(init, settings), host=cfg.run.host, port=cfg.run.port,
+                  out_dir=cfg.run.serve_dir)
 
 
 def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:
@@ -145,7 +148,7 @@ def _export(cfg: Config, model) -> None:
         print(f"Exported the model to {export_keras(model, cfg.run.export_keras)}", flush=True)
 
 
-MODES = {"fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,
+MODES = {"serve": serve, "fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,
          "mtl_pre_train": mtl_pre_train, "mtl_meta_train": mtl_meta_train,
          "mtl_meta_eval": mtl_meta_eval, "joint_train": joint_train,
          "meta_train": meta_train_and_evaluate}
@@ -153,6 +156,8 @@ MODES = {"fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pr
 
 def mode_of(cfg: Config) -> str:
     """Which of MODES the flags ask for."""
+    if cfg.run.serve:
+        return "serve"
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return "fine_tune_only"  # needs no --data-dir
     if mtl.multiclass_pre_training(cfg):

@@ -1,33 +1,20 @@
-"""`--fine-tune-task DIR`: adapt the meta-learned init to a user's own few labelled images.
+"""Where `--fine-tune-task DIR` writes, checked before any work: nothing the user owns is replaced.
 
-The folder is read and validated first (`data.user_task.load_user_task`): a bad input raises
-before anything is written. Then the init is adapted on the support pairs with the given
-schedule (the flags', or UHO's), the queries are predicted, and the outputs are written:
-
-* `<out_dir>/<query stem>_mask.png` (0/255, the query's original size),
-  `<query stem>_overlay.png` and `summary.json` (schedule, foreground fraction per query, and
-  the IoU of every query that has a ground-truth `<stem>.png` beside it), swapped in whole;
-* the adapted weights as a metaseg checkpoint in `weights_dir` (loadable with `--pretrained
-  --checkpoint weights_dir`).
-
-The model's state is restored afterwards, so the same init can serve several folders.
+The outputs (written by `segmenter.folder`):
+* `DIR/predictions/<query stem>_mask.png` (0/255, the query's original size),
+  `<query stem>_overlay.png` and `summary.json`, swapped in whole;
+* the adapted weights as a metaseg checkpoint in `--fine-tuned-checkpoint` (default
+  `DIR/fine_tuned_checkpoint`), loadable with `--pretrained --checkpoint` and by
+  `segmenter.from_checkpoint`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
-import numpy as np
-
-from adapt import iou
-from adapt.user_outputs import masks_at_original_size, write_user_predictions
 from data.errors import UserError
-from data.user_task import UserTask
-from meta.inner import AdaptationSchedule, InnerLoop, adapt
 from storage import checkpoint
 
-PREDICT_BATCH = 8
 DEFAULT_OUT_NAME = "predictions"
 DEFAULT_WEIGHTS_NAME = "fine_tuned_checkpoint"
 SUMMARY_FORMAT = "metaseg-fine-tune-task"  # marks a predictions folder as ours (summary.json)
@@ -79,78 +66,29 @@ def check_outputs(task_dir: str, out_dir: str, weights_dir: str) -> None:
                             f"summary.json of --fine-tune-task); move them away.")
     if weights_dir == os.path.join(task_dir, DEFAULT_WEIGHTS_NAME):
         _refuse_outside_link(weights_dir, task_dir, "The weights folder")
-    if os.path.lexists(weights_dir) and not os.path.isdir(weights_dir):
-        raise UserError(f"--fine-tuned-checkpoint {weights_dir!r} is a file; pass a folder "
-                        f"(new, or one holding earlier fine-tuned weights).")
-    if os.path.isdir(weights_dir) and os.listdir(weights_dir):
+    check_weights_dir(weights_dir, "--fine-tuned-checkpoint")
+
+
+def check_weights_dir(directory: str, what: str) -> None:
+    """Refuse a weights folder that holds something other than fine-tuned weights.
+
+    Args:
+        directory: the folder.
+        what: how to name it in the message (e.g. "--fine-tuned-checkpoint").
+
+    Raises:
+        UserError: it is a file, or a non-empty folder of another kind (e.g. a meta-training
+            run, whose LAST it would redirect).
+    """
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{what} {directory!r} is a file; pass a folder (new, or one holding "
+                        f"earlier fine-tuned weights).")
+    if os.path.isdir(directory) and os.listdir(directory):
         try:
-            kind = checkpoint.read_state(weights_dir).get("kind")
+            kind = checkpoint.read_state(directory).get("kind")
         except (FileNotFoundError, ValueError):
             kind = None
         if kind != "fine_tuned":
-            raise UserError(f"--fine-tuned-checkpoint {weights_dir!r} is not empty and holds no "
-                            f"fine-tuned weights (e.g. a meta-training run, whose checkpoints it "
-                            f"would mix with); pass a new folder.")
-
-
-def predict_foreground(loop: InnerLoop, images: np.ndarray) -> np.ndarray:
-    """Foreground probabilities of many images, predicted in small batches (inference mode).
-
-    Args:
-        loop: the inner loop.
-        images: (n, S, S, 3) uint8.
-
-    Returns:
-        float32 (n, S, S).
-    """
-    parts = [loop.predict(images[i:i + PREDICT_BATCH]).numpy()[..., 1]
-             for i in range(0, len(images), PREDICT_BATCH)]
-    return np.concatenate(parts)
-
-
-def fine_tune_user_task(loop: InnerLoop, task: UserTask, schedule: AdaptationSchedule, *,
-                        seed: int, out_dir: str, weights_dir: str, config_json: str) -> dict:
-    """Adapt on the task's support pairs, write query masks/overlays and the adapted weights.
-
-    Args:
-        loop: the inner loop holding the init (restored afterwards).
-        task: the validated user task.
-        schedule: the adaptation schedule.
-        seed: seeds mini-batches and augmentation.
-        out_dir: folder for masks, overlays and summary.json (replaced whole).
-        weights_dir: checkpoint directory for the adapted weights.
-        config_json: the run's resolved config (stored with the weights).
-
-    Returns:
-        the summary written to summary.json.
-    """
-    rng = np.random.default_rng([int(seed), len(task.support_images)])
-    loop.full_state.save()
-    try:
-        result = adapt(loop, task.support_images, task.support_masks, schedule, rng)
-        foreground = predict_foreground(loop, task.query_images)
-        masks = masks_at_original_size(foreground, task.query_originals)
-        queries = []
-        for path, mask, truth in zip(task.query_paths, masks, task.query_masks):
-            entry = {"query": os.path.basename(path), "height": int(mask.shape[0]),
-                     "width": int(mask.shape[1]), "foreground_fraction": float(mask.mean())}
-            if truth is not None:
-                entry["iou"] = float(iou.iou_per_image(mask[None], truth[None])[0])
-            queries.append(entry)
-        scored = [q["iou"] for q in queries if "iou" in q]
-        summary = {"task": task.name, "num_support": int(len(task.support_images)),
-                   "steps": int(result.steps_taken), "final_loss": float(result.losses[-1])
-                   if len(result.losses) else None,
-                   "schedule": dataclasses.asdict(schedule), "queries": queries,
-                   "mean_iou": float(np.mean(scored)) if scored else None,
-                   "weights": os.path.abspath(weights_dir), "format": SUMMARY_FORMAT}
-        write_user_predictions(task, masks, out_dir, summary)
-        checkpoint.save_checkpoint(weights_dir, int(result.steps_taken),
-                                   {"model": list(loop.model.variables)}, rng_state=None,
-                                   config_json=config_json, keep=None,
-                                   extra={"kind": "fine_tuned", "task": task.name,
-                                          "support": [os.path.basename(p)
-                                                      for p in task.support_paths]})
-    finally:
-        loop.full_state.restore()
-    return summary
+            raise UserError(f"{what} {directory!r} is not empty and holds no fine-tuned weights "
+                            f"(e.g. a meta-training run, whose checkpoints it would mix with); "
+                            f"pass a new folder.")

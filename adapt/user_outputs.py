@@ -18,26 +18,14 @@ from adapt.predictions import overlay
 from data.user_task import UserTask
 
 
-def masks_at_original_size(foreground: np.ndarray, originals) -> list[np.ndarray]:
-    """Resize foreground probabilities back to each query's size, then threshold at 0.5.
+def probability_at_size(foreground: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of one (S, S) foreground-probability map to (height, width), float32.
 
-    Resizing the probabilities (bilinear) before thresholding gives smoother edges than resizing
-    a thresholded mask.
-
-    Args:
-        foreground: float (q, S, S) foreground probabilities.
-        originals: q arrays (H_i, W_i, 3) (only their sizes are used).
-
-    Returns:
-        q uint8 masks (H_i, W_i) in {0, 1}.
+    Resizing the probabilities before thresholding gives smoother edges than resizing a
+    thresholded mask.
     """
-    masks = []
-    for prob, original in zip(foreground, originals):
-        height, width = original.shape[:2]
-        resized = Image.fromarray(np.asarray(prob, np.float32), mode="F").resize(
-            (width, height), Image.BILINEAR)
-        masks.append((np.asarray(resized) >= 0.5).astype(np.uint8))
-    return masks
+    return np.asarray(Image.fromarray(np.asarray(foreground, np.float32), mode="F").resize(
+        (width, height), Image.BILINEAR))
 
 
 def _swap_in(tmp_dir: str, out_dir: str) -> None:
@@ -58,7 +46,7 @@ def write_user_predictions(task: UserTask, masks: list[np.ndarray], out_dir: str
 
     Args:
         task: the user's task (query paths and original images).
-        masks: per query uint8 (H_i, W_i) in {0, 1}, at original size.
+        masks: per query uint8 (H_i, W_i), nonzero = object, at original size.
         out_dir: destination folder; replaced whole.
         summary: JSON-serializable facts about the run (schedule, IoUs), written as summary.json.
 
@@ -71,9 +59,9 @@ def write_user_predictions(task: UserTask, masks: list[np.ndarray], out_dir: str
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         paths = []
-        for path, original, mask in zip(task.query_paths, task.query_originals, masks):
+        for path, original, mask in zip(task.query_paths, task.query_images, masks):
             stem = os.path.splitext(os.path.basename(path))[0]
-            Image.fromarray(mask * np.uint8(255), mode="L").save(
+            Image.fromarray(np.where(mask > 0, np.uint8(255), np.uint8(0)), mode="L").save(
                 os.path.join(tmp_dir, f"{stem}_mask.png"))
             Image.fromarray(overlay(original, mask)).save(
                 os.path.join(tmp_dir, f"{stem}_overlay.png"))

@@ -8,9 +8,9 @@ Layout:
                                     <n>.jpg query is read as its ground truth, for scoring)
 
 Everything is read and checked before anything is returned, so a caller that writes outputs
-only after `load_user_task` succeeds never leaves half a result behind. Images are resized
-(bilinear; masks nearest) to the model's square input; the original sizes are kept so the
-predicted masks can be resized back.
+only after `load_user_task` succeeds never leaves half a result behind. Images and masks are
+kept at their own sizes: whoever feeds a model resizes them (`resize_image`, `resize_mask`) and
+writes the predicted masks back at these sizes.
 """
 from __future__ import annotations
 
@@ -35,23 +35,21 @@ class UserTask:
 
     Attributes:
         name: the folder's base name.
-        support_images: uint8 (k, S, S, 3).
-        support_masks: uint8 (k, S, S) in {0, 1}.
+        support_images: the k support images as read, uint8 (H_i, W_i, 3).
+        support_masks: their masks, uint8 (H_i, W_i) in {0, 1}.
         support_paths: the k support image paths.
-        query_images: uint8 (q, S, S, 3), resized for the model.
+        query_images: the q queries as read, uint8 (H_i, W_i, 3).
         query_paths: the q query paths, in natural order.
-        query_originals: the q queries as read, uint8 (H_i, W_i, 3), for outputs at original size.
-        query_masks: per query its ground truth uint8 (H_i, W_i) in {0, 1} at original size, or
-            None when the folder has none.
+        query_masks: per query its ground truth uint8 (H_i, W_i) in {0, 1}, or None when the
+            folder has none.
     """
 
     name: str
-    support_images: np.ndarray
-    support_masks: np.ndarray
+    support_images: tuple[np.ndarray, ...]
+    support_masks: tuple[np.ndarray, ...]
     support_paths: tuple[str, ...]
-    query_images: np.ndarray
+    query_images: tuple[np.ndarray, ...]
     query_paths: tuple[str, ...]
-    query_originals: tuple[np.ndarray, ...]
     query_masks: tuple[np.ndarray | None, ...]
 
 
@@ -134,12 +132,11 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
 
 
-def load_user_task(task_dir: str, image_size: int) -> UserTask:
-    """Read and validate DIR/support and DIR/query; resize everything for the model.
+def load_user_task(task_dir: str) -> UserTask:
+    """Read and validate DIR/support and DIR/query.
 
     Args:
         task_dir: the user's task folder.
-        image_size: the model's input side S.
 
     Returns:
         UserTask.
@@ -150,8 +147,6 @@ def load_user_task(task_dir: str, image_size: int) -> UserTask:
             a mask whose size differs from its image, an unreadable file, or no query images.
             The message names the file.
     """
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1. Received: {image_size}")
     if not os.path.isdir(task_dir):
         raise FileNotFoundError(f"--fine-tune-task {task_dir!r} is not a directory.")
     support_dir, query_dir = os.path.join(task_dir, "support"), os.path.join(task_dir, "query")
@@ -181,8 +176,8 @@ def load_user_task(task_dir: str, image_size: int) -> UserTask:
             raise ValueError(f"Mask {masks[stem]!r} is {mask.shape[1]}x{mask.shape[0]} but its "
                              f"image {image_path!r} is {image.shape[1]}x{image.shape[0]}; "
                              f"they must have the same size.")
-        support_images.append(resize_image(image, image_size))
-        support_masks.append(resize_mask(mask, image_size, image_size))
+        support_images.append(image)
+        support_masks.append(mask)
 
     queries = _files(query_dir, SUPPORT_IMAGE_EXTS)
     pngs = _files(query_dir, (MASK_EXT,))
@@ -203,11 +198,8 @@ def load_user_task(task_dir: str, image_size: int) -> UserTask:
                              f" but its query {path!r} is {original.shape[1]}x"
                              f"{original.shape[0]}; they must have the same size.")
         query_masks.append(mask)
-    originals = tuple(originals)
     return UserTask(
         name=os.path.basename(os.path.normpath(task_dir)),
-        support_images=np.stack(support_images), support_masks=np.stack(support_masks),
-        support_paths=tuple(images.values()),
-        query_images=np.stack([resize_image(q, image_size) for q in originals]),
-        query_paths=tuple(queries.values()), query_originals=originals,
-        query_masks=tuple(query_masks))
+        support_images=tuple(support_images), support_masks=tuple(support_masks),
+        support_paths=tuple(images.values()), query_images=tuple(originals),
+        query_paths=tuple(queries.values()), query_masks=tuple(query_masks))

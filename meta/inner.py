@@ -393,7 +393,9 @@ def run_steps(loop: InnerLoop, images: tf.Tensor, masks: tf.Tensor, indices: np.
 
 
 def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: AdaptationSchedule,
-          rng: np.random.Generator, *, on_step: StepCallback | None = None) -> AdaptResult:
+          rng: np.random.Generator, *, on_step: StepCallback | None = None,
+          progress: Callable[[int, int], None] | None = None,
+          progress_chunks: int = 10) -> AdaptResult:
     """Fine-tune the loop's variables on one task's support set (fresh optimizer state).
 
     Args:
@@ -403,6 +405,10 @@ def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: Adap
         schedule: the adaptation schedule.
         rng: draws the mini-batches and augmentation seeds.
         on_step: optional (steps_taken, loss) -> stop callback, e.g. UHO early stopping.
+        progress: optional (steps done, steps in all) callback: the fused steps then run in
+            `progress_chunks` compiled calls instead of one, each the same step graph on the
+            same mini-batches, so the result is the same.
+        progress_chunks: how many reports `progress` gets at most.
 
     Returns:
         AdaptResult.
@@ -411,4 +417,14 @@ def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: Adap
     indices, seeds = draw_batches(rng, len(x), schedule)
     with section("snapshots"):
         loop.reset_optimizer()
-    return run_steps(loop, x, m, indices, seeds, schedule, on_step=on_step)
+    if progress is None or on_step is not None or not len(indices):
+        return run_steps(loop, x, m, indices, seeds, schedule, on_step=on_step)
+    chunk = -(-len(indices) // max(1, progress_chunks))
+    losses = []
+    for start in range(0, len(indices), chunk):
+        part = run_steps(loop, x, m, indices[start:start + chunk], seeds[start:start + chunk],
+                         schedule, first_step=start)
+        losses.append(part.losses)
+        progress(start + part.steps_taken, len(indices))
+    values = np.concatenate(losses)
+    return AdaptResult(steps_taken=len(values), losses=values)

@@ -5,7 +5,6 @@
 * `final_schedule`: the adaptation schedule and head dropout of the final evaluation (UHO's
   choice, every searched dimension, or the flags');
 * `evaluation_hooks`: prediction PNGs and per-task fine-tuned checkpoints;
-* `fine_tune_user_folder`: `--fine-tune-task DIR`;
 * `k_shot_step`: `--run_k_shot_learning_curves_experiment`;
 * `joint_train_step`: `--joint_train`.
 
@@ -23,14 +22,11 @@ import numpy as np
 from adapt.evaluate import evaluation_schedule, monitor
 from adapt.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
 from adapt.kshot import run_k_shot_experiment
-from adapt.own_images import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs, \
-    fine_tune_user_task
 from adapt.uho import UHOResult, UpdateHyperparams
 from adapt.uho_objective import apply_update_hyperparams, run_uho
 from args import Config
 from baselines.joint_train import joint_train
 from data.splits import Splits
-from data.user_task import UserTask, load_user_task
 from devices.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.algorithms import MetaLearner
 from meta.inner import AdaptationSchedule, InnerLoop, training_schedule
@@ -196,58 +192,6 @@ def evaluation_hooks(cfg: Config, model, split: str, out_dir: str, predictions_h
         print(f"Fine-tuned checkpoints of the {split} tasks go to {os.path.join(root, split)}",
               flush=True)
     return combine_hooks(predictions_hook, saver)
-
-
-def load_user_folder(cfg: Config) -> UserTask:
-    """Read and validate --fine-tune-task DIR and its output paths (raises; writes nothing).
-
-    Args:
-        cfg: the run config.
-
-    Returns:
-        the UserTask at the model's image size.
-    """
-    task = load_user_task(cfg.run.fine_tune_task, cfg.model.image_size)
-    check_outputs(cfg.run.fine_tune_task, *_user_output_paths(cfg))
-    return task
-
-
-def _user_output_paths(cfg: Config) -> tuple[str, str]:
-    task_dir = cfg.run.fine_tune_task
-    return (os.path.join(task_dir, DEFAULT_OUT_NAME),
-            cfg.run.fine_tuned_checkpoint or os.path.join(task_dir, DEFAULT_WEIGHTS_NAME))
-
-
-def fine_tune_user_folder(cfg: Config, loop: InnerLoop, uho: UHOResult | None,
-                          task: UserTask | None = None) -> dict:
-    """--fine-tune-task DIR: validate the folder, adapt, write masks, overlays and weights.
-
-    Args:
-        cfg: the run config.
-        loop: the inner loop holding the init.
-        uho: UHO's result (its schedule is used), or None for the flags' schedule.
-        task: the folder, if already loaded (load_user_folder).
-
-    Returns:
-        the summary (also in DIR/predictions/summary.json).
-    """
-    task_dir = cfg.run.fine_tune_task
-    task = task or load_user_folder(cfg)  # raises before anything is written
-    schedule, drop_rate = final_schedule(cfg, uho)
-    out, weights = _user_output_paths(cfg)
-    check_outputs(task_dir, out, weights)
-    print(f"Fine-tuning on {len(task.support_images)} support pairs of {task_dir!r} "
-          f"({'UHO' if uho else 'flags'} schedule: lr={schedule.learning_rate:.4g}, "
-          f"steps={schedule.iters}, batch={schedule.batch_size}, aug_rate={schedule.aug_rate:.3g}"
-          f", drop_rate={drop_rate:.3g})", flush=True)
-    with dropout_rate(loop.model, drop_rate, cfg.model.final_layer_dropout_rate):
-        summary = fine_tune_user_task(loop, task, schedule, seed=cfg.meta.seed, out_dir=out,
-                                      weights_dir=weights, config_json=cfg.to_json())
-    scored = f", mean IoU on the queries with masks {summary['mean_iou']:.4f}" \
-        if summary["mean_iou"] is not None else ""
-    print(f"Wrote {len(task.query_paths)} query masks and overlays to {out} and the adapted "
-          f"weights to {weights}{scored}", flush=True)
-    return summary
 
 
 def k_shot_step(cfg: Config, loop: InnerLoop, tasks, names, out_dir: str,

@@ -20,7 +20,7 @@ from meta.inner import InnerLoop
 from meta.streams import STREAM_TEST, STREAM_TRAIN
 from meta.train import held_out_split
 from models.layers import dropout_rate
-from modes import experiments, mtl
+from modes import experiments, mtl, own_images
 from modes.session import Run
 from storage import atomic
 from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves
@@ -158,7 +158,7 @@ def adapt_and_evaluate(run: Run, loop: InnerLoop, *, start_step: int, replicas=N
         experiments.meta_fine_tune_on_train_val(cfg, loop, run.tasks, run.splits, out_dir,
                                                 uho.best)
     if cfg.run.fine_tune_task:
-        experiments.fine_tune_user_folder(cfg, loop, uho)
+        own_images.fine_tune_after_uho(cfg, loop, uho)
         return 0
     if cfg.run.run_k_shot_learning_curves_experiment:
         experiments.k_shot_step(cfg, loop, run.tasks, run.eval_names, out_dir, uho)

@@ -18,7 +18,7 @@ from data.splits import Splits
 from data.tasks import FORMATS, ClassData, data_format, load_tasks
 from meta.streams import STREAM_TRAINING
 from meta.train import held_out_split
-from modes import experiments, mtl
+from modes import mtl, own_images
 from modes.restore import check_compatible, resume_source
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
 
@@ -61,7 +61,7 @@ def _check_inputs(cfg: Config) -> None:
                        f"not shards: convert them first with fss_1000_image_to_tfrecord.py "
                        f"--input_dir {cfg.data.data_dir} --tfrecord_dir SHARDS.")
     if cfg.run.fine_tune_task:
-        experiments.load_user_folder(cfg)  # a bad folder fails before training, not after
+        own_images.load_user_folder(cfg)  # a bad folder fails before training, not after
     if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
         source = resume_source(cfg)
         if source is not None:  # a refused resume leaves the run's config.json as it was

@@ -7,10 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from data.demo import make_demo_dataset
 from modes.final_eval import RESULTS_NAME
 import run_metasegnet
-from fss_1000_image_to_tfrecord import convert
+from tests.fixtures.mtl_run import phase_argv
 
 from models.build import build_model
 from models.config import ModelConfig
@@ -23,35 +22,17 @@ UNET = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=2,
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mtl_data")
-    make_demo_dataset(str(root / "fss"), num_classes=6, images_per_class=6, image_size=32, seed=0)
-    convert(str(root / "fss"), str(root / "shards"), image_size=32, log=None)
-    return str(root / "shards")
+def shards(mtl_shards):
+    return mtl_shards
 
 
 def _argv(shards, run_dir, phase, *extra, seed="1"):
-    return ["--data-dir", shards, "--image_size", "32", "--num_test_tasks", "2",
-            "--num_val_tasks", "1", "--checkpoint", str(run_dir), "--seed", seed,
-            "--model_name", "mtl_unet", "--phase", phase, "--n_unet_encoding_stacks", "2",
-            "--start_num_feature_maps_power", "2", "--loss_name", "ce_dice",
-            "--monitor_tasks", "1", "--update_step", "2", "--shot", "2", "--train_query", "1",
-            "--val_query", "1", *extra]
+    return phase_argv(shards, run_dir, phase, *extra, seed=seed)
 
 
 @pytest.fixture(scope="module")
-def three_phases(shards, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("mtl_run")
-    outputs = {}
-    for phase, extra in (
-            ("pre_train", ("--pre_max_epoch", "2", "--pre_batch_size", "8", "--pre_lr", "0.05")),
-            ("meta_train", ("--init_weights", str(run_dir / "pre_train"), "--max_epoch", "2",
-                            "--num_batch", "2")),
-            ("meta_eval", ("--eval_weights", str(run_dir / "meta_train"), "--init_weights",
-                           str(run_dir / "pre_train"), "--teshot", "2", "--test_query", "2",
-                           "--eval-samples", "1", "--serially_eval_all_test_tasks"))):
-        outputs[phase] = run_metasegnet.main(_argv(shards, run_dir, phase, *extra))
-    return run_dir, outputs
+def three_phases(mtl_three_phases):
+    return mtl_three_phases
 
 
 def test_three_phases_write_their_outputs(three_phases):

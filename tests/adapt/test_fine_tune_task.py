@@ -1,5 +1,5 @@
-"""--fine-tune-task: masks at each query's original size, overlays, weights that reload, the init
-left untouched, nothing written for a bad folder; and the real-photo run through the CLI."""
+"""--fine-tune-task: masks at each query's original size, overlays, weights that reload, nothing
+written for a bad folder; and the real-photo run through the CLI with the init's own settings."""
 import json
 import os
 
@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.own_images import fine_tune_user_task, predict_foreground
 from data.user_task import load_user_task
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.inner import InnerLoop
+from segmenter import settings as settings_lib
+from segmenter.api import Segmenter
+from segmenter.folder import segment_folder
 from storage import checkpoint
 from tests.fixtures.meta_fixtures import SIZE, cross_entropy, tiny_model
 
@@ -42,17 +44,24 @@ def _user_folder(root, sizes):
     return root
 
 
+def _tiny_segmenter(seed=0):
+    """The tiny test net with 40 Adam steps at lr 0.05 on batches of 4."""
+    loop = InnerLoop(tiny_model(seed=seed, dropout=0.0), cross_entropy, sgd=False,
+                     learning_rate=0.01, augmentation=None)
+    settings = settings_lib.from_config(
+        {"model": {"image_size": SIZE, "model_name": "unet"}, "inner": {"learning_rate": 0.05},
+         "eval": {"eval_iters": 40, "eval_batch_size": 4}}, "the test")
+    return Segmenter(loop, settings)
+
+
 def test_fine_tune_writes_masks_at_original_size(tmp_path):
     sizes = [(70, 50), (33, 61)]
     folder = _user_folder(tmp_path / "mytask", sizes)
-    task = load_user_task(str(folder), SIZE)
-    loop = InnerLoop(tiny_model(dropout=0.0), cross_entropy, sgd=False, learning_rate=0.01)
-    init = [np.array(v.numpy()) for v in loop.model.variables]
-    schedule = AdaptationSchedule(learning_rate=0.05, iters=40, batch_size=4)
+    task = load_user_task(str(folder))
+    seg = _tiny_segmenter()
+    init = [np.array(v.numpy()) for v in seg.model.variables]
     out, weights = str(folder / "predictions"), str(tmp_path / "weights")
-    summary = fine_tune_user_task(loop, task, schedule, seed=0, out_dir=out, weights_dir=weights,
-                                  config_json=json.dumps({}))
-    assert all(np.array_equal(a, v.numpy()) for a, v in zip(init, loop.model.variables))
+    summary = segment_folder(seg, task, out_dir=out, weights_dir=weights)
     assert sorted(os.listdir(out)) == ["q0_mask.png", "q0_overlay.png", "q1_mask.png",
                                        "q1_overlay.png", "summary.json"]
     for i, (w, h) in enumerate(sizes):
@@ -63,15 +72,17 @@ def test_fine_tune_writes_masks_at_original_size(tmp_path):
         with Image.open(os.path.join(out, f"q{i}_overlay.png")) as im:
             assert im.size == (w, h)
     # A red square is easy: 40 steps from scratch find it.
-    assert summary["mean_iou"] > 0.5 and summary["steps"] == 40
+    assert summary["mean_iou"] > 0.5 and summary["steps"] == 40 and summary["warnings"] == []
+    assert summary["sources"]["steps"] == "the test"
     # The adapted weights reload and predict what was written.
-    fresh = InnerLoop(tiny_model(seed=4, dropout=0.0), cross_entropy, sgd=False)
+    fresh = _tiny_segmenter(seed=4)
     checkpoint.load_checkpoint(weights, {"model": list(fresh.model.variables)})
-    adapted = predict_foreground(fresh, task.query_images)
-    assert not np.allclose(adapted, predict_foreground(loop, task.query_images))
+    for a, b in zip(fresh.predict(task.query_images), seg.predict(task.query_images)):
+        np.testing.assert_array_equal(a, b)
+    seg.reset()  # the init comes back whole
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(init, seg.model.variables))
     # A rerun replaces the previous output whole (no leftovers, no temp folders).
-    fine_tune_user_task(loop, task, schedule, seed=1, out_dir=out, weights_dir=weights,
-                        config_json=json.dumps({}))
+    segment_folder(seg, task, out_dir=out, weights_dir=weights)
     assert sorted(p for p in os.listdir(folder) if p.startswith(".")) == []
     assert len(os.listdir(out)) == 5
 
@@ -152,8 +163,9 @@ def test_cli_fine_tune_task_on_real_photos(init_checkpoint, tmp_path, capsys):
             with open(os.path.join(source, stem + ext), "rb") as f:
                 (folder / part / (stem + ext)).write_bytes(f.read())
     weights = str(tmp_path / "adapted")
-    assert main(CLI_FLAGS + ["--checkpoint", init_checkpoint, "--fine-tune-task", str(folder),
-                             "--fine-tuned-checkpoint", weights]) == 0
+    # The init's config.json holds its size, decoder and schedule: no other flag is needed.
+    assert main(["--checkpoint", init_checkpoint, "--fine-tune-task", str(folder),
+                 "--fine-tuned-checkpoint", weights]) == 0
     out = folder / "predictions"
     with open(out / "summary.json") as f:
         summary = json.load(f)
@@ -168,6 +180,9 @@ def test_cli_fine_tune_task_on_real_photos(init_checkpoint, tmp_path, capsys):
     assert checkpoint.read_state(weights)["task"] == folder.name
     printed = capsys.readouterr().out
     assert "Wrote 5 query masks" in printed and "mean IoU" in printed
+    assert f"Init {init_checkpoint}: a joint-training baseline" not in printed  # a saved run
+    assert f"Init {init_checkpoint}: Reptile, 0 meta-iterations" in printed
+    assert "overrides" not in printed
 
 
 def test_cli_bad_folder_names_the_file_and_writes_nothing(tmp_path, capsys):
@@ -180,8 +195,7 @@ def test_cli_bad_folder_names_the_file_and_writes_nothing(tmp_path, capsys):
                                rng_state=None, config_json=cfg.to_json())
     folder = _user_folder(tmp_path / "bad", [(40, 40)])
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "support" / "0.png")
-    assert main(CLI_FLAGS + ["--checkpoint", init_checkpoint,
-                             "--fine-tune-task", str(folder)]) == 2
+    assert main(["--checkpoint", init_checkpoint, "--fine-tune-task", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "0.png" in err and "same size" in err
     assert sorted(os.listdir(folder)) == ["query", "support"]

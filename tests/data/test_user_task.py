@@ -31,14 +31,15 @@ def task_dir(tmp_path):
     return tmp_path
 
 
-def test_reads_any_size_and_keeps_originals(task_dir):
-    task = load_user_task(str(task_dir), 32)
-    assert task.support_images.shape == (2, 32, 32, 3) and task.support_masks.shape == (2, 32, 32)
-    assert set(np.unique(task.support_masks)) == {0, 1}
-    assert task.query_images.shape == (2, 32, 32, 3)
-    # Natural order: 9 before 10; original sizes kept for writing masks back.
+def test_reads_any_size_and_keeps_it(task_dir):
+    task = load_user_task(str(task_dir))
+    # Every image at its own size: the model's side is the adapter's business.
+    assert [i.shape for i in task.support_images] == [(60, 90, 3), (70, 40, 3)]
+    assert [m.shape for m in task.support_masks] == [(60, 90), (70, 40)]
+    assert all(set(np.unique(m)) == {0, 1} for m in task.support_masks)
+    # Natural order: 9 before 10.
     assert [os.path.basename(p) for p in task.query_paths] == ["9.jpg", "10.jpg"]
-    assert [q.shape for q in task.query_originals] == [(33, 21, 3), (30, 50, 3)]
+    assert [q.shape for q in task.query_images] == [(33, 21, 3), (30, 50, 3)]
     assert task.query_masks[0] is None and task.query_masks[1].shape == (30, 50)
     assert task.query_masks[1].sum() == (30 // 2 - 30 // 4) * (50 // 2 - 50 // 4)
 
@@ -46,25 +47,25 @@ def test_reads_any_size_and_keeps_originals(task_dir):
 def test_missing_mask_names_the_image(task_dir):
     os.remove(task_dir / "support" / "2.png")
     with pytest.raises(ValueError, match=r"2\.jpg' has no mask"):
-        load_user_task(str(task_dir), 32)
+        load_user_task(str(task_dir))
 
 
 def test_orphan_mask_names_the_mask(task_dir):
     os.remove(task_dir / "support" / "2.jpg")
     with pytest.raises(ValueError, match=r"2\.png' has no image"):
-        load_user_task(str(task_dir), 32)
+        load_user_task(str(task_dir))
 
 
 def test_mask_size_mismatch(task_dir):
     _write_pair(str(task_dir / "support"), "3", 64, 64, 3, mask_size=(32, 64))
     with pytest.raises(ValueError, match=r"3\.png' is 32x64 but its image .*3\.jpg' is 64x64"):
-        load_user_task(str(task_dir), 32)
+        load_user_task(str(task_dir))
 
 
 def test_unreadable_file_is_named(task_dir):
     (task_dir / "query" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"Cannot read image .*broken\.jpg"):
-        load_user_task(str(task_dir), 32)
+        load_user_task(str(task_dir))
 
 
 def test_missing_parts(task_dir, tmp_path_factory):
@@ -72,12 +73,12 @@ def test_missing_parts(task_dir, tmp_path_factory):
     (empty / "support").mkdir()
     (empty / "query").mkdir()
     with pytest.raises(ValueError, match="No support pairs"):
-        load_user_task(str(empty), 32)
+        load_user_task(str(empty))
     _write_pair(str(empty / "support"), "1", 20, 20, 0)
     with pytest.raises(ValueError, match="No query images"):
-        load_user_task(str(empty), 32)
+        load_user_task(str(empty))
     os.rmdir(empty / "query")
     with pytest.raises(FileNotFoundError, match="query"):
-        load_user_task(str(empty), 32)
+        load_user_task(str(empty))
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        load_user_task(str(empty / "nope"), 32)
+        load_user_task(str(empty / "nope"))

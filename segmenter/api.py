@@ -1,0 +1,342 @@
+"""Segment an object from a few examples: one init, `fit` on the examples, `predict` the rest.
+
+    seg = from_checkpoint("demo_runs/reptile")         # any init the tool writes or reads
+    losses = seg.fit(images, masks)                    # arrays or PIL images, any size
+    masks = seg.predict(more_images)                   # uint8 0/255, each at its own size
+    seg.save("my_object_weights"); seg.export("my_object.keras")
+
+`fit` always starts from the init (a second call does not continue from the first), with a
+generator keyed by the seed and the number of examples, so the same examples give the same
+weights. The adapted state stays in the model for `predict`, `save` and `export`. What is
+snapshotted: every model variable (weights, batch-norm statistics, dropout seeds) and the inner
+optimizer's, once, when the init is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable, Mapping
+
+from absl import logging
+import keras
+import numpy as np
+from PIL import Image
+
+from adapt.own_images import check_weights_dir
+from adapt.user_outputs import probability_at_size
+from data.errors import UserError
+from data.user_task import resize_image, resize_mask
+from devices.precision import use_jit
+from meta.inner import AdaptationSchedule, InnerLoop, adapt
+from meta.state import Snapshot, full_state
+from models.build import build_model
+from models.layers import dropout_rate
+from models.losses import make_loss
+from models.mtl import head_variables, load_pretrained_unet, set_mtl_mode
+from segmenter import settings as settings_lib
+from segmenter.images import as_list, as_pair, as_rgb
+from segmenter.inits import Init, find_init
+from segmenter.settings import Settings
+from storage import checkpoint
+from storage.progress import Progress
+from storage.tf1_checkpoint import export_keras, restore_tf1_checkpoint
+
+PREDICT_BATCH = 8
+LONG_LIST = 4 * PREDICT_BATCH  # predict shows a progress bar from this many images on
+# Settings `configure` may change: they need no new graph (the loss, optimizer type, adapted
+# variables and augmentation graph are built into the compiled step).
+RECONFIGURABLE = ("learning_rate", "steps", "batch_size", "scheduler", "step_decay_rate",
+                  "decay_after_n_steps", "replacement", "dropout_rate", "seed", "aug_rate")
+
+
+def mask_warnings(masks) -> list[str]:
+    """Warnings for examples whose mask is empty or covers the whole image.
+
+    Args:
+        masks: {0, 1} masks, one per example.
+
+    Returns:
+        one line per such example.
+    """
+    out = []
+    for i, mask in enumerate(masks, 1):
+        if not mask.any():
+            out.append(f"example {i}'s mask is empty: it shows no object, so it teaches the "
+                       f"model that everything is background")
+        elif mask.all():
+            out.append(f"example {i}'s mask covers the whole image: it teaches the model that "
+                       f"everything is the object")
+    return out
+
+
+def make_loop(model: keras.Model, settings: Settings) -> InnerLoop:
+    """The compiled inner loop `fit` runs: the settings' loss, optimizer and augmentation.
+
+    Args:
+        model: the built model holding the init.
+        settings: its settings.
+
+    Returns:
+        InnerLoop (adapting only the head when settings.adapt.head_only).
+    """
+    a = settings.adapt
+    return InnerLoop(model, make_loss(settings.loss, model), sgd=a.sgd,
+                     learning_rate=a.learning_rate, weight_decay=a.weight_decay,
+                     variables=head_variables(model) if a.head_only else None,
+                     augmentation=a.augmentation if a.aug_rate > 0 else None,
+                     jit_compile=use_jit("auto"))
+
+
+class Segmenter:
+    """An init ready to adapt to a few examples and segment new images.
+
+    Args:
+        loop: the inner loop whose model holds the init.
+        settings: the model and adaptation settings (and their sources).
+        init: the init it was loaded from (None for weights built here, e.g. a random init).
+    """
+
+    def __init__(self, loop: InnerLoop, settings: Settings, init: Init | None = None):
+        self.loop = loop
+        self.settings = settings
+        self.init = init
+        self.warnings: list[str] = []  # of the last fit
+        self.steps_taken = 0
+        self.num_examples = 0
+        self._init_state = Snapshot(full_state(loop.model, [loop.optimizer]), name="init")
+        self._init_state.save()
+
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model (the adapted one after `fit`)."""
+        return self.loop.model
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square the model sees; images are resized to it and back."""
+        return self.settings.model.image_size
+
+    def describe(self) -> str:
+        """Which init this is, what it was trained on, and every setting with its source."""
+        head = (f"Init: {self.init.path} ({self.init.trained_on()})" if self.init
+                else "Init: weights built here (no checkpoint)")
+        return "\n".join([head, "Settings:"] + [f"  {line}" for line in self.settings.lines()])
+
+    def configure(self, **overrides) -> Settings:
+        """Change adaptation settings for later `fit` calls (e.g. steps, learning_rate).
+
+        Args:
+            **overrides: settings of RECONFIGURABLE.
+
+        Returns:
+            the new settings.
+
+        Raises:
+            UserError: a setting that needs the init loaded again (from_checkpoint), or a bad
+                value.
+        """
+        fixed = sorted(set(overrides) - set(RECONFIGURABLE))
+        if fixed:
+            raise UserError(f"{fixed} cannot change after loading; pass them to "
+                            f"from_checkpoint. configure takes {', '.join(RECONFIGURABLE)}.")
+        if overrides.get("aug_rate", 0) > 0 and self.loop.augment is None:
+            raise UserError("This init was loaded without augmentation (aug_rate 0); pass "
+                            "aug_rate to from_checkpoint to adapt with it.")
+        adapt_settings = dataclasses.replace(self.settings.adapt, **overrides)
+        sources = {**self.settings.sources, **{k: settings_lib.OVERRIDE for k in overrides}}
+        self.settings = dataclasses.replace(self.settings, adapt=adapt_settings, sources=sources)
+        return self.settings
+
+    def reset(self) -> None:
+        """Put the init back (every model variable and the optimizer state)."""
+        self._init_state.restore()
+        self.steps_taken = self.num_examples = 0
+
+    def fit(self, images, masks, *, progress: Callable[[int, int], None] | None = None
+            ) -> np.ndarray:
+        """Adapt the init to the examples (always from the init, never from an earlier fit).
+
+        Args:
+            images: the example images: numpy arrays or PIL images, any size and mode.
+            masks: one mask per image, its size (0/255, 0/1, bool, coloured or alpha masks).
+            progress: called with (steps done, steps in all) during the adaptation.
+
+        Returns:
+            float32 (steps,) the loss of every adaptation step.
+
+        Raises:
+            UserError: no examples, a count mismatch, or an unusable image or mask.
+        """
+        images = as_list(images, "images")
+        masks = as_list(masks, "masks", count=len(images))
+        if not images:
+            raise UserError("fit needs at least one example: an image and its mask.")
+        if len(images) != len(masks):
+            raise UserError(f"fit got {len(images)} images but {len(masks)} masks; give one "
+                            f"mask per image.")
+        pairs = [as_pair(image, mask, f"example {i}")
+                 for i, (image, mask) in enumerate(zip(images, masks), 1)]
+        self.warnings = mask_warnings([mask for _, mask in pairs])
+        for line in self.warnings:
+            logging.warning(line)
+        size = self.image_size
+        x = np.stack([resize_image(image, size) for image, _ in pairs])
+        y = np.stack([resize_mask(mask, size, size) for _, mask in pairs])
+        a = self.settings.adapt
+        schedule = AdaptationSchedule(
+            learning_rate=a.learning_rate, iters=a.steps, batch_size=a.batch_size or len(x),
+            aug_rate=a.aug_rate, scheduler=a.scheduler, step_decay_rate=a.step_decay_rate,
+            decay_after_n_steps=a.decay_after_n_steps, replacement=a.replacement)
+        self.reset()
+        rng = np.random.default_rng([int(a.seed), len(x)])
+        with dropout_rate(self.model, a.dropout_rate, self.settings.model.final_layer_dropout_rate):
+            result = adapt(self.loop, x, y, schedule, rng, progress=progress)
+        self.steps_taken, self.num_examples = int(result.steps_taken), len(x)
+        return np.asarray(result.losses, np.float32)
+
+    def predict(self, images, *, probabilities: bool = False, batch_size: int = PREDICT_BATCH,
+                progress: Callable[[int, int], None] | bool | None = None):
+        """Segment images with the current (adapted, or the init's) weights.
+
+        Args:
+            images: one image or a list (numpy arrays or PIL images, any size and mode).
+            probabilities: return float32 foreground probabilities instead of masks.
+            batch_size: images per model call.
+            progress: a (done, total) callback; True / False forces a progress bar on stderr
+                on / off (default: on from LONG_LIST images).
+
+        Returns:
+            per image a uint8 (H, W) mask in {0, 255} (or float32 probabilities) at that image's
+            own size; a single image gives a single array.
+        """
+        single = isinstance(images, Image.Image) or (isinstance(images, np.ndarray)
+                                                      and images.ndim < 4)
+        items = as_list(images, "images")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1. Received: {batch_size}")
+        bar = Progress(len(items), "segmenting") if progress is True or (
+            progress is None and len(items) >= LONG_LIST) else None
+        out = []
+        for start in range(0, len(items), batch_size):
+            originals = [as_rgb(image, f"image {start + i + 1}")
+                         for i, image in enumerate(items[start:start + batch_size])]
+            batch = np.stack([resize_image(image, self.image_size) for image in originals])
+            foreground = self.loop.predict(batch).numpy()[..., 1]
+            for prob, original in zip(foreground, originals):
+                resized = probability_at_size(prob, *original.shape[:2])
+                out.append(resized if probabilities else
+                           np.where(resized >= 0.5, np.uint8(255), np.uint8(0)))
+            if bar is not None:
+                bar.update(len(originals))
+            if callable(progress):
+                progress(len(out), len(items))
+        if bar is not None:
+            bar.close()
+        return out[0] if single and out else out
+
+    def save(self, directory: str, **details) -> str:
+        """Write the current weights as a checkpoint `from_checkpoint` and `--pretrained` load.
+
+        Args:
+            directory: a new or empty folder, or one holding earlier fine-tuned weights.
+            **details: JSON-serializable facts kept in its state.json (e.g. task="camel").
+
+        Returns:
+            the checkpoint folder written.
+        """
+        check_weights_dir(directory, "the weights folder")
+        init = f"{self.init.path} ({self.init.trained_on()})" if self.init else "built weights"
+        return checkpoint.save_checkpoint(
+            directory, self.steps_taken, {"model": list(self.model.variables)}, rng_state=None,
+            config_json=json.dumps(self.settings.to_config(), indent=2, sort_keys=True),
+            keep=None, extra={"kind": "fine_tuned", "init": init,
+                              "examples": self.num_examples, **details})
+
+    def export(self, path: str) -> str:
+        """Write the current model as a standard `.keras` file.
+
+        Args:
+            path: the file, ending in `.keras`.
+
+        Returns:
+            path.
+        """
+        return export_keras(self.model, path)
+
+
+def _load_model(init: Init, settings: Settings) -> keras.Model:
+    """Build the settings' model and fill it from the init."""
+    cfg = settings.model
+    if init.kind == "mtl_pre_train":
+        classes = int(init.best.get("num_classes") or
+                      init.config.get("model", {}).get("num_classes") or 2)
+        unet = build_model(dataclasses.replace(cfg, num_classes=classes))
+        unet.load_weights(init.weights)
+        if classes == cfg.num_classes:
+            return unet
+        model = build_model(cfg)  # a K-class pre-training: everything but its head
+        reset = load_pretrained_unet(model, unet, keep_head=False)
+        logging.info(f"{init.weights} has a {classes}-class head; loaded everything else, "
+                     f"{', '.join(reset)} start fresh")
+        return model
+    model = build_model(cfg)
+    if init.kind == "tf1":
+        report = restore_tf1_checkpoint(model, init.weights, cfg)
+        logging.info(report.summary())
+        return model
+    if init.kind == "mtl_meta_train":
+        set_mtl_mode(model, "meta_transfer")
+    # The head dropout rate is a model variable, but the settings decide it.
+    checkpoint.load_checkpoint(init.weights, {"model": list(model.variables)},
+                               skip=("final_dropout/rate",))
+    return model
+
+
+def resolve_init(path: str, overrides: Mapping | None = None,
+                 labels: Mapping[str, str] | None = None) -> tuple[Init, Settings]:
+    """Find the init at `path` and its settings with the overrides (no model is built).
+
+    Args:
+        path: any init the tool writes or reads (see segmenter.inits).
+        overrides: setting name -> value.
+        labels: how to name each setting in messages (e.g. its command-line flag).
+
+    Returns:
+        (init, settings).
+
+    Raises:
+        UserError: nothing loadable at `path`, an unknown setting, or an override that
+            contradicts the init's architecture.
+    """
+    init = find_init(path)
+    return init, settings_lib.resolve(init, overrides or {}, labels)
+
+
+def build(init: Init, settings: Settings) -> Segmenter:
+    """Build the model, load the init into it, compile its inner loop.
+
+    Args:
+        init: the found init.
+        settings: its resolved settings.
+
+    Returns:
+        Segmenter.
+    """
+    return Segmenter(make_loop(_load_model(init, settings), settings), settings, init)
+
+
+def from_checkpoint(path: str, *, labels: Mapping[str, str] | None = None,
+                    **overrides) -> Segmenter:
+    """Load any init the tool writes or reads, ready to `fit` and `predict`.
+
+    Args:
+        path: a meta-training run, a fine-tuned checkpoint, a joint-training run, an MTL phase's
+            output, or the paper's TF1 checkpoint (folder, prefix or .tar.gz).
+        labels: how to name each setting in messages (the command line passes its flags).
+        **overrides: settings that win over the checkpoint's (`Settings.lines()` lists them),
+            e.g. steps=30, learning_rate=1e-3; architecture settings must equal the init's.
+
+    Returns:
+        Segmenter.
+    """
+    return build(*resolve_init(path, overrides, labels))
