@@ -63,9 +63,12 @@ if [ "$DEMO" = mtl ]; then
   "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_train \
     --init_weights demo_runs/mtl/pre_train --max_epoch 4 --num_batch 25 --update_step 20 \
     --step_size 2 "$@"
-  exec "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_eval \
+  "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_eval \
     --eval_weights demo_runs/mtl/meta_train --init_weights demo_runs/mtl/pre_train \
     --teshot 5 --test_query 5 --update_step 20 "$@"
+  echo "Segment your own images with this init, in your browser (paint a few examples):"
+  echo "  $PY run_metasegnet.py --serve --checkpoint demo_runs/mtl"
+  exit 0
 fi
 
 # A fresh run each time (rerunning the same run_metasegnet.py command would otherwise resume).
@@ -79,3 +82,5 @@ INNER=(--rsd 2 4 --loss_name bce_dice --learning-rate 0.001 --inner-batch 8 --in
 "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${INNER[@]}" \
   --checkpoint demo_runs/fomaml_star --foml --foml-tail 2 --meta-step 3.0 --meta-step-final 0.3 "$@"
 "$PY" scripts/demo_summary.py demo_runs/reptile demo_runs/fomaml_star
+echo "Segment your own images with the Reptile init, in your browser (paint a few examples):"
+echo "  $PY run_metasegnet.py --serve --checkpoint demo_runs/reptile"

@@ -49,10 +49,14 @@ def fine_tune_only(cfg: Config, strategy, started: float) -> int:
 
 def serve(cfg: Config, strategy, started: float) -> int:
     """--serve --checkpoint INIT: the page where a person paints examples and segments images."""
+    from serve.server import keep_files_in, launch  # Gradio is imported only for the page
     init, settings = own_images.load_init(cfg)
-    from serve.app import launch  # Gradio is imported only for the page
-    return launch(build(init, settings), host=cfg.run.host, port=cfg.run.port,
-                  out_dir=cfg.run.serve_dir)
+    keep_files_in(cfg.run.serve_dir)
+    seg = build(init, settings)
+    print(f"Serving the page on http://{cfg.run.host}:{cfg.run.port} (outputs in "
+          f"{os.path.abspath(cfg.run.serve_dir)}); Ctrl-C stops it", flush=True)
+    launch(seg, host=cfg.run.host, port=cfg.run.port, out_dir=cfg.run.serve_dir)
+    return 0
 
 
 def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:

@@ -147,6 +147,22 @@ class Segmenter:
         self.settings = dataclasses.replace(self.settings, adapt=adapt_settings, sources=sources)
         return self.settings
 
+    def warm_up(self) -> None:
+        """Compile the adaptation and prediction steps now, so the first `fit` does not wait.
+
+        One step on a blank example, then the init is put back.
+        """
+        size = self.image_size
+        mask = np.zeros((1, size, size), np.uint8)
+        mask[:, : size // 2] = 1
+        a = self.settings.adapt
+        schedule = AdaptationSchedule(learning_rate=a.learning_rate, iters=1, batch_size=1,
+                                      aug_rate=a.aug_rate)
+        adapt(self.loop, np.zeros((1, size, size, 3), np.uint8), mask, schedule,
+              np.random.default_rng(0))
+        self.loop.predict(np.zeros((1, size, size, 3), np.uint8))
+        self.reset()
+
     def reset(self) -> None:
         """Put the init back (every model variable and the optimizer state)."""
         self._init_state.restore()

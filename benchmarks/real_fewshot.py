@@ -1,0 +1,84 @@
+"""mIoU on real photos through the adaptation API: an init against a random init, per class.
+
+    .venv/bin/python benchmarks/real_fewshot.py --checkpoint demo_runs/reptile [--data DIR]
+
+Each class folder (`<n>.jpg` + `<n>.png`, FSS-1000 layout) gives its first 5 pairs in natural
+order as examples (one fewer than its size when it has 5 or fewer) and the rest as images to
+segment, scored against their masks at each photo's own size. The init is adapted with its own
+schedule (`from_checkpoint`); the random init is the same network, freshly built, with the same
+settings. Real photos: `--data`, else $METASEG_REAL_FEWSHOT, else ../shared/data/real_fewshot
+beside the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from adapt import iou  # noqa: E402
+from benchmarks._common import load, write_json  # noqa: E402
+from data.user_task import read_pair  # noqa: E402
+from models.build import build_model  # noqa: E402
+from segmenter import from_checkpoint  # noqa: E402
+from segmenter.api import Segmenter, make_loop  # noqa: E402
+
+EXAMPLES = 5
+
+
+def _pairs(folder: str):
+    stems = sorted((f[:-4] for f in os.listdir(folder) if f.endswith(".jpg")),
+                   key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    return [read_pair(os.path.join(folder, s + ".jpg"), os.path.join(folder, s + ".png"))
+            for s in stems if os.path.isfile(os.path.join(folder, s + ".png"))]
+
+
+def class_miou(seg: Segmenter, pairs) -> tuple[float, int]:
+    """Mean IoU over the class's queries after fitting its examples; and the examples used."""
+    k = min(EXAMPLES, len(pairs) - 1)
+    seg.fit([p[0] for p in pairs[:k]], [p[1] for p in pairs[:k]])
+    masks = seg.predict([p[0] for p in pairs[k:]], progress=False)
+    scores = [iou.iou_per_image((m > 0)[None], truth[None])[0]
+              for m, (_, truth) in zip(masks, pairs[k:])]
+    return float(np.mean(scores)), k
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", default=os.environ.get("METASEG_REAL_FEWSHOT") or os.path.join(
+        os.path.dirname(ROOT), "shared", "data", "real_fewshot"))
+    parser.add_argument("--json", default="benchmarks/results/real_fewshot.json")
+    args = parser.parse_args()
+    if not os.path.isdir(args.data):
+        sys.exit(f"real_fewshot.py: no photos at {args.data}; pass --data DIR")
+    init = from_checkpoint(args.checkpoint)
+    random = Segmenter(make_loop(build_model(init.settings.model), init.settings),
+                       init.settings)
+    rows = []
+    for name in sorted(os.listdir(args.data)):
+        folder = os.path.join(args.data, name)
+        if not os.path.isdir(folder):
+            continue
+        pairs = _pairs(folder)
+        meta, k = class_miou(init, pairs)
+        scratch, _ = class_miou(random, pairs)
+        rows.append({"class": name, "examples": k, "queries": len(pairs) - k,
+                     "init_miou": meta, "random_miou": scratch})
+        print(f"| {name} | {k} | {len(pairs) - k} | {meta:.3f} | {scratch:.3f} |", flush=True)
+    a = init.settings.adapt
+    print(f"mean over {len(rows)} classes: init {np.mean([r['init_miou'] for r in rows]):.3f}, "
+          f"random init {np.mean([r['random_miou'] for r in rows]):.3f} ({a.steps} steps, "
+          f"lr {a.learning_rate:g}, {init.image_size} px; {load()})")
+    write_json(args.json, {"checkpoint": args.checkpoint, "rows": rows,
+                           "settings": init.settings.to_config()["adapt"]})
+
+
+if __name__ == "__main__":
+    main()
