@@ -86,8 +86,9 @@ def _add_data_flags(p):
     g = p.add_argument_group("data and splits")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                    help="directory of TFRecord shards written by fss_1000_image_to_tfrecord.py")
-    g.add_argument("--fss_1000", action="store_true", help="FSS-1000 mode (one UHO objective "
-                   "repetition per configuration instead of 4)")
+    g.add_argument("--fss_1000", action="store_true", help="FSS-1000 mode: test classes from "
+                   "fss_test_set.txt (in or beside --data-dir, else splits/); one UHO objective "
+                   "repetition per configuration instead of 4")
     g.add_argument("--image_size", type=int, default=224, help="image side the shards store")
     g.add_argument("--test_tasks_file", default=None,
                    help="file with one meta-test class per line (e.g. FSS-1000's fss_test_set.txt)")

@@ -8,7 +8,7 @@ Builds EfficientLab-B0 --rsd 2 4 (random init), runs one warm-up of everything t
 * full meta-iterations (Reptile and FOMAML*) of `--meta_batch` tasks x `--inner_iters` steps,
   and the per-task overhead beyond the inner steps (snapshot/restore, directions, meta-update),
 * one evaluation task (adapt `--inner_iters` steps on 5 shots + predict 5 queries).
-Prints numbers only; speed targets are not asserted anywhere (GUIDE: benchmarks, not tests).
+Prints numbers only: speed targets live in benchmarks, not in timed unit tests.
 """
 from __future__ import annotations
 

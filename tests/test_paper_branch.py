@@ -130,3 +130,23 @@ def test_fp_k_folder_alone_suits_the_k_shot_curves_only():
     assert splits.test == tuple(names) and splits.train == ()
     with pytest.raises(setup.RunError, match="No meta-training classes"):
         setup.make_splits(parse_args(base), names)
+
+
+def test_fss_1000_test_list_beside_the_shards_else_the_shipped_one(tmp_path, capsys):
+    """--fss_1000 without --test_tasks_file: a fss_test_set.txt next to the shards (the paper's
+    README) wins; without one, the list shipped in splits/ gives FSS-1000's 240 test classes."""
+    from args import parse_args
+    from data.splits import SHIPPED_LISTS, read_class_list
+    test = read_class_list(os.path.join(SHIPPED_LISTS, "fss_test_set.txt"))
+    train = read_class_list(os.path.join(SHIPPED_LISTS, "fss_train_set.txt"))
+    names = sorted(test + [n.replace("thors_hammer", "thor's_hammer") for n in train])
+    (tmp_path / "fewshot_shards").mkdir()
+    (tmp_path / "fewshot_shards" / "bus.tfrecord.gzip").write_bytes(b"")  # the paper's format
+    cfg = parse_args(["--data-dir", str(tmp_path / "fewshot_shards"), "--fss_1000",
+                      "--checkpoint", str(tmp_path / "run")])
+    assert setup.make_splits(cfg, names).test == tuple(sorted(test))
+    assert os.path.join(SHIPPED_LISTS, "fss_test_set.txt") in capsys.readouterr().out
+    (tmp_path / "fss_test_set.txt").write_text("bus\r\nzebra\r\n")
+    assert setup.make_splits(cfg, names).test == ("bus", "zebra")
+    fp_k = read_class_list(os.path.join(SHIPPED_LISTS, "fp-k_test_set.txt"))
+    assert tuple(fp_k) == setup.FP_K_TEST_CLASSES
