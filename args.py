@@ -303,6 +303,10 @@ def _add_device_flags(p):
     g.add_argument("--jit_compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA for the compiled steps; auto = on with a GPU, off on CPU (slower "
                         "there for depthwise convolutions)")
+    # Read by run_metasegnet.py from argv before TensorFlow is imported, so in no config.
+    g.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's C++ log lines (hidden unless TF_CPP_MIN_LOG_LEVEL is "
+                        "set)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 import time
 from functools import partial
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from devices.quiet import quiet_tensorflow
+
+if __name__ == "__main__":  # TensorFlow logs its start-up lines on import, before flags are parsed
+    quiet_tensorflow(verbose="--verbose" in sys.argv[1:])
 
 import keras  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402

@@ -20,7 +20,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from devices.quiet import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import fss_1000_image_to_tfrecord as converter  # noqa: E402
 from data import demo  # noqa: E402

@@ -1,6 +1,7 @@
 """The paper's downloads as they are: run.sh's paper branch end to end, and damaged shards."""
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -46,9 +47,14 @@ def paper_repo(tmp_path_factory):
 
 
 def test_run_sh_paper_branch_evaluates_the_paper_downloads(paper_repo):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # run.sh's default
     proc = subprocess.run(["./run.sh", "--eval-iters", "2", "--eval-samples", "1"], cwd=paper_repo,
-                          capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # None of TensorFlow's C++ lines (start-up notices, the oneDNN DT_INT32 line of the first
+    # inner-loop trace) reaches the screen.
+    assert not re.search(r"^(WARNING: All log messages before absl|[IWE]\d{4} )", proc.stderr,
+                         re.M), proc.stderr[-3000:]
     out = proc.stdout
     assert "Reading --data-dir fewshot_shards/ as the paper's per-class shards" in out
     assert "Restored TF1 checkpoint" in out and "'backbone': 209" in out
