@@ -18,7 +18,7 @@ from adapt.config import EvalConfig, KShotConfig, UHOConfig
 from baselines.config import MTLConfig
 from devices.config import DeviceConfig
 from meta.config import AUGMENTATIONS, InnerConfig, MetaConfig
-from models.config import LossConfig, ModelConfig
+from models.config import IMAGENET, LossConfig, ModelConfig
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -120,7 +120,9 @@ def _add_model_flags(p):
     g.add_argument("--no_align_corners", action="store_true",
                    help="half-pixel bilinear resizes instead of TF1 align_corners=True (paper)")
     g.add_argument("--restore_efficient_net_weights_from", default=None,
-                   help="local ImageNet EfficientNet weights (.h5 / .weights.h5); never downloaded")
+                   help="ImageNet EfficientNet weights: a Keras .h5 / .weights.h5 file, a TF1 "
+                        "checkpoint, or `imagenet` (Keras' file, downloaded once into "
+                        "~/.keras/models/)")
     g.add_argument("--n_unet_encoding_stacks", type=int, default=4)
     g.add_argument("--start_num_feature_maps_power", type=int, default=5)
     g.add_argument("--classes", type=int, default=1, help="object classes per task (binary only)")
@@ -378,8 +380,9 @@ def _contradictions(a) -> list[str]:
     if a.fine_tuned_checkpoint and os.path.isfile(a.fine_tuned_checkpoint):
         problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
                         f"folder for the adapted weights")
+    backbone = a.restore_efficient_net_weights_from
     for flag, path in (("--restore_efficient_net_weights_from",
-                        a.restore_efficient_net_weights_from),
+                        None if backbone == IMAGENET else backbone),
                        ("--baseline_checkpoint", a.baseline_checkpoint),
                        ("--test_tasks_file", a.test_tasks_file),
                        ("--continue_training_from_checkpoint",

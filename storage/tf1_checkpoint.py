@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from data.errors import UserError
 from models.build import build_model
-from models.config import ModelConfig
+from models.config import IMAGENET, ModelConfig
 from storage import tf1_names
 
 REFERENCE_SCOPES = ("efficientnet-b", "decode/")  # top scopes of the reference's variables
@@ -322,7 +322,7 @@ def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
         the built model, its EfficientNet layers restored when the flag names a file.
     """
     path = model_cfg.restore_efficient_net_weights_from
-    if not path or not is_tf1_checkpoint(path):
+    if not path or path == IMAGENET or not is_tf1_checkpoint(path):
         return build_model(model_cfg)
     model = build_model(dataclasses.replace(model_cfg, restore_efficient_net_weights_from=None))
     report = restore_tf1_checkpoint(model, path, model_cfg, backbone_only=True)
