@@ -143,8 +143,8 @@ def _initial_weights(cfg: Config, model) -> list | None:
 
 def _export(cfg: Config, model) -> None:
     if cfg.run.export_keras:
-        from storage.tf1_checkpoint import export_keras
-        print(f"Exported the model to {export_keras(model, cfg.run.export_keras)}", flush=True)
+        from storage.export import export
+        print(f"Exported the model to {export(model, cfg.run.export_keras, 'keras')}", flush=True)
 
 
 MODES = {"fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,

@@ -292,25 +292,6 @@ def restore_tf1_checkpoint(model: keras.Model, path: str, model_cfg, *,
         kept={r: tuple(v) for r, v in kept.items()})
 
 
-def export_keras(model: keras.Model, path: str) -> str:
-    """Write `model` as a standard `.keras` file (usable without this project's TF1 loader).
-
-    Args:
-        model: the model to save, e.g. after `restore_tf1_checkpoint`.
-        path: output file; must end with `.keras`. Written to a temporary name, then renamed.
-    Returns:
-        path.
-    """
-    if not path.endswith(".keras"):
-        raise ValueError(f"--export_keras must name a .keras file. Received: {path!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    partial = os.path.join(directory, f".partial-{os.getpid()}-{os.path.basename(path)}")
-    model.save(partial)
-    os.replace(partial, path)
-    return path
-
-
 def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
     """`models.build.build_model`, also accepting a reference TF1 (TPU EfficientNet) checkpoint
     for `--restore_efficient_net_weights_from` (read backbone-only; Keras .h5 files go to models/).
