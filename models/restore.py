@@ -133,6 +133,7 @@ def imagenet_weights(feature_extractor_name: str, cache_dir: str | None = None) 
     Returns:
         path of the cached `efficientnetb0_notop.h5` / `efficientnetb3_notop.h5`.
     Raises:
+        ValueError: a backbone Keras publishes no such file for.
         OSError: the file is not cached and cannot be downloaded (or does not match Keras'
             md5); the one-line message says which file to put where.
     """

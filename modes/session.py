@@ -17,9 +17,9 @@ from args import Config
 from data.splits import Splits
 from data.tasks import FORMATS, ClassData, data_format, load_tasks
 from meta.streams import STREAM_TRAINING
+from meta.train import held_out_split
 from models.config import IMAGENET
 from models.restore import imagenet_weights
-from meta.train import held_out_split
 from modes import experiments, mtl
 from modes.restore import check_compatible, resume_source
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
