@@ -18,7 +18,7 @@ from adapt.config import EvalConfig, KShotConfig, UHOConfig
 from baselines.config import MTLConfig
 from devices.config import DeviceConfig
 from meta.config import AUGMENTATIONS, InnerConfig, MetaConfig
-from models.config import LossConfig, ModelConfig
+from models.config import IMAGENET, LossConfig, ModelConfig
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -51,7 +51,8 @@ class RunConfig:
     pretrained: bool = False
     continue_training_from_checkpoint: str | None = None
     do_not_restore_final_layer_weights: bool = False
-    export_keras: str | None = None
+    export: str | None = None  # --export (or --export_keras): where the loaded model goes
+    export_format: str = "keras"
     fine_tune_task: str | None = None
     fine_tuned_checkpoint: str | None = None
     optimize_update_hyperparms_on_val_set: bool = False
@@ -91,8 +92,9 @@ def _add_data_flags(p):
     g = p.add_argument_group("data and splits")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                    help="directory of TFRecord shards written by fss_1000_image_to_tfrecord.py")
-    g.add_argument("--fss_1000", action="store_true", help="FSS-1000 mode (one UHO objective "
-                   "repetition per configuration instead of 4)")
+    g.add_argument("--fss_1000", action="store_true", help="FSS-1000 mode: test classes from "
+                   "fss_test_set.txt (in or beside --data-dir, else splits/); one UHO objective "
+                   "repetition per configuration instead of 4")
     g.add_argument("--image_size", type=int, default=224, help="image side the shards store")
     g.add_argument("--test_tasks_file", default=None,
                    help="file with one meta-test class per line (e.g. FSS-1000's fss_test_set.txt)")
@@ -124,7 +126,9 @@ def _add_model_flags(p):
     g.add_argument("--no_align_corners", action="store_true",
                    help="half-pixel bilinear resizes instead of TF1 align_corners=True (paper)")
     g.add_argument("--restore_efficient_net_weights_from", default=None,
-                   help="local ImageNet EfficientNet weights (.h5 / .weights.h5); never downloaded")
+                   help="ImageNet EfficientNet weights: a Keras .h5 / .weights.h5 file, a TF1 "
+                        "checkpoint, or `imagenet` (Keras' file, downloaded once into "
+                        "~/.keras/models/)")
     g.add_argument("--n_unet_encoding_stacks", type=int, default=4)
     g.add_argument("--start_num_feature_maps_power", type=int, default=5)
     g.add_argument("--classes", type=int, default=1, help="object classes per task (binary only)")
@@ -184,7 +188,15 @@ def _add_meta_flags(p):
                    help="skip meta-training; evaluate the checkpoint in --checkpoint")
     g.add_argument("--continue_training_from_checkpoint", default=None)
     g.add_argument("--do_not_restore_final_layer_weights", action="store_true")
-    g.add_argument("--export_keras", default=None, help="write the loaded model as a .keras file")
+    g.add_argument("--export", default=None,
+                   help="write the model --checkpoint holds (any init the tool loads) in "
+                        "--export_format to this folder (or .keras / .tflite file); alone, that "
+                        "is all the run does; in a run, the loaded model is exported first")
+    g.add_argument("--export_format", default="keras", choices=("keras", "saved_model", "tflite"),
+                   help="keras (.keras file), saved_model (uint8 images -> foreground "
+                        "probabilities, for TF Serving), tflite (the same, for phones)")
+    g.add_argument("--export_keras", default=None,
+                   help="the same as --export PATH --export_format keras (PATH ends in .keras)")
     g.add_argument("--compare_random_init", action="store_true",
                    help="also evaluate a random init with the same adaptation budget")
 
@@ -320,6 +332,10 @@ def _add_device_flags(p):
     g.add_argument("--jit_compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA for the compiled steps; auto = on with a GPU, off on CPU (slower "
                         "there for depthwise convolutions)")
+    # Read by run_metasegnet.py from argv before TensorFlow is imported, so in no config.
+    g.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's C++ log lines (hidden unless TF_CPP_MIN_LOG_LEVEL is "
+                        "set)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,19 +404,26 @@ def _contradictions(a) -> list[str]:
                         "--pretrained or --phase")
     if a.export_keras and not a.export_keras.endswith(".keras"):
         problems.append(f"--export_keras must name a .keras file. Received: {a.export_keras!r}")
+    if a.export_keras and a.export:
+        problems.append("--export_keras PATH is --export PATH --export_format keras; give one")
+    if a.export and (a.serve or a.fine_tune_task or a.phase in ("pre_train", "meta_train")):
+        problems.append("--export writes the model --checkpoint holds; it cannot be combined "
+                        "with --serve, --fine-tune-task or a training phase")
     if a.fine_tuned_checkpoint and os.path.isfile(a.fine_tuned_checkpoint):
         problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
                         f"folder for the adapted weights")
+    backbone = a.restore_efficient_net_weights_from
     for flag, path in (("--restore_efficient_net_weights_from",
-                        a.restore_efficient_net_weights_from),
+                        None if backbone == IMAGENET else backbone),
                        ("--baseline_checkpoint", a.baseline_checkpoint),
                        ("--test_tasks_file", a.test_tasks_file),
                        ("--continue_training_from_checkpoint",
                         a.continue_training_from_checkpoint)):
         if path and not os.path.exists(path):
             problems.append(f"{flag} {path!r} does not exist")
-    if not (a.pretrained or a.fine_tune_task or a.serve) and os.path.isfile(a.checkpoint) \
-            and a.phase is None:
+    exporting = (a.export or a.export_keras) and not a.data_dir
+    if not (a.pretrained or a.fine_tune_task or a.serve or exporting) and \
+            os.path.isfile(a.checkpoint) and a.phase is None:
         problems.append(f"--checkpoint {a.checkpoint!r} is a file; training writes a folder "
                         f"(only --pretrained, --fine-tune-task and --serve read a file, e.g. a "
                         f".tar.gz)")
@@ -528,7 +551,9 @@ def config_from_namespace(a, given=frozenset()) -> Config:
     run = RunConfig(checkpoint=a.checkpoint, pretrained=a.pretrained,
                     continue_training_from_checkpoint=a.continue_training_from_checkpoint,
                     do_not_restore_final_layer_weights=a.do_not_restore_final_layer_weights,
-                    export_keras=a.export_keras, fine_tune_task=a.fine_tune_task,
+                    export=a.export or a.export_keras,
+                    export_format="keras" if a.export_keras else a.export_format,
+                    fine_tune_task=a.fine_tune_task,
                     fine_tuned_checkpoint=a.fine_tuned_checkpoint,
                     optimize_update_hyperparms_on_val_set=a.optimize_update_hyperparms_on_val_set,
                     run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,

@@ -44,6 +44,7 @@ from data.decode import to_rgb
 from data.errors import UserError
 from data.masks import binarize_mask
 from data.problems import Problem, open_pair
+from devices.quiet import quiet_tensorflow
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
@@ -253,7 +254,6 @@ def _is_our_output(folder: str) -> bool:
     path = os.path.join(folder, "manifest.json")
     if not os.path.isfile(path):
         return False
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.tfrecord imports TensorFlow
     from data.tfrecord import FORMAT_NAME  # noqa: PLC0415
     try:
         with open(path, encoding="utf-8") as f:
@@ -450,7 +450,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"shard files (default: one per {PAIRS_PER_SHARD} pairs)")
     parser.add_argument("--strict", action="store_true",
                         help="exit 2 and write nothing if any input problem is found")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ log lines (hidden unless TF_CPP_MIN_LOG_LEVEL "
+                             "is set)")
     args = parser.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         convert(args.input_dir, args.tfrecord_dir, image_size=args.image_size,
                 num_shards=args.num_shards, strict=args.strict)

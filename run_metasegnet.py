@@ -17,7 +17,10 @@ import sys
 import time
 from functools import partial
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from devices.quiet import quiet_tensorflow
+
+if __name__ == "__main__":  # TensorFlow logs its start-up lines on import, before flags are parsed
+    quiet_tensorflow(verbose="--verbose" in sys.argv[1:])
 
 import keras  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
@@ -147,12 +150,20 @@ def _initial_weights(cfg: Config, model) -> list | None:
 
 
 def _export(cfg: Config, model) -> None:
-    if cfg.run.export_keras:
-        from storage.tf1_checkpoint import export_keras
-        print(f"Exported the model to {export_keras(model, cfg.run.export_keras)}", flush=True)
+    if cfg.run.export:
+        from storage.export import export
+        path = export(model, cfg.run.export, cfg.run.export_format)
+        print(f"Exported the model ({cfg.run.export_format}) to {path}", flush=True)
 
 
-MODES = {"serve": serve, "fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,
+def export_only(cfg: Config, strategy, started: float) -> int:
+    """--export DIR --checkpoint INIT (no --data-dir): any init the tool loads, written out."""
+    seg = build(*own_images.load_init(cfg))
+    _export(cfg, seg.model)
+    return 0
+
+
+MODES = {"serve": serve, "export_only": export_only, "fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,
          "mtl_pre_train": mtl_pre_train, "mtl_meta_train": mtl_meta_train,
          "mtl_meta_eval": mtl_meta_eval, "joint_train": joint_train,
          "meta_train": meta_train_and_evaluate}
@@ -162,6 +173,8 @@ def mode_of(cfg: Config) -> str:
     """Which of MODES the flags ask for."""
     if cfg.run.serve:
         return "serve"
+    if cfg.run.export and cfg.data.data_dir is None and not cfg.run.mtl:
+        return "export_only"  # needs no --data-dir
     if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
         return "fine_tune_only"  # needs no --data-dir
     if mtl.multiclass_pre_training(cfg):

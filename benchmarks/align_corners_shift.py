@@ -7,8 +7,12 @@ at 224, for a straight mask boundary swept across the image (a ramp of logits cr
 how much a thresholded disk mask changes. Run: `.venv/bin/python benchmarks/align_corners_shift.py`.
 """
 import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from devices.quiet import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_convert.py [--pairs 1000]
 
-Builds a temporary FSS-layout folder from the real photos in /work/shared/data/real_fewshot
-(repeated to --pairs; falls back to 224 px demo images when absent), then times:
+Builds a temporary FSS-layout folder from the real photos (tests/fixtures/real_data.py says where
+they are looked for; repeated to --pairs; falls back to 224 px demo images when absent), then times:
   * convert at 224 px (JPEGs kept as-is: the FSS-1000 case),
   * convert at 128 px (every image decoded, resized, re-encoded),
   * load_tasks of the 224 px shards (TF JPEG/PNG decoding into uint8 arrays).
@@ -20,31 +20,33 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from devices.quiet import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import fss_1000_image_to_tfrecord as converter  # noqa: E402
 from data import demo  # noqa: E402
 from data.tasks import load_tasks  # noqa: E402
-
-REAL = "/work/shared/data/real_fewshot"
+from tests.fixtures.real_data import missing_reason, real_fewshot_dir  # noqa: E402
 
 
 def build_input(folder: str, pairs: int) -> str:
     """FSS-layout folder with `pairs` 224 px pairs, 10 per class; returns where it came from."""
-    if os.path.isdir(REAL):
-        sources = sorted(os.path.join(REAL, c, f[:-4]) for c in os.listdir(REAL)
-                         if os.path.isdir(os.path.join(REAL, c))
-                         for f in os.listdir(os.path.join(REAL, c)) if f.endswith(".jpg"))
+    if not missing_reason():
+        real = real_fewshot_dir()
+        sources = sorted(os.path.join(real, c, f[:-4]) for c in os.listdir(real)
+                         if os.path.isdir(os.path.join(real, c))
+                         for f in os.listdir(os.path.join(real, c)) if f.endswith(".jpg"))
         for i in range(pairs):
             class_dir = os.path.join(folder, f"class_{i // 10:04d}")
             os.makedirs(class_dir, exist_ok=True)
             for ext in (".jpg", ".png"):
                 shutil.copyfile(sources[i % len(sources)] + ext,
                                 os.path.join(class_dir, f"{i % 10 + 1}{ext}"))
-        return f"real photos from {REAL}"
+        return f"real photos from {real}"
     demo.make_demo_dataset(folder, num_classes=max(1, pairs // 10), images_per_class=10,
                            image_size=224, seed=0)
-    return "224 px demo images"
+    return f"224 px demo images: {missing_reason()}"
 
 
 def main() -> None:

@@ -6,8 +6,7 @@ Each class folder (`<n>.jpg` + `<n>.png`, FSS-1000 layout) gives its first 5 pai
 order as examples (one fewer than its size when it has 5 or fewer) and the rest as images to
 segment, scored against their masks at each photo's own size. The init is adapted with its own
 schedule (`from_checkpoint`); the random init is the same network, freshly built, with the same
-settings. Real photos: `--data`, else $METASEG_REAL_FEWSHOT, else ../shared/data/real_fewshot
-beside the repository.
+settings. Real photos: `--data`, else where tests/fixtures/real_data.py finds them.
 """
 from __future__ import annotations
 
@@ -16,9 +15,11 @@ import os
 import re
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from devices.quiet import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 
@@ -28,6 +29,7 @@ from data.user_task import read_pair  # noqa: E402
 from models.build import build_model  # noqa: E402
 from segmenter import from_checkpoint  # noqa: E402
 from segmenter.api import Segmenter, make_loop  # noqa: E402
+from tests.fixtures.real_data import missing_reason, real_fewshot_dir  # noqa: E402
 
 EXAMPLES = 5
 
@@ -52,12 +54,12 @@ def class_miou(seg: Segmenter, pairs) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", default=os.environ.get("METASEG_REAL_FEWSHOT") or os.path.join(
-        os.path.dirname(ROOT), "shared", "data", "real_fewshot"))
+    parser.add_argument("--data", default=real_fewshot_dir())
     parser.add_argument("--json", default="benchmarks/results/real_fewshot.json")
     args = parser.parse_args()
     if not os.path.isdir(args.data):
-        sys.exit(f"real_fewshot.py: no photos at {args.data}; pass --data DIR")
+        sys.exit(f"real_fewshot.py: {missing_reason() or f'no photos at {args.data}'}; "
+                 f"pass --data DIR")
     init = from_checkpoint(args.checkpoint)
     random = Segmenter(make_loop(build_model(init.settings.model), init.settings),
                        init.settings)

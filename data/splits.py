@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 _APOSTROPHES = ("'", "\u2019")
+# FSS-1000's published split lists (ml4ai/mliis data/), shipped in the repository's splits/ folder.
+SHIPPED_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "splits")
 
 
 @dataclass(frozen=True)

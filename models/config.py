@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 MODEL_NAMES = ("efficientlab", "unet", "mtl_unet")
 FEATURE_EXTRACTORS = ("efficientnet-b0", "efficientnet-b3")
+IMAGENET = "imagenet"  # restore_efficient_net_weights_from value: Keras' ImageNet file, cached
 LOSS_NAMES = ("cross_entropy", "bce_dice", "soft_iou", "dice", "ce_dice", "focal", "lovasz")
 
 
@@ -28,7 +29,7 @@ class ModelConfig:
     align_corners: bool = True  # TF1 align_corners=True bilinear resizes (paper parity)
     n_unet_encoding_stacks: int = 4
     start_num_feature_maps_power: int = 5
-    restore_efficient_net_weights_from: str | None = None
+    restore_efficient_net_weights_from: str | None = None  # a weights file, or IMAGENET
     seed: int = 0  # weight-init seed
     num_classes: int = 2  # head channels: background + object, or K for multi-class pre-training
 

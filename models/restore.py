@@ -1,9 +1,12 @@
-"""Restore EfficientLab's EfficientNet layers from a local Keras weights file (never downloaded).
+"""Restore EfficientLab's EfficientNet layers from a Keras weights file.
 
-Accepted (`--restore_efficient_net_weights_from PATH`):
+Accepted (`--restore_efficient_net_weights_from PATH | imagenet`):
+* `imagenet`: Keras' ImageNet file of the backbone, fetched the way `keras.applications` does
+  (`keras.utils.get_file`: downloaded once into `$KERAS_HOME/models/`, default `~/.keras/models/`,
+  and checked against the md5 Keras publishes), then read as below;
 * the standard Keras ImageNet files `efficientnetb0_notop.h5` / `efficientnetb3_notop.h5` (legacy
-  HDF5 layout: one group per layer name, weights in the layer's order), as found under
-  `~/.keras/models/`; a full-model `.h5` with a `model_weights` group works too;
+  HDF5 layout: one group per layer name, weights in the layer's order); a full-model `.h5` with a
+  `model_weights` group works too;
 * a Keras 3 `.weights.h5` of the encoder (e.g. from `save_backbone_weights`), whose per-layer
   groups carry the layer name.
 Weights are matched by layer name, then by position within the layer (Keras' own rule: Keras 3
@@ -23,6 +26,7 @@ import h5py
 import keras
 import numpy as np
 
+from models.config import IMAGENET
 from models.efficientlab import EFFICIENTNET_SKIPS
 from models.layers import leaf_layers
 
@@ -30,6 +34,13 @@ BACKBONE_LAYER = re.compile(r"^(stem|block\d+[a-z])_")
 STEM_WIDTH = {32: "efficientnet-b0", 40: "efficientnet-b3"}  # stem_conv filters -> backbone
 MAX_LISTED = 30
 FLAG = "--restore_efficient_net_weights_from"
+# Where and as what keras.applications.EfficientNetB0/B3(include_top=False) get their weights:
+# BASE_WEIGHTS_PATH and the md5 of WEIGHTS_HASHES in Keras' applications/efficientnet.py.
+IMAGENET_ORIGIN = "https://storage.googleapis.com/keras-applications/"
+IMAGENET_FILES = {"efficientnet-b0": ("efficientnetb0_notop.h5",
+                                      "50bc09e76180e00e4465e1a485ddc09d"),
+                  "efficientnet-b3": ("efficientnetb3_notop.h5",
+                                      "af6d107764bb5b1abb91932881670226")}
 
 
 @dataclass(frozen=True)
@@ -57,9 +68,9 @@ def read_layer_weights(path: str) -> dict[str, list[np.ndarray]]:
         FileNotFoundError / ValueError: a missing file, or one that is not a Keras weights file.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{FLAG} {path} does not exist. Give a local Keras EfficientNet "
-                                "weights file (e.g. ~/.keras/models/efficientnetb0_notop.h5); "
-                                "nothing is downloaded.")
+        raise FileNotFoundError(f"{FLAG} {path} does not exist. Give a Keras EfficientNet "
+                                "weights file (e.g. ~/.keras/models/efficientnetb0_notop.h5), "
+                                f"or {IMAGENET} for Keras' download.")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -104,25 +115,71 @@ def _guess_backbone(weights: dict) -> str:
     return f" The file looks like {name} weights." if name else ""
 
 
+def keras_cache_dir() -> str:
+    """The folder `keras.utils.get_file` caches in: $KERAS_HOME, else ~/.keras (as Keras)."""
+    if "KERAS_HOME" in os.environ:
+        return os.environ["KERAS_HOME"]
+    home = os.path.expanduser("~")
+    return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+
+
+def imagenet_weights(feature_extractor_name: str, cache_dir: str | None = None) -> str:
+    """Keras' ImageNet weights file of the backbone, downloaded once and checked by its md5.
+
+    Args:
+        feature_extractor_name: "efficientnet-b0" or "efficientnet-b3".
+        cache_dir: Keras' cache folder (default `keras_cache_dir()`); the file goes to its
+            `models/` subfolder, where `keras.applications` keeps it too.
+    Returns:
+        path of the cached `efficientnetb0_notop.h5` / `efficientnetb3_notop.h5`.
+    Raises:
+        ValueError: a backbone Keras publishes no such file for.
+        OSError: the file is not cached and cannot be downloaded (or does not match Keras'
+            md5); the one-line message says which file to put where.
+    """
+    if feature_extractor_name not in IMAGENET_FILES:
+        raise ValueError(f"{FLAG} {IMAGENET} needs --feature_extractor_name one of "
+                         f"{sorted(IMAGENET_FILES)}. Received: {feature_extractor_name!r}")
+    name, md5 = IMAGENET_FILES[feature_extractor_name]
+    cache_dir = cache_dir or keras_cache_dir()
+    target = os.path.join(cache_dir, "models", name)
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        # Keras raises a plain Exception for a failed download, ValueError for a wrong md5.
+        return keras.utils.get_file(name, IMAGENET_ORIGIN + name, cache_subdir="models",
+                                    file_hash=md5, cache_dir=cache_dir)
+    except Exception as e:
+        reason = " ".join(str(e).split())
+        raise OSError(f"{FLAG} {IMAGENET}: could not get {IMAGENET_ORIGIN + name} ({reason}). "
+                      f"Without internet, put Keras' {name} (md5 {md5}) at {target}") from e
+
+
 def restore_backbone_weights(model: keras.Model, path: str,
                              feature_extractor_name: str | None = None) -> BackboneRestore:
     """Fill EfficientLab's EfficientNet layers from a Keras weights file, all or nothing.
 
     Args:
         model: an EfficientLab.
-        path: the weights file (see the module docstring).
-        feature_extractor_name: named in error messages ("efficientnet-b0" / "efficientnet-b3").
+        path: the weights file, or "imagenet" (see the module docstring).
+        feature_extractor_name: the backbone ("efficientnet-b0" / "efficientnet-b3"): which
+            ImageNet file "imagenet" means (default: read from the model), named in errors.
     Returns:
         BackboneRestore with the counts of filled layers/arrays and the file's ignored layers.
     Raises:
         ValueError: listing every backbone layer missing from the file and every weight whose
             count or shape differs; nothing is assigned then.
+        OSError: "imagenet" that is neither cached nor downloadable.
     """
-    weights = read_layer_weights(path)
     targets = backbone_layers(model)
     if not targets:
         raise ValueError(f"{FLAG} applies to EfficientLab; model {model.name!r} has no "
                          "EfficientNet layers.")
+    if path == IMAGENET:
+        if feature_extractor_name is None:
+            stem = model.get_layer("stem_conv").kernel.shape[-1]
+            feature_extractor_name = STEM_WIDTH.get(stem)
+        path = imagenet_weights(feature_extractor_name)
+    weights = read_layer_weights(path)
     missing, mismatched, pairs = [], [], []
     for layer in targets:
         arrays = weights.get(layer.name)

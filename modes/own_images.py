@@ -1,6 +1,7 @@
-"""run_metasegnet.py's own-image modes: `--fine-tune-task DIR --checkpoint INIT` and `--serve`.
+"""run_metasegnet.py's modes around one init: `--fine-tune-task DIR --checkpoint INIT`, `--serve`
+and `--export` (without --data-dir).
 
-Both load the init through `segmenter` with the settings the init carries; a flag typed on the
+They load the init through `segmenter` with the settings the init carries; a flag typed on the
 command line overrides the init's value (and is printed as such), and one that contradicts the
 init's architecture is refused before any model is built.
 """
@@ -99,9 +100,9 @@ def load_init(cfg: Config) -> tuple[Init, Settings]:
         (init, settings).
     """
     if "checkpoint" not in cfg.run.given_flags:
-        raise UserError("--fine-tune-task and --serve need --checkpoint INIT: a meta-training "
-                        "run, fine-tuned weights, an MTL phase folder or the paper's TF1 "
-                        "checkpoint.")
+        raise UserError("--fine-tune-task, --serve and --export need --checkpoint INIT: a "
+                        "meta-training run, fine-tuned weights, an MTL phase folder or the "
+                        "paper's TF1 checkpoint.")
     overrides, labels = flag_overrides(cfg)
     init, settings = resolve_init(cfg.run.checkpoint, overrides, labels)
     print(f"Init {init.path}: {init.trained_on()}", flush=True)

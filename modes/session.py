@@ -18,6 +18,8 @@ from data.splits import Splits
 from data.tasks import FORMATS, ClassData, data_format, load_tasks
 from meta.streams import STREAM_TRAINING
 from meta.train import held_out_split
+from models.config import IMAGENET
+from models.restore import imagenet_weights
 from modes import mtl, own_images
 from modes.restore import check_compatible, resume_source
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
@@ -62,6 +64,9 @@ def _check_inputs(cfg: Config) -> None:
                        f"--input_dir {cfg.data.data_dir} --tfrecord_dir SHARDS.")
     if cfg.run.fine_tune_task:
         own_images.load_user_folder(cfg)  # a bad folder fails before training, not after
+    if cfg.model.restore_efficient_net_weights_from == IMAGENET and \
+            cfg.model.model_name == "efficientlab":
+        imagenet_weights(cfg.model.feature_extractor_name)  # fetched before the data is read
     if not (cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train):
         source = resume_source(cfg)
         if source is not None:  # a refused resume leaves the run's config.json as it was

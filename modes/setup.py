@@ -6,7 +6,7 @@ import os
 from adapt import protocol_hsnet
 from args import Config
 from data.errors import UserError
-from data.splits import Splits, resolve_class_names, split_classes
+from data.splits import SHIPPED_LISTS, Splits, resolve_class_names, split_classes
 from data.tasks import recorded_split
 from meta.train import held_out_split
 from storage import atomic
@@ -31,15 +31,17 @@ def write_config(run_dir: str, cfg: Config) -> None:
 def _test_classes_file(cfg: Config) -> str | None:
     if cfg.data.test_tasks_file or not cfg.data.fss_1000:
         return cfg.data.test_tasks_file
-    # --fss_1000 without a list: FSS-1000's own 240 test classes, shipped next to the shards.
+    # --fss_1000 without a list: FSS-1000's own 240 test classes. A copy in or next to the shards
+    # (where the paper's README puts it) comes first, then the one shipped in splits/.
     for candidate in (os.path.join(cfg.data.data_dir, FSS_TEST_LIST),
                       os.path.join(os.path.dirname(os.path.abspath(cfg.data.data_dir)),
                                    FSS_TEST_LIST)):
         if os.path.isfile(candidate):
             return candidate
-    raise RunError(f"--fss_1000 evaluates FSS-1000's 240 test classes, but no {FSS_TEST_LIST} was "
-                   f"found in or next to --data-dir {cfg.data.data_dir!r}. Pass --test_tasks_file "
-                   f"path/to/{FSS_TEST_LIST}.")
+    shipped = os.path.join(SHIPPED_LISTS, FSS_TEST_LIST)
+    print(f"--fss_1000: meta-test classes from {shipped} (FSS-1000's test "
+          f"split, as published with the paper's code)", flush=True)
+    return shipped
 
 
 def make_splits(cfg: Config, class_names: list[str]) -> Splits:
@@ -64,7 +66,7 @@ def make_splits(cfg: Config, class_names: list[str]) -> Splits:
                                recorded=recorded_split(cfg.data.data_dir))
     if not splits.test:
         raise RunError("No meta-test classes: pass --test_tasks_file FILE, --num_test_tasks N or "
-                       "--fss_1000 (with fss_test_set.txt next to the shards).")
+                       "--fss_1000.")
     # k-shot curves of a given init need no training classes (the paper's FP-k folder has none).
     if not splits.train and not (cfg.run.pretrained
                                  and cfg.run.run_k_shot_learning_curves_experiment):

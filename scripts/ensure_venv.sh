@@ -54,4 +54,5 @@ if [ "$HAVE" != "$WANT" ] && ! { [ "$HAVE" = "$HASH" ] && [ -z "${METASEG_TF:-}"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# TensorFlow's C++ log lines: the Python entry points hide them (devices/quiet.py) unless
+# TF_CPP_MIN_LOG_LEVEL is set or --verbose is given, so nothing is exported here.

@@ -39,7 +39,8 @@ from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import checkpoint
 from storage.progress import Progress
-from storage.tf1_checkpoint import export_keras, restore_tf1_checkpoint
+from storage.export import export
+from storage.tf1_checkpoint import restore_tf1_checkpoint
 
 PREDICT_BATCH = 8
 LONG_LIST = 4 * PREDICT_BATCH  # predict shows a progress bar from this many images on
@@ -268,16 +269,18 @@ class Segmenter:
             keep=None, extra={"kind": "fine_tuned", "init": init,
                               "examples": self.num_examples, **details})
 
-    def export(self, path: str) -> str:
-        """Write the current model as a standard `.keras` file.
+    def export(self, path: str, format: str = "keras") -> str:  # noqa: A002 (the flag's word)
+        """Write the current model where other tools load it (`storage.export`).
 
         Args:
-            path: the file, ending in `.keras`.
+            path: a `.keras` / `.tflite` file, or a folder (it gets model.keras, saved_model/ or
+                model.tflite).
+            format: keras | saved_model (uint8 images -> foreground probabilities) | tflite.
 
         Returns:
-            path.
+            the path written.
         """
-        return export_keras(self.model, path)
+        return export(self.model, path, format)
 
 
 def _load_model(init: Init, settings: Settings) -> keras.Model:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from data.errors import UserError
 from models.build import build_model
-from models.config import ModelConfig
+from models.config import IMAGENET, ModelConfig
 from storage import tf1_names
 
 REFERENCE_SCOPES = ("efficientnet-b", "decode/")  # top scopes of the reference's variables
@@ -292,25 +292,6 @@ def restore_tf1_checkpoint(model: keras.Model, path: str, model_cfg, *,
         kept={r: tuple(v) for r, v in kept.items()})
 
 
-def export_keras(model: keras.Model, path: str) -> str:
-    """Write `model` as a standard `.keras` file (usable without this project's TF1 loader).
-
-    Args:
-        model: the model to save, e.g. after `restore_tf1_checkpoint`.
-        path: output file; must end with `.keras`. Written to a temporary name, then renamed.
-    Returns:
-        path.
-    """
-    if not path.endswith(".keras"):
-        raise ValueError(f"--export_keras must name a .keras file. Received: {path!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    partial = os.path.join(directory, f".partial-{os.getpid()}-{os.path.basename(path)}")
-    model.save(partial)
-    os.replace(partial, path)
-    return path
-
-
 def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
     """`models.build.build_model`, also accepting a reference TF1 (TPU EfficientNet) checkpoint
     for `--restore_efficient_net_weights_from` (read backbone-only; Keras .h5 files go to models/).
@@ -322,7 +303,7 @@ def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
         the built model, its EfficientNet layers restored when the flag names a file.
     """
     path = model_cfg.restore_efficient_net_weights_from
-    if not path or not is_tf1_checkpoint(path):
+    if not path or path == IMAGENET or not is_tf1_checkpoint(path):
         return build_model(model_cfg)
     model = build_model(dataclasses.replace(model_cfg, restore_efficient_net_weights_from=None))
     report = restore_tf1_checkpoint(model, path, model_cfg, backbone_only=True)

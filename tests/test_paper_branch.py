@@ -1,6 +1,7 @@
 """The paper's downloads as they are: run.sh's paper branch end to end, and damaged shards."""
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -46,9 +47,14 @@ def paper_repo(tmp_path_factory):
 
 
 def test_run_sh_paper_branch_evaluates_the_paper_downloads(paper_repo):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # run.sh's default
     proc = subprocess.run(["./run.sh", "--eval-iters", "2", "--eval-samples", "1"], cwd=paper_repo,
-                          capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # None of TensorFlow's C++ lines (start-up notices, the oneDNN DT_INT32 line of the first
+    # inner-loop trace) reaches the screen.
+    assert not re.search(r"^(WARNING: All log messages before absl|[IWE]\d{4} )", proc.stderr,
+                         re.M), proc.stderr[-3000:]
     out = proc.stdout
     assert "Reading --data-dir fewshot_shards/ as the paper's per-class shards" in out
     assert "Restored TF1 checkpoint" in out and "'backbone': 209" in out
@@ -130,3 +136,23 @@ def test_fp_k_folder_alone_suits_the_k_shot_curves_only():
     assert splits.test == tuple(names) and splits.train == ()
     with pytest.raises(setup.RunError, match="No meta-training classes"):
         setup.make_splits(parse_args(base), names)
+
+
+def test_fss_1000_test_list_beside_the_shards_else_the_shipped_one(tmp_path, capsys):
+    """--fss_1000 without --test_tasks_file: a fss_test_set.txt next to the shards (the paper's
+    README) wins; without one, the list shipped in splits/ gives FSS-1000's 240 test classes."""
+    from args import parse_args
+    from data.splits import SHIPPED_LISTS, read_class_list
+    test = read_class_list(os.path.join(SHIPPED_LISTS, "fss_test_set.txt"))
+    train = read_class_list(os.path.join(SHIPPED_LISTS, "fss_train_set.txt"))
+    names = sorted(test + [n.replace("thors_hammer", "thor's_hammer") for n in train])
+    (tmp_path / "fewshot_shards").mkdir()
+    (tmp_path / "fewshot_shards" / "bus.tfrecord.gzip").write_bytes(b"")  # the paper's format
+    cfg = parse_args(["--data-dir", str(tmp_path / "fewshot_shards"), "--fss_1000",
+                      "--checkpoint", str(tmp_path / "run")])
+    assert setup.make_splits(cfg, names).test == tuple(sorted(test))
+    assert os.path.join(SHIPPED_LISTS, "fss_test_set.txt") in capsys.readouterr().out
+    (tmp_path / "fss_test_set.txt").write_text("bus\r\nzebra\r\n")
+    assert setup.make_splits(cfg, names).test == ("bus", "zebra")
+    fp_k = read_class_list(os.path.join(SHIPPED_LISTS, "fp-k_test_set.txt"))
+    assert tuple(fp_k) == setup.FP_K_TEST_CLASSES

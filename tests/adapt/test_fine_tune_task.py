@@ -14,8 +14,9 @@ from segmenter.api import Segmenter
 from segmenter.folder import segment_folder
 from storage import checkpoint
 from tests.fixtures.meta_fixtures import SIZE, cross_entropy, tiny_model
+from tests.fixtures.real_data import missing_reason, real_fewshot_dir
 
-REAL_FEWSHOT = "/work/shared/data/real_fewshot"
+REAL_FEWSHOT = real_fewshot_dir()
 
 
 def _square_image(rng, width, height):
@@ -108,8 +109,8 @@ def init_checkpoint(tmp_path_factory):
     A random init is no stand-in: its batch-norm moving statistics describe no image, so its
     inference-mode predictions are constant whatever 40 steps do to the weights.
     """
-    if not os.path.isdir(REAL_FEWSHOT):
-        pytest.skip(f"{REAL_FEWSHOT} is absent")
+    if missing_reason():
+        pytest.skip(missing_reason())
     import shutil
     from args import parse_args
     from data.tasks import load_tasks
@@ -149,7 +150,7 @@ def init_checkpoint(tmp_path_factory):
     return run
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_FEWSHOT), reason=f"{REAL_FEWSHOT} is absent")
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 def test_cli_fine_tune_task_on_real_photos(init_checkpoint, tmp_path, capsys):
     from run_metasegnet import main
     source = _real_class()

@@ -12,6 +12,7 @@ import fss_1000_image_to_tfrecord as converter
 from data import tfrecord
 from data.tasks import load_tasks
 from fss_fixtures import box_mask, smooth_image, write_pair
+from tests.fixtures.real_data import missing_reason, real_fewshot_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "fss_1000_image_to_tfrecord.py")
@@ -234,9 +235,9 @@ def test_killed_run_debris_is_ignored_then_cleaned(tmp_path, make_fss):
 
 
 def test_real_fewshot_converts_cleanly(tmp_path):
-    source = "/work/shared/data/real_fewshot"
-    if not os.path.isdir(source):
-        pytest.skip(f"{source} is absent (shared real-photo data not mounted)")
+    if missing_reason():
+        pytest.skip(missing_reason())
+    source = real_fewshot_dir()
     report = converter.convert(source, str(tmp_path / "out"), image_size=224, log=None)
     assert not report.problems and len(report.classes) == 20 and report.num_pairs == 169
     tasks = load_tasks(str(tmp_path / "out"), image_size=224)

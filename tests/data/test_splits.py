@@ -3,9 +3,8 @@ import os
 
 import pytest
 
-from data.splits import Splits, read_class_list, resolve_class_names, split_classes
-
-SPLITS_DIR = "/work/shared/data/fss1000_splits"
+from data.splits import SHIPPED_LISTS, Splits, read_class_list, resolve_class_names, \
+    split_classes
 NAMES = [f"class_{i:02d}" for i in range(20)]
 
 
@@ -65,16 +64,12 @@ def test_bad_arguments():
         split_classes(NAMES, test_tasks_file="missing.txt")
 
 
-@pytest.fixture
-def published_lists():
-    if not os.path.isdir(SPLITS_DIR):
-        pytest.skip(f"{SPLITS_DIR} is absent (shared FSS-1000 split lists not mounted)")
-    return (os.path.join(SPLITS_DIR, "fss_train_set.txt"),
-            os.path.join(SPLITS_DIR, "fss_test_set.txt"))
-
-
-def test_published_fss1000_lists(published_lists):
-    train_file, test_file = published_lists
+def test_published_fss1000_lists():
+    """The lists shipped in splits/, as ml4ai/mliis publishes them."""
+    train_file = os.path.join(SHIPPED_LISTS, "fss_train_set.txt")
+    test_file = os.path.join(SHIPPED_LISTS, "fss_test_set.txt")
+    with open(test_file, "rb") as f:
+        assert f.read().count(b"\r\n") == 239  # kept byte for byte: CRLF, no final newline
     test_names = read_class_list(test_file)  # CRLF file
     train_names = read_class_list(train_file)  # has "thors_hammer" in quotes
     assert len(test_names) == 240 and len(train_names) == 760

@@ -1,5 +1,7 @@
-"""--restore_efficient_net_weights_from: Keras 3 encoder files and Keras-2-layout ImageNet files."""
+"""--restore_efficient_net_weights_from: Keras 3 encoder files, Keras-2-layout ImageNet files and
+`imagenet` (Keras' cache)."""
 import dataclasses
+import hashlib
 
 import h5py
 import keras
@@ -8,6 +10,7 @@ import pytest
 
 from models.build import build_model
 from models.config import ModelConfig
+from models import restore
 from models.restore import backbone_layers, read_layer_weights, save_backbone_weights
 
 CFG = ModelConfig(image_size=64, rsd=(2, 4), seed=3)
@@ -122,3 +125,31 @@ def test_wrong_files_are_rejected_naming_the_layers(b0, source, tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(ValueError, match="is not an HDF5 file"):
         restore_backbone_weights(model, str(tmp_path / "text.h5"))
+
+
+def test_imagenet_comes_from_keras_cache_checked_by_md5(tmp_path, monkeypatch):
+    """`imagenet` reads Keras' cached file through keras.utils.get_file and its md5 check; a file
+    that fails the check and cannot be fetched is a one-line error saying where the file goes."""
+    app = keras.applications.EfficientNetB0(include_top=False, weights=None,
+                                            input_shape=(64, 64, 3))
+    cached = tmp_path / "keras" / "models" / "efficientnetb0_notop.h5"
+    cached.parent.mkdir(parents=True)
+    _write_keras2_notop(str(cached), app)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(restore, "IMAGENET_ORIGIN", (tmp_path / "offline").as_uri() + "/")
+    # This test's file stands in for Keras' published one: its md5 replaces Keras' here only.
+    md5 = hashlib.md5(cached.read_bytes()).hexdigest()
+    monkeypatch.setitem(restore.IMAGENET_FILES, "efficientnet-b0",
+                        ("efficientnetb0_notop.h5", md5))
+    assert restore.keras_cache_dir() == str(tmp_path / "keras")
+    model = build_model(dataclasses.replace(CFG, restore_efficient_net_weights_from="imagenet"))
+    for layer in backbone_layers(model):
+        for w, v in zip(layer.weights, app.get_layer(layer.name).weights):
+            np.testing.assert_array_equal(np.asarray(w), np.asarray(v), err_msg=w.path)
+    monkeypatch.setitem(restore.IMAGENET_FILES, "efficientnet-b0",
+                        ("efficientnetb0_notop.h5", "0" * 32))
+    with pytest.raises(OSError) as e:  # Keras tries to fetch it again, and cannot
+        restore.restore_backbone_weights(model, "imagenet")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("--restore_efficient_net_weights_from")
+    assert message.endswith(f"put Keras' efficientnetb0_notop.h5 (md5 {'0' * 32}) at {cached}")

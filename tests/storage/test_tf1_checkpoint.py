@@ -19,7 +19,8 @@ import tensorflow as tf
 from models.build import build_model
 from models.config import ModelConfig
 from models.layers import ResizeBilinear
-from storage.tf1_checkpoint import export_keras, is_tf1_checkpoint, restore_tf1_checkpoint
+from storage.export import export
+from storage.tf1_checkpoint import is_tf1_checkpoint, restore_tf1_checkpoint
 from storage.tf1_names import (IGNORE_EMA, IGNORE_FINAL_LAYER, IGNORE_GLOBAL_STEP, IGNORE_OPTIMIZER,
                             IGNORE_UNUSED_BLOCK)
 from tests.fixtures.tf1_synthetic import MEAN_RGB, STDDEV_RGB, pack_tar_gz, save_tensors, \
@@ -254,9 +255,9 @@ def test_backbone_only_restore_keeps_the_decoder(b0):
 
 def test_export_keras_round_trip(b0, tmp_path):
     restore_tf1_checkpoint(b0.model, b0.dir, b0.cfg)
-    with pytest.raises(ValueError, match="--export_keras"):
-        export_keras(b0.model, str(tmp_path / "model.h5"))
-    path = export_keras(b0.model, str(tmp_path / "out" / "efficientlab.keras"))
+    with pytest.raises(ValueError, match="cannot write"):
+        export(b0.model, str(tmp_path / "model.h5"), "keras")
+    path = export(b0.model, str(tmp_path / "out" / "efficientlab.keras"), "keras")
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(np.asarray(loaded(PROBE, training=False)),
                                b0.reference["probabilities"], atol=2e-5)
