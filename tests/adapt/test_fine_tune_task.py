@@ -13,21 +13,10 @@ from segmenter import settings as settings_lib
 from segmenter.api import Segmenter
 from segmenter.folder import segment_folder
 from storage import checkpoint
-from tests.fixtures.meta_fixtures import SIZE, cross_entropy, tiny_model
+from tests.fixtures.meta_fixtures import SIZE, cross_entropy, red_square, tiny_model
 from tests.fixtures.real_data import missing_reason, real_fewshot_dir
 
 REAL_FEWSHOT = real_fewshot_dir()
-
-
-def _square_image(rng, width, height):
-    """A red square on grey noise, and its mask."""
-    image = rng.integers(80, 140, (height, width, 3), dtype=np.uint8)
-    mask = np.zeros((height, width), np.uint8)
-    side = min(width, height) // 2
-    y, x = rng.integers(0, height - side), rng.integers(0, width - side)
-    image[y:y + side, x:x + side] = (230, 30, 30)
-    mask[y:y + side, x:x + side] = 255
-    return image, mask
 
 
 def _user_folder(root, sizes):
@@ -35,11 +24,11 @@ def _user_folder(root, sizes):
     (root / "support").mkdir(parents=True)
     (root / "query").mkdir()
     for i in range(4):
-        image, mask = _square_image(rng, 48 + 8 * i, 40)
+        image, mask = red_square(rng, 48 + 8 * i, 40)
         Image.fromarray(image).save(root / "support" / f"{i}.jpg", quality=95)
         Image.fromarray(mask).save(root / "support" / f"{i}.png")
     for i, (w, h) in enumerate(sizes):
-        image, mask = _square_image(rng, w, h)
+        image, mask = red_square(rng, w, h)
         Image.fromarray(image).save(root / "query" / f"q{i}.jpg", quality=95)
         Image.fromarray(mask).save(root / "query" / f"q{i}.png")  # ground truth, for scoring
     return root

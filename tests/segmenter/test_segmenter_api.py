@@ -16,6 +16,7 @@ from models.build import build_model
 from modes.restore import check_compatible
 from segmenter import from_checkpoint, resolve_init
 from storage import checkpoint
+from tests.fixtures.meta_fixtures import red_squares
 
 FIXTURE_RUN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "run_2026_12")
 # The flags the fixture run was trained with (tests/fixtures/README.md): a 2-stack U-Net at 32 px.
@@ -33,18 +34,7 @@ def run(tmp_path_factory):
 
 def examples(sizes, seed=0):
     """Red squares on grey noise at the given (width, height) sizes, with 0/255 masks."""
-    rng = np.random.default_rng(seed)
-    images, masks = [], []
-    for width, height in sizes:
-        image = rng.integers(80, 140, (height, width, 3), dtype=np.uint8)
-        mask = np.zeros((height, width), np.uint8)
-        side = min(width, height) // 2
-        y, x = rng.integers(0, height - side), rng.integers(0, width - side)
-        image[y:y + side, x:x + side] = (230, 30, 30)
-        mask[y:y + side, x:x + side] = 255
-        images.append(image)
-        masks.append(mask)
-    return images, masks
+    return red_squares(sizes, seed)
 
 
 def weights(seg):
@@ -136,6 +126,20 @@ def test_progress_reports_without_changing_the_result(seg):
     calls = []
     seg.predict(images * 3, batch_size=2, progress=lambda done, total: calls.append(done))
     assert calls == [2, 4, 6]
+
+
+def test_warm_up_compiles_once_and_leaves_the_init(run):  # noqa: F811
+    seg = from_checkpoint(run, steps=2)
+    init = weights(seg)
+    seg.warm_up()
+    for a, b in zip(init, weights(seg)):
+        np.testing.assert_array_equal(a, b)
+    traced = dict(seg.loop.trace_counts)
+    assert traced["train_steps"] == 1 and traced["predict"] == 1
+    seg.fit(*examples([(40, 40), (50, 30)]))
+    seg.predict(examples([(20, 70)])[0])
+    seg.fit(*examples([(33, 33)] * 3, seed=4), progress=lambda done, total: None)
+    assert seg.loop.trace_counts == traced  # no retrace for other sizes, counts or progress
 
 
 def test_bad_examples_are_refused_and_empty_or_full_masks_warned(seg):
