@@ -51,6 +51,13 @@ CLASSES_NAME = "classes.json"
 RESUME_MAY_CHANGE = ("mtl.max_epoch", "mtl.phase", "mtl.eval_weights", "mtl.teshot",
                      "mtl.test_query", "mtl.dataset", "mtl.dataset_dir", "mtl.pre_init_weights",
                      "mtl.meta_label")
+# Settings a resumed pre-training may change: its length, and the later phases' flags.
+PRE_TRAIN_MAY_CHANGE = ("mtl.pre_max_epoch", "mtl.meta_lr1", "mtl.meta_lr2", "mtl.max_epoch",
+                        "mtl.num_batch", "mtl.step_size", "mtl.gamma", "mtl.teshot",
+                        "mtl.train_query", "mtl.test_query", "mtl.init_weights",
+                        "mtl.eval_weights", "mtl.pre_init_weights", "mtl.meta_label")
+# What a resume compares as files, not as path strings.
+PATH_FIELDS = ("data.data_dir", "data.test_tasks_file", "mtl.dataset_dir", "mtl.init_weights")
 
 
 def phase_dir(cfg: Config) -> str:
@@ -61,11 +68,6 @@ def phase_dir(cfg: Config) -> str:
 def _unet_config(cfg: Config, num_classes: int | None = None):
     return dataclasses.replace(cfg.model, model_name="unet",
                                num_classes=num_classes or cfg.model.num_classes)
-
-
-def multiclass_pre_training(cfg: Config) -> bool:
-    """Whether this run pre-trains on a separate multi-class dataset (no FSS-1000 shards)."""
-    return cfg.run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot"
 
 
 # ------------------------------------------------------------------ class-level split guards
@@ -207,24 +209,38 @@ def pre_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     return 0
 
 
-def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generator) -> int:
+def load_multiclass_data(cfg: Config):
+    """The --dataset COCO|COCOStuff data of a multi-class pre-training, read and checked.
+
+    Args:
+        cfg: the run config (--dataset, --dataset_dir, --num_classes, --image_size).
+
+    Returns:
+        data.multiclass.MulticlassData.
+    """
+    from data.multiclass import load_multiclass
+
+    return load_multiclass(cfg.mtl.dataset, cfg.mtl.dataset_dir, cfg.model.num_classes,
+                           cfg.data.image_size, log=lambda line: print(line, flush=True))
+
+
+def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generator,
+                               data) -> int:
     """--phase pre_train --dataset COCO|COCOStuff: the K-class U-Net on a separate dataset.
 
     Args:
         cfg: the run config (--dataset, --dataset_dir, --num_classes, pre-training flags).
         out_dir: <checkpoint>/pre_train.
         rng: the training generator.
+        data: the dataset (load_multiclass_data).
 
     Returns:
         exit status 0.
     """
-    from data.multiclass import load_multiclass
     from baselines.pretrain_multiclass import constant_prediction_miou, pre_train_multiclass
     from models.multiclass_losses import make_multiclass_loss
 
     k = cfg.model.num_classes
-    data = load_multiclass(cfg.mtl.dataset, cfg.mtl.dataset_dir, k, cfg.data.image_size,
-                           log=lambda line: print(line, flush=True))
     print(f"MTL pre_train on --dataset {cfg.mtl.dataset} {data.root}: {len(data.train)} train "
           f"and {len(data.val)} val images, {k} classes; best epoch selected on val mIoU; no "
           f"FSS-1000 class is trained or selected on.", flush=True)
@@ -262,12 +278,60 @@ def _base_kernels(model: keras.Model) -> list:
 
 
 def _check_resumable(cfg: Config, path: str) -> None:
+    """Refuse to resume a phase's checkpoint written with other settings (as meta-training)."""
+    if cfg.mtl.phase == "pre_train":
+        sections = ["data", "model", "loss", "mtl", "inner.augment", "inner.aug_rate",
+                    "meta.seed", "meta.monitor_tasks"]
+        ignore = PRE_TRAIN_MAY_CHANGE
+    else:
+        sections, ignore = ["data", "model", "loss", "mtl"], RESUME_MAY_CHANGE
     problems = checkpoint.config_differences(
-        checkpoint.read_config(path), json.loads(cfg.to_json()), ["data", "model", "loss", "mtl"],
-        ignore=RESUME_MAY_CHANGE)
+        checkpoint.read_config(path), json.loads(cfg.to_json()), sections, ignore=ignore,
+        files=PATH_FIELDS)
     if problems:
-        raise ValueError(f"Cannot resume {path}: its config differs:\n  "
-                         + "\n  ".join(problems) + "\nUse a fresh --checkpoint directory.")
+        raise ValueError(f"Cannot resume {path}: its config differs from this run's:\n  "
+                         + "\n  ".join(problems) + "\nRerun with the checkpoint's flags (its "
+                         "config.json) or use a fresh --checkpoint directory.")
+
+
+def check_phase(cfg: Config, splits: Splits, eval_names, out_dir: str) -> None:
+    """Refuse, before the phase writes anything, what it would refuse later.
+
+    A resume whose config differs (every phase that trains), an --init_weights or --eval_weights
+    that is missing or was trained or selected on classes this run holds out.
+
+    Args:
+        cfg: the run config.
+        splits: the class splits (unused by the multi-class pre-training: pass empty ones).
+        eval_names: the classes meta_eval evaluates.
+        out_dir: the phase's folder.
+    """
+    resumed = checkpoint.latest_checkpoint(out_dir) if os.path.isdir(out_dir) else None
+    if resumed is not None and cfg.mtl.phase != "meta_eval":
+        _check_resumable(cfg, resumed)
+    if cfg.mtl.phase == "pre_train" and resumed is None and cfg.mtl.pre_init_weights and \
+            not os.path.isfile(cfg.mtl.pre_init_weights):
+        raise FileNotFoundError(f"--pre_init_weights {cfg.mtl.pre_init_weights!r} does not "
+                                f"exist (a .weights.h5 of the plain U-Net).")
+    if cfg.mtl.phase == "meta_train" and resumed is None:
+        seen = _read_classes(pretrained_weights_path(cfg.mtl.init_weights), "--init_weights")
+        _check_unseen(splits.test, seen, "--init_weights", cfg.mtl.init_weights)
+    if cfg.mtl.phase == "meta_eval":
+        if not cfg.mtl.eval_weights:
+            raise ValueError("--phase meta_eval needs --eval_weights <checkpoint>/meta_train "
+                             "(written by --phase meta_train).")
+        if not os.path.isfile(os.path.join(cfg.mtl.eval_weights, "state.json")) and not (
+                os.path.isdir(cfg.mtl.eval_weights)
+                and checkpoint.latest_checkpoint(cfg.mtl.eval_weights)):
+            raise FileNotFoundError(f"--eval_weights {cfg.mtl.eval_weights!r} holds no "
+                                    f"checkpoint: pass <checkpoint>/meta_train (written by "
+                                    f"--phase meta_train) or one of its ckpt-* folders.")
+        _check_unseen(eval_names, _read_classes(cfg.mtl.eval_weights, "--eval_weights"),
+                      "--eval_weights", cfg.mtl.eval_weights)
+        if cfg.mtl.init_weights:
+            _check_unseen(eval_names, _read_classes(
+                pretrained_weights_path(cfg.mtl.init_weights), "--init_weights"),
+                "--init_weights", cfg.mtl.init_weights)
 
 
 def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
@@ -296,14 +360,14 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     learner = MTLLearner(loop, cfg.mtl)
     groups = learner.checkpoint_groups()
     meta = mtl_meta_config(cfg.mtl, cfg.meta)
-    # rerunning the command resumes: model, optimizers, then the RNG
+    # rerunning the command resumes: model, optimizers, then the RNG (check_phase compared
+    # the configs before anything was written)
     state = checkpoint.resume(out_dir, groups, rng, check=partial(_check_resumable, cfg))
     start_step = 0 if state is None else int(state["step"])
     if state is not None:
         print(f"Resuming MTL meta-training from {state['path']} at task {start_step}", flush=True)
     else:
         seen = _read_classes(pretrained_weights_path(cfg.mtl.init_weights), "--init_weights")
-        _check_unseen(splits.test, seen, "--init_weights", cfg.mtl.init_weights)
         load_pretrained(cfg, model)
         _write_classes(out_dir, set(seen["trained_on"]) | set(splits.train),
                        set(seen["selected_on"]) | set(splits.val), splits)
@@ -346,17 +410,8 @@ def meta_eval_setup(cfg: Config, splits: Splits, eval_names, eval_split: str
         (cfg with the MTL adaptation as evaluation schedule, model, head inner loop,
         meta-training tasks completed).
     """
-    if not cfg.mtl.eval_weights:
-        raise ValueError("--phase meta_eval needs --eval_weights <checkpoint>/meta_train (written "
-                         "by --phase meta_train).")
     _print_split("meta_eval", splits, f"evaluating the {len(eval_names)} meta-{eval_split} "
                                       f"classes, never trained or selected on")
-    _check_unseen(eval_names, _read_classes(cfg.mtl.eval_weights, "--eval_weights"),
-                  "--eval_weights", cfg.mtl.eval_weights)
-    if cfg.mtl.init_weights:
-        _check_unseen(eval_names, _read_classes(pretrained_weights_path(cfg.mtl.init_weights),
-                                                "--init_weights"),
-                      "--init_weights", cfg.mtl.init_weights)
     model = build_model(cfg.model)
     set_mtl_mode(model, "meta_transfer")
     loop = head_inner_loop(model, make_loss(cfg.loss, model), cfg.mtl)
