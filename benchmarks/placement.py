@@ -2,7 +2,7 @@
 and on two local worker processes, compared weight by weight.
 
     .venv/bin/python benchmarks/placement.py --data-dir demo_shards [--image_size 64]
-        [--meta_iters 3] [--meta_batch 4] [--out /tmp/placement]
+        [--meta_iters 3] [--meta_batch 4] [--out benchmarks/results/placement]
 
 Runs `run_metasegnet.py` (EfficientLab-B0 `--rsd 2 4`, Reptile, 5 inner steps, meta-batch 4) as
 a plain run, with `--distribute mirrored --num_replicas 1` and `2` (logical CPU devices), and with
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--meta_iters", type=int, default=3)
     p.add_argument("--meta_batch", type=int, default=4)
-    p.add_argument("--out", default="/tmp/placement")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "placement"))
     p.add_argument("--runs", nargs="*", default=list(RUNS))
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)

@@ -131,8 +131,14 @@ def _interrupt(signum, frame):
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM raises `Interrupted` in the main thread (TensorFlow's handler otherwise eats it)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    """SIGTERM raises `Interrupted` in the main thread (TensorFlow's handler otherwise eats it).
+
+    Outside the main thread (a caller that runs the command line in a thread) nothing changes.
+    """
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:
+        pass
 
 
 def wait_for_workers(cluster: Cluster, timeout: float,
