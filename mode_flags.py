@@ -5,7 +5,8 @@ The meta-learning modes (Reptile / FOMAML training, --pretrained, --joint_train,
 --fine-tune-task) and the meta-transfer-learning phases (--phase) each have flags the other
 never reads, often for the same idea under another name (`--shot` and `--shots`). A flag given
 to a mode that ignores it would change nothing while the output looked as if it had, so it is
-refused. The table is data: a new mode adds a row naming the flag groups it refuses.
+refused. The tables are data: a new mode adds a row to REFUSED naming the flag groups it
+refuses, a new group of mode-specific flags a row to FLAG_GROUPS.
 
     python mode_flags.py FLAGS...   # exit 0, or 2 with the line run_metasegnet.py would print
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Mapping, Sequence
+from typing import Sequence
 
 # MTL-Segmentation's flags, read by the --phase modes only -> the meta-learning modes' flag for
 # the same idea (None: no counterpart).
@@ -44,16 +45,20 @@ META_LEARNING_FLAGS = {
     "--eval-interval": "--num_batch", "--foml": None, "--foml-tail": None,
     "--joint_train_epochs": "--pre_max_epoch",
 }
-# mode (run_metasegnet.MODES) -> the flags it refuses.
+# Groups of flags: name -> (who reads them, {flag: the flag meant elsewhere, or None}).
+FLAG_GROUPS = {"mtl": ("the --phase (MTL) modes", MTL_FLAGS),
+               "meta_learning": ("meta-learning runs", META_LEARNING_FLAGS)}
+# mode (run_metasegnet.MODES) -> (how messages name it, the groups of flags it refuses). A mode
+# missing here refuses nothing.
 REFUSED = {
-    "meta_train": MTL_FLAGS, "joint_train": MTL_FLAGS, "fine_tune_only": MTL_FLAGS,
-    "mtl_pre_train": META_LEARNING_FLAGS, "mtl_meta_train": META_LEARNING_FLAGS,
-    "mtl_meta_eval": META_LEARNING_FLAGS, "multiclass_pre_train": META_LEARNING_FLAGS,
+    "meta_train": ("meta-learning runs (no --phase)", ("mtl",)),
+    "joint_train": ("--joint_train", ("mtl",)),
+    "fine_tune_only": ("--fine-tune-task", ("mtl",)),
+    "mtl_pre_train": ("--phase runs", ("meta_learning",)),
+    "mtl_meta_train": ("--phase runs", ("meta_learning",)),
+    "mtl_meta_eval": ("--phase runs", ("meta_learning",)),
+    "multiclass_pre_train": ("--phase runs", ("meta_learning",)),
 }
-_MODE_NAMES = {"meta_train": "meta-learning runs (no --phase)",
-               "joint_train": "--joint_train", "fine_tune_only": "--fine-tune-task",
-               "mtl_pre_train": "--phase runs", "mtl_meta_train": "--phase runs",
-               "mtl_meta_eval": "--phase runs", "multiclass_pre_train": "--phase runs"}
 
 
 def mode_of(cfg) -> str:
@@ -97,26 +102,23 @@ def given_flags(parser, argv: Sequence[str]) -> list[str]:
     return flags
 
 
-def foreign_flag(mode: str, flags: Sequence[str],
-                 refused: Mapping[str, Mapping[str, str | None]] = REFUSED) -> str | None:
+def foreign_flag(mode: str, flags: Sequence[str]) -> str | None:
     """The refusal of the first flag `mode` does not read, or None.
 
     Args:
         mode: a key of run_metasegnet.MODES.
         flags: the flags given (given_flags).
-        refused: mode -> {flag: the flag meant in that mode, or None}.
 
     Returns:
         one line naming the flag, the mode and the flag meant, or None when every flag is read.
     """
-    table = refused.get(mode, {})
+    name, groups = REFUSED.get(mode, (mode, ()))
     for flag in flags:
-        if flag in table:
-            meant = table[flag]
-            hint = f"; did you mean {meant}?" if meant else "; drop it."
-            return (f"{flag} is not read by {_MODE_NAMES.get(mode, mode)} (it belongs to "
-                    f"{'the --phase (MTL) modes' if table is MTL_FLAGS else 'meta-learning runs'})"
-                    f"{hint}")
+        for group in groups:
+            readers, table = FLAG_GROUPS[group]
+            if flag in table:
+                hint = f"; did you mean {table[flag]}?" if table[flag] else "; drop it."
+                return f"{flag} is not read by {name} (it belongs to {readers}){hint}"
     return None
 
 

@@ -2,10 +2,11 @@
 
     python run_metasegnet.py --data-dir SHARDS --checkpoint RUN_DIR [flags of the paper's CLI]
 
-The flags choose one mode (`mode_of`), and each mode is one function below. Rerunning the same
-command resumes from the newest checkpoint in --checkpoint; --pretrained evaluates it without
-training. Outputs in --checkpoint: config.json, ckpt-<step>/ + LAST, training_log.csv,
-tensorboard/, training_curves.png, meta-test_results.json, and on stdout the line
+The flags choose one mode (`mode_flags.mode_of`, which also refuses the flags of other modes),
+and each mode is one function below. Rerunning the same command resumes from the newest
+checkpoint in --checkpoint; --pretrained evaluates it without training. Outputs in --checkpoint:
+config.json, ckpt-<step>/ + LAST, training_log.csv, tensorboard/, training_curves.png,
+meta-test_results.json (and LOCK while the run works), and on stdout the line
 `Mean IoU over all meta-test tasks: X`.
 """
 from __future__ import annotations
@@ -188,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     check_mode_flags(build_parser(), mode_of(cfg), argv)
     show_library_logs()
+    previous = stop_on_sigterm()  # SIGTERM ends a run like Ctrl-C: one line, its lock released
     try:
         started = time.monotonic()
-        stop_on_sigterm()  # SIGTERM ends a run like Ctrl-C: one line, its lock released
         # Devices, the cluster and the dtype policy come before TensorFlow runs its first op.
         configure_devices(cfg.device.distribute, cfg.device.num_replicas)
         strategy = make_strategy(cfg.device.distribute, cfg.device.num_replicas,
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130 if name == "SIGINT" else 143
     finally:
         lock.release_all()
+        if previous is not None:
+            stop_on_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -130,15 +130,21 @@ def _interrupt(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def stop_on_sigterm() -> None:
+def stop_on_sigterm(handler=_interrupt):
     """SIGTERM raises `Interrupted` in the main thread (TensorFlow's handler otherwise eats it).
 
     Outside the main thread (a caller that runs the command line in a thread) nothing changes.
+
+    Args:
+        handler: the handler to install (the previous one, to put it back).
+
+    Returns:
+        the handler it replaced (None outside the main thread).
     """
     try:
-        signal.signal(signal.SIGTERM, _interrupt)
+        return signal.signal(signal.SIGTERM, handler)
     except ValueError:
-        pass
+        return None
 
 
 def wait_for_workers(cluster: Cluster, timeout: float,

@@ -281,7 +281,7 @@ class DistributedMetaLearner:
         self.outer_optimizer, self.start, self.before_last = \
             main.outer_optimizer, main.start, main.before_last
         self._size = sum(int(np.prod(v.shape)) for v in main.loop.variables)
-        self._flatten = tf.function(_flatten)
+        self._flatten = [tf.function(_flatten) for _ in self.learners]
         self._unpack = [tf.function(_unpack_graph(lrn, self._size)) for lrn in self.learners]
         self._pack = [tf.function(_pack_graph(lrn)) for lrn in self.learners]
 
@@ -314,7 +314,7 @@ class DistributedMetaLearner:
             for k in range(first, len(tasks), num):
                 direction, losses = learner.run_task(tasks[k], generators[k], seeds[k])
                 with section("directions"):
-                    slots[k] = self._flatten(direction)
+                    slots[k] = self._flatten[i](direction)
                 loss_sum += float(np.sum(losses))
                 count += len(losses)
             learner.settle_seeds(seeds)

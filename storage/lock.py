@@ -126,28 +126,34 @@ def hold(directory: str, flag: str) -> str:
             raise UserError(f"{flag} {directory!r} is not writable ({e.strerror}); choose a "
                             f"writable folder.") from e
         holder = _read(path)
-        if holder is None:
+        if holder is None:  # released meanwhile: try again
             continue
-        if holder.get("host") == _HOST and isinstance(holder.get("pid"), int) and \
-                process_gone(holder["pid"], holder.get("process_start")):
-            stale = f"{path}.stale-{os.getpid()}"
-            try:
-                os.rename(path, stale)  # only one process gets the dead holder's lock
-            except FileNotFoundError:
-                continue
-            os.remove(stale)
-            logging.info(f"Took over {path} from {_describe(holder)}, which is no longer "
-                         f"running")
-            continue
-        if holder.get("host") == _HOST or not holder:
-            raise UserError(f"{flag} {directory!r} is in use by {_describe(holder)}: one process "
-                            f"per run folder. Wait for that run to end or stop it, or choose "
-                            f"another {flag}." if holder else
-                            f"{flag} {directory!r} holds an unreadable lock {path}; if no run "
+        if not holder:
+            raise UserError(f"{flag} {directory!r} holds an unreadable lock {path}; if no run "
                             f"uses the folder, delete {path}.")
-        raise UserError(f"{flag} {directory!r} is in use by {_describe(holder)}, which cannot "
-                        f"be checked from {_HOST}: one process per run folder. If that run is "
-                        f"gone, delete {path}.")
+        if holder.get("host") != _HOST:
+            raise UserError(f"{flag} {directory!r} is in use by {_describe(holder)}, which "
+                            f"cannot be checked from {_HOST}: one process per run folder. If "
+                            f"that run is gone, delete {path}.")
+        if not (isinstance(holder.get("pid"), int)
+                and process_gone(holder["pid"], holder.get("process_start"))):
+            raise UserError(f"{flag} {directory!r} is in use by {_describe(holder)}: one "
+                            f"process per run folder. Wait for that run to end or stop it, or "
+                            f"choose another {flag}.")
+        stale = f"{path}.stale-{os.getpid()}"
+        try:
+            os.rename(path, stale)  # only one process gets the dead holder's lock
+        except FileNotFoundError:
+            continue
+        if _read(stale) != holder:  # another process took it over meanwhile: put theirs back
+            try:
+                os.link(stale, path)
+            except FileExistsError:
+                pass
+            os.remove(stale)
+            continue
+        os.remove(stale)
+        logging.info(f"Took over {path} from {_describe(holder)}, which is no longer running")
     raise UserError(f"{flag} {directory!r}: could not take its lock {path} (other processes "
                     f"keep replacing it); run one process per folder.")
 
