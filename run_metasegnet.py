@@ -37,7 +37,7 @@ from meta.inner import InnerLoop, training_schedule  # noqa: E402
 from meta.streams import STREAM_TRAINING  # noqa: E402
 from meta.train import meta_train  # noqa: E402
 from mode_flags import check_mode_flags, mode_of, os_error_line  # noqa: E402
-from modes import experiments, mtl  # noqa: E402
+from modes import experiments, mtl, mtl_checks  # noqa: E402
 from modes.final_eval import adapt_and_evaluate  # noqa: E402
 from modes.restore import restore  # noqa: E402
 from modes.session import prepare  # noqa: E402
@@ -61,7 +61,7 @@ def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:
     """MTL pre-training on COCO / COCO-Stuff: needs no FSS-1000 shards."""
     out_dir = mtl.phase_dir(cfg)
     data = mtl.load_multiclass_data(cfg)  # the data and a resume are checked before any write
-    mtl.check_phase(cfg, Splits((), (), ()), (), out_dir)
+    mtl_checks.check_phase(cfg, Splits((), (), ()), (), out_dir)
     lock.hold(out_dir, "--checkpoint")
     write_config(out_dir, cfg)
     keras.utils.set_random_seed(cfg.meta.seed)

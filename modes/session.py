@@ -21,7 +21,7 @@ from data.tasks import FORMATS, ClassData, data_format, load_tasks
 from data.tfrecord import read_manifest
 from meta.streams import STREAM_TRAINING
 from meta.train import held_out_split
-from modes import experiments, mtl
+from modes import experiments, mtl, mtl_checks
 from modes.restore import check_compatible, pretrained_source, resume_source, \
     with_resumed_task_streams
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
@@ -119,7 +119,7 @@ def prepare(cfg: Config, *, is_chief: bool, started: float) -> Run:
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
     if cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
-        mtl.check_phase(cfg, splits, eval_names, out_dir)
+        mtl_checks.check_phase(cfg, splits, eval_names, out_dir)
     else:
         if cfg.eval.protocol == protocol_hsnet.PROTOCOL:
             protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)

@@ -16,8 +16,8 @@ from models.build import build_model
 from models.config import ModelConfig
 from models.mtl import set_mtl_mode
 from args import parse_args
-from modes import mtl as mtl_modes
-from modes.mtl import CLASSES_NAME, _base_kernels
+from modes.mtl import _base_kernels
+from modes.mtl_checks import CLASSES_NAME, check_phase
 from storage import checkpoint
 
 UNET = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=2,
@@ -132,4 +132,4 @@ def test_pre_training_resumes_only_with_its_own_config(three_phases, shards, cap
     other_path = os.path.relpath(shards)
     cfg = parse_args(_argv(other_path, run_dir, "pre_train", "--pre_max_epoch", "3",
                            "--pre_batch_size", "8", "--pre_lr", "0.05"))
-    mtl_modes.check_phase(cfg, None, (), str(run_dir / "pre_train"))
+    check_phase(cfg, None, (), str(run_dir / "pre_train"))
