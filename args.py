@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from adapt.config import EvalConfig, KShotConfig, UHOConfig
 from baselines.config import MTLConfig
+from data.multiclass import check_num_classes
 from devices.config import DeviceConfig
 from meta.config import AUGMENTATIONS, InnerConfig, MetaConfig
+from meta.streams import ONE_STREAM, PER_TASK, TASK_STREAMS
 from models.config import IMAGENET, LossConfig, ModelConfig
 
 
@@ -181,6 +183,11 @@ def _add_meta_flags(p):
     g.add_argument("--eval-interval", "--eval_interval", dest="eval_interval", type=int, default=10)
     g.add_argument("--monitor_tasks", type=int, default=10,
                    help="tasks per split evaluated every --eval-interval")
+    g.add_argument("--task_streams", choices=TASK_STREAMS, default=PER_TASK,
+                   help="per_task: each task of a meta-batch draws from its own seeded stream, "
+                        "the same on any number of devices; one_stream: every task from the "
+                        "training stream in turn, as runs without --distribute did before "
+                        "(one device only; a resumed run keeps its checkpoint's scheme)")
     g.add_argument("--checkpoint", default="model_checkpoint",
                    help="directory for checkpoints, logs and results")
     g.add_argument("--keep_checkpoints", type=int, default=2)
@@ -332,6 +339,9 @@ def _add_device_flags(p):
     g.add_argument("--jit_compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA for the compiled steps; auto = on with a GPU, off on CPU (slower "
                         "there for depthwise convolutions)")
+    g.add_argument("--worker_start_timeout", type=float, default=600.0,
+                   help="--distribute multi_worker: seconds to wait for the other workers of "
+                        "TF_CONFIG to start before giving up")
     # Read by run_metasegnet.py from argv before TensorFlow is imported, so in no config.
     g.add_argument("--verbose", action="store_true",
                    help="show TensorFlow's C++ log lines (hidden unless TF_CPP_MIN_LOG_LEVEL is "
@@ -427,6 +437,15 @@ def _contradictions(a) -> list[str]:
         problems.append(f"--checkpoint {a.checkpoint!r} is a file; training writes a folder "
                         f"(only --pretrained, --fine-tune-task and --serve read a file, e.g. a "
                         f".tar.gz)")
+    if a.distribute == "none" and a.num_replicas != 1:
+        problems.append(f"--num_replicas {a.num_replicas} needs --distribute mirrored (without "
+                        f"--distribute a run uses one device); add it or drop --num_replicas")
+    if a.distribute == "multi_worker" and a.num_replicas != 1:
+        problems.append("--distribute multi_worker places one replica per GPU of each worker "
+                        "(one per worker on CPU); drop --num_replicas")
+    if a.distribute != "none" and a.task_streams == ONE_STREAM:
+        problems.append("--task_streams one_stream runs on one device; drop --distribute or use "
+                        "--task_streams per_task")
     if a.distribute != "none" and (a.phase or a.joint_train):
         problems.append("--distribute spreads Reptile/FOMAML meta-batches and evaluations; it "
                         "cannot be combined with --phase or --joint_train")
@@ -478,6 +497,8 @@ def config_from_namespace(a, given=frozenset()) -> Config:
     data = DataConfig(data_dir=a.data_dir, image_size=a.image_size, fss_1000=a.fss_1000,
                       test_tasks_file=a.test_tasks_file, num_test_tasks=a.num_test_tasks,
                       num_val_tasks=a.num_val_tasks, fp_k_test_set=a.fp_k_test_set, seed=a.seed)
+    if a.phase == "pre_train" and a.dataset in ("COCO", "COCOStuff"):
+        check_num_classes(a.dataset, a.num_classes)
     model = ModelConfig(
         model_name=a.model_name, image_size=a.image_size,
         feature_extractor_name=a.feature_extractor_name, rsd=tuple(a.rsd or ()),
@@ -504,7 +525,8 @@ def config_from_namespace(a, given=frozenset()) -> Config:
                       meta_step_size=a.meta_step, meta_step_size_final=a.meta_step_final,
                       meta_batch_size=a.meta_batch, meta_iters=a.meta_iters,
                       eval_interval=a.eval_interval, monitor_tasks=a.monitor_tasks,
-                      keep_checkpoints=a.keep_checkpoints, seed=a.seed)
+                      keep_checkpoints=a.keep_checkpoints, seed=a.seed,
+                      task_streams=a.task_streams)
     # Any non-empty value other than 0/false enables predictions (the reference's
     # SAVE_PREDICTIONS=0 turned them on; ml4ai/mliis utils/viz.py).
     save_predictions = os.environ.get("SAVE_PREDICTIONS", "").strip().lower() not in (
@@ -562,7 +584,8 @@ def config_from_namespace(a, given=frozenset()) -> Config:
                     serve=a.serve, host=a.host, port=a.port, serve_dir=a.serve_dir,
                     given_flags=tuple(sorted(given)))
     device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
-                          mixed_precision=a.mixed_precision, jit_compile=a.jit_compile)
+                          mixed_precision=a.mixed_precision, jit_compile=a.jit_compile,
+                          worker_start_timeout=a.worker_start_timeout)
     return Config(data=data, model=model, loss=loss, inner=inner, meta=meta, eval=evaluation,
                   uho=uho, kshot=kshot, mtl=mtl, run=run, device=device)
 

@@ -301,17 +301,26 @@ def _write_output(records: list[tuple[str, str, bytes, bytes]], report: Conversi
     old = None
     try:
         shards = []
-        for index, chunk in enumerate(np.array_split(np.arange(len(records)), num_shards)):
-            name = shard_name(index, num_shards)
-            with tf.io.TFRecordWriter(os.path.join(tmp, name)) as writer:
-                for i in chunk:
-                    class_name, stem, image_bytes, mask_bytes = records[i]
-                    writer.write(serialize_pair(image_bytes, mask_bytes, class_name, stem,
-                                                report.image_size))
-            shards.append({"file": name, "num_pairs": int(len(chunk))})
-        manifest["shards"] = shards
-        with open(os.path.join(tmp, MANIFEST_NAME), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
+        name = MANIFEST_NAME
+        try:
+            for index, chunk in enumerate(np.array_split(np.arange(len(records)), num_shards)):
+                name = shard_name(index, num_shards)
+                with tf.io.TFRecordWriter(os.path.join(tmp, name)) as writer:
+                    for i in chunk:
+                        class_name, stem, image_bytes, mask_bytes = records[i]
+                        writer.write(serialize_pair(image_bytes, mask_bytes, class_name, stem,
+                                                    report.image_size))
+                shards.append({"file": name, "num_pairs": int(len(chunk))})
+            manifest["shards"] = shards
+            name = MANIFEST_NAME
+            with open(os.path.join(tmp, MANIFEST_NAME), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+        except (OSError, tf.errors.OpError) as e:  # a full disk: TensorFlow's error, no path
+            reason = e.strerror if isinstance(e, OSError) else e.message.split("; ")[-1]
+            raise UserError(f"--tfrecord_dir {report.tfrecord_dir!r}: writing {name} failed "
+                            f"({reason}); free space on that disk or choose another "
+                            f"--tfrecord_dir. Its previous content, if any, is left as it "
+                            f"was.") from e
         if os.path.exists(out):
             old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
             os.replace(out, os.path.join(old, base))

@@ -43,29 +43,47 @@ fi
 DEMO="${METASEG_DEMO:-meta}"
 DEMO_SIZE=64
 case "$DEMO" in meta|mtl) ;; *) echo "run.sh: METASEG_DEMO must be 'meta' or 'mtl'. Received: '$DEMO'" >&2; exit 2;; esac
+SPLIT=(--data-dir demo_shards --image_size "$DEMO_SIZE" --num_test_tasks 20 --num_val_tasks 10
+       --seed 0)
+# Read by every mode; the meta-learning runs also take EVAL (the MTL phases name them otherwise).
+MONITOR=(--eval-samples 1 --serially_eval_all_test_tasks --transductive --monitor_tasks 5)
+EVAL=(--shots 5 --eval-batch 8 --eval-iters 20 --eval-interval 50)
+MTL=(--model_name mtl_unet --checkpoint demo_runs/mtl --n_unet_encoding_stacks 3
+     --start_num_feature_maps_power 4 --loss_name ce_dice --shot 5 --train_query 2 --val_query 2)
+INNER=(--rsd 2 4 --loss_name bce_dice --learning-rate 0.001 --inner-batch 8 --inner-iters 5
+       --train-shots 5 --meta-batch 2 --meta-iters 100)
+REPTILE=("${SPLIT[@]}" "${MONITOR[@]}" "${EVAL[@]}" "${INNER[@]}" --checkpoint demo_runs/reptile
+         --meta-step 1.0 --meta-step-final 0.1 --compare_random_init "$@")
+FOMAML_STAR=("${SPLIT[@]}" "${MONITOR[@]}" "${EVAL[@]}" "${INNER[@]}"
+             --checkpoint demo_runs/fomaml_star --foml --foml-tail 2 --meta-step 3.0
+             --meta-step-final 0.3 "$@")
+PRE_TRAIN=("${SPLIT[@]}" "${MONITOR[@]}" "${MTL[@]}" --phase pre_train --pre_max_epoch 6
+           --pre_batch_size 16 --pre_lr 0.05 --pre_step_size 4 "$@")
+META_TRAIN=("${SPLIT[@]}" "${MONITOR[@]}" "${MTL[@]}" --phase meta_train
+            --init_weights demo_runs/mtl/pre_train --max_epoch 4 --num_batch 25 --update_step 20
+            --step_size 2 "$@")
+META_EVAL=("${SPLIT[@]}" "${MONITOR[@]}" "${MTL[@]}" --phase meta_eval
+           --eval_weights demo_runs/mtl/meta_train --init_weights demo_runs/mtl/pre_train
+           --teshot 5 --test_query 5 --update_step 20 "$@")
+# Every command line is checked before anything is generated or deleted: a mistyped extra
+# argument stops here with run_metasegnet.py's one-line error, the previous demo left as it was.
+if [ "$DEMO" = mtl ]; then LINES=(PRE_TRAIN META_TRAIN META_EVAL); else LINES=(REPTILE FOMAML_STAR); fi
+for line in "${LINES[@]}"; do
+  declare -n FLAGS="$line"
+  "$PY" mode_flags.py "${FLAGS[@]}"
+done
+
 echo "== metaseg demo ($DEMO): FSS-1000 not found, running the synthetic CPU demo ==" >&2
 "$PY" -m data.demo --out_dir demo_data --num_classes 120 --images_per_class 10 \
   --image_size "$DEMO_SIZE" --seed 0
 "$PY" fss_1000_image_to_tfrecord.py --input_dir demo_data --tfrecord_dir demo_shards \
   --image_size "$DEMO_SIZE"
-SPLIT=(--data-dir demo_shards --image_size "$DEMO_SIZE" --num_test_tasks 20 --num_val_tasks 10
-       --seed 0)
-EVAL=(--shots 5 --eval-batch 8 --eval-iters 20 --eval-samples 1 --serially_eval_all_test_tasks
-      --transductive --eval-interval 50 --monitor_tasks 5)
 
 if [ "$DEMO" = mtl ]; then
   rm -rf demo_runs/mtl  # a fresh run each time (the same command would otherwise resume)
-  MTL=(--model_name mtl_unet --checkpoint demo_runs/mtl --n_unet_encoding_stacks 3
-       --start_num_feature_maps_power 4 --loss_name ce_dice --shot 5 --train_query 2
-       --val_query 2)
-  "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase pre_train \
-    --pre_max_epoch 6 --pre_batch_size 16 --pre_lr 0.05 --pre_step_size 4 "$@"
-  "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_train \
-    --init_weights demo_runs/mtl/pre_train --max_epoch 4 --num_batch 25 --update_step 20 \
-    --step_size 2 "$@"
-  "$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${MTL[@]}" --phase meta_eval \
-    --eval_weights demo_runs/mtl/meta_train --init_weights demo_runs/mtl/pre_train \
-    --teshot 5 --test_query 5 --update_step 20 "$@"
+  "$PY" run_metasegnet.py "${PRE_TRAIN[@]}"
+  "$PY" run_metasegnet.py "${META_TRAIN[@]}"
+  "$PY" run_metasegnet.py "${META_EVAL[@]}"
   echo "Segment your own images with this init, in your browser (paint a few examples):"
   echo "  $PY run_metasegnet.py --serve --checkpoint demo_runs/mtl"
   exit 0
@@ -73,14 +91,10 @@ fi
 
 # A fresh run each time (rerunning the same run_metasegnet.py command would otherwise resume).
 rm -rf demo_runs/reptile demo_runs/fomaml_star
-INNER=(--rsd 2 4 --loss_name bce_dice --learning-rate 0.001 --inner-batch 8 --inner-iters 5
-       --train-shots 5 --meta-batch 2 --meta-iters 100)
 # Reptile moves theta towards the adapted weights (a whole task's displacement per task) ...
-"$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${INNER[@]}" --checkpoint demo_runs/reptile \
-  --meta-step 1.0 --meta-step-final 0.1 --compare_random_init "$@"
+"$PY" run_metasegnet.py "${REPTILE[@]}"
 # ... FOMAML* by the last step's update on 2 held-out pairs only, so it takes a larger step size.
-"$PY" run_metasegnet.py "${SPLIT[@]}" "${EVAL[@]}" "${INNER[@]}" \
-  --checkpoint demo_runs/fomaml_star --foml --foml-tail 2 --meta-step 3.0 --meta-step-final 0.3 "$@"
+"$PY" run_metasegnet.py "${FOMAML_STAR[@]}"
 "$PY" scripts/demo_summary.py demo_runs/reptile demo_runs/fomaml_star
 echo "Segment your own images with the Reptile init, in your browser (paint a few examples):"
 echo "  $PY run_metasegnet.py --serve --checkpoint demo_runs/reptile"

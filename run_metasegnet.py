@@ -2,10 +2,11 @@
 
     python run_metasegnet.py --data-dir SHARDS --checkpoint RUN_DIR [flags of the paper's CLI]
 
-The flags choose one mode (`mode_of`), and each mode is one function below. Rerunning the same
-command resumes from the newest checkpoint in --checkpoint; --pretrained evaluates it without
-training. Outputs in --checkpoint: config.json, ckpt-<step>/ + LAST, training_log.csv,
-tensorboard/, training_curves.png, meta-test_results.json, and on stdout the line
+The flags choose one mode (`mode_flags.mode_of`, which also refuses the flags of other modes),
+and each mode is one function below. Rerunning the same command resumes from the newest
+checkpoint in --checkpoint; --pretrained evaluates it without training. Outputs in --checkpoint:
+config.json, ckpt-<step>/ + LAST, training_log.csv, tensorboard/, training_curves.png,
+meta-test_results.json (and LOCK while the run works), and on stdout the line
 `Mean IoU over all meta-test tasks: X`.
 """
 from __future__ import annotations
@@ -27,8 +28,10 @@ from absl import logging as absl_logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from adapt.evaluate import evaluation_schedule, monitor  # noqa: E402
-from args import Config, parse_args  # noqa: E402
+from args import Config, build_parser, parse_args  # noqa: E402
 from data.errors import UserError  # noqa: E402
+from data.splits import Splits  # noqa: E402
+from devices.cluster import Interrupted, stop_on_sigterm  # noqa: E402
 from devices.distribute import DistributedMetaLearner, Replicas, configure_devices, \
     make_strategy  # noqa: E402
 from devices.precision import set_precision  # noqa: E402
@@ -36,12 +39,14 @@ from meta.algorithms import MetaLearner  # noqa: E402
 from meta.inner import InnerLoop, training_schedule  # noqa: E402
 from meta.streams import STREAM_TRAINING  # noqa: E402
 from meta.train import meta_train  # noqa: E402
-from modes import experiments, mtl, own_images  # noqa: E402
+from mode_flags import check_mode_flags, mode_of, os_error_line  # noqa: E402
+from modes import experiments, mtl, mtl_checks, own_images  # noqa: E402
 from modes.final_eval import adapt_and_evaluate  # noqa: E402
 from modes.restore import restore  # noqa: E402
 from modes.session import prepare  # noqa: E402
 from modes.setup import write_config  # noqa: E402
 from segmenter import build  # noqa: E402
+from storage import lock  # noqa: E402
 from storage.tf1_checkpoint import build_model_with_backbone  # noqa: E402
 
 
@@ -65,10 +70,13 @@ def serve(cfg: Config, strategy, started: float) -> int:
 def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:
     """MTL pre-training on COCO / COCO-Stuff: needs no FSS-1000 shards."""
     out_dir = mtl.phase_dir(cfg)
+    data = mtl.load_multiclass_data(cfg)  # the data and a resume are checked before any write
+    mtl_checks.check_phase(cfg, Splits((), (), ()), (), out_dir)
+    lock.hold(out_dir, "--checkpoint")
     write_config(out_dir, cfg)
     keras.utils.set_random_seed(cfg.meta.seed)
     rng = np.random.default_rng([cfg.meta.seed, STREAM_TRAINING])
-    return mtl.pre_train_multiclass_phase(cfg, out_dir, rng)
+    return mtl.pre_train_multiclass_phase(cfg, out_dir, rng, data)
 
 
 def mtl_pre_train(cfg: Config, strategy, started: float) -> int:
@@ -112,6 +120,7 @@ def meta_train_and_evaluate(cfg: Config, strategy, started: float) -> int:
     own images): the same steps without the training.
     """
     run = prepare(cfg, is_chief=_is_chief(strategy), started=started)
+    cfg = run.cfg  # a resumed run keeps its checkpoint's task streams
     loop, learner = _build_learner(cfg, strategy)
     model = loop.model
     initial_weights = _initial_weights(cfg, model)
@@ -163,27 +172,10 @@ def export_only(cfg: Config, strategy, started: float) -> int:
     return 0
 
 
-MODES = {"serve": serve, "export_only": export_only, "fine_tune_only": fine_tune_only, "multiclass_pre_train": multiclass_pre_train,
-         "mtl_pre_train": mtl_pre_train, "mtl_meta_train": mtl_meta_train,
+MODES = {"serve": serve, "export_only": export_only, "fine_tune_only": fine_tune_only,
+         "multiclass_pre_train": multiclass_pre_train, "mtl_pre_train": mtl_pre_train, "mtl_meta_train": mtl_meta_train,
          "mtl_meta_eval": mtl_meta_eval, "joint_train": joint_train,
          "meta_train": meta_train_and_evaluate}
-
-
-def mode_of(cfg: Config) -> str:
-    """Which of MODES the flags ask for."""
-    if cfg.run.serve:
-        return "serve"
-    if cfg.run.export and cfg.data.data_dir is None and not cfg.run.mtl:
-        return "export_only"  # needs no --data-dir
-    if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
-        return "fine_tune_only"  # needs no --data-dir
-    if mtl.multiclass_pre_training(cfg):
-        return "multiclass_pre_train"
-    if cfg.run.mtl:
-        return f"mtl_{cfg.mtl.phase}"
-    if cfg.run.joint_train:
-        return "joint_train"
-    return "meta_train"  # with --pretrained: restore and evaluate, no training
 
 
 class _Stdout(logging.StreamHandler):
@@ -213,17 +205,32 @@ def show_library_logs() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     cfg = parse_args(argv)
+    check_mode_flags(build_parser(), mode_of(cfg), argv)
     show_library_logs()
+    previous = stop_on_sigterm()  # SIGTERM ends a run like Ctrl-C: one line, its lock released
     try:
         started = time.monotonic()
         # Devices, the cluster and the dtype policy come before TensorFlow runs its first op.
         configure_devices(cfg.device.distribute, cfg.device.num_replicas)
-        strategy = make_strategy(cfg.device.distribute, cfg.device.num_replicas)
+        strategy = make_strategy(cfg.device.distribute, cfg.device.num_replicas,
+                                 cfg.device.worker_start_timeout)
         set_precision(cfg.device.mixed_precision)
         return MODES[mode_of(cfg)](cfg, strategy, started)
-    except (UserError, ValueError, OSError, FloatingPointError) as e:
+    except OSError as e:
+        print(f"run_metasegnet.py: error: {os_error_line(cfg, e)}", file=sys.stderr, flush=True)
+        return 2
+    except (UserError, ValueError, FloatingPointError) as e:
         print(f"run_metasegnet.py: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt as e:
+        name = str(e) if isinstance(e, Interrupted) else "SIGINT"
+        print(f"run_metasegnet.py: stopped by {name} (the checkpoints written so far are kept; "
+              f"rerun the command to resume)", file=sys.stderr, flush=True)
+        return 130 if name == "SIGINT" else 143
+    finally:
+        lock.release_all()
+        if previous is not None:
+            stop_on_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from data.episodes import Episode
 from data.tasks import ClassData
 from meta.inner import AdaptationSchedule, InnerLoop
 from meta.streams import STREAM_KSHOT
+from storage import atomic
 from storage.plots import plot_k_shot_curves
 
 CSV_NAME = "k-shot-results.csv"
@@ -107,7 +108,7 @@ def run_k_shot_experiment(loops: Mapping[str, InnerLoop], tasks: Mapping[str, Cl
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, CSV_NAME)
     curves: dict[str, dict[int, list[float]]] = {label: {} for label in loops}
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+    with atomic.naming(csv_path), open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for task_index, name in enumerate(names):

@@ -13,7 +13,7 @@ import json
 import os
 
 from data.errors import UserError
-from storage import checkpoint
+from storage import atomic, checkpoint
 
 DEFAULT_OUT_NAME = "predictions"
 DEFAULT_WEIGHTS_NAME = "fine_tuned_checkpoint"
@@ -67,6 +67,9 @@ def check_outputs(task_dir: str, out_dir: str, weights_dir: str) -> None:
     if weights_dir == os.path.join(task_dir, DEFAULT_WEIGHTS_NAME):
         _refuse_outside_link(weights_dir, task_dir, "The weights folder")
     check_weights_dir(weights_dir, "--fine-tuned-checkpoint")
+    # written after the adaptation: a folder that cannot take them is refused before it
+    atomic.check_writable(task_dir, "--fine-tune-task")
+    atomic.check_writable(weights_dir, "--fine-tuned-checkpoint")
 
 
 def check_weights_dir(directory: str, what: str) -> None:

@@ -18,6 +18,8 @@ import csv
 import os
 from dataclasses import dataclass
 
+from storage import atomic
+
 COLUMNS = ("round", "config", "kind", "repetition", "task", "best_num_steps", "mIoU", "lr",
            "drop_rate", "aug_rate", "inner_batch_size")
 KINDS = ("early_stopping", "median_steps")
@@ -111,7 +113,7 @@ def append_row(path: str, row: UHORow) -> None:
     """
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", newline="", encoding="utf-8") as f:
+    with atomic.naming(path), open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(COLUMNS)

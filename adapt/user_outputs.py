@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from adapt.predictions import overlay
+from storage import atomic
 from data.user_task import UserTask
 
 
@@ -56,7 +57,7 @@ def write_user_predictions(task: UserTask, masks: list[np.ndarray], out_dir: str
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    tmp_dir = atomic.temp_dir(parent, f".{os.path.basename(out_dir)}")  # the umask's mode
     try:
         paths = []
         for path, original, mask in zip(task.query_paths, task.query_images, masks):

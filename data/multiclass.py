@@ -120,10 +120,11 @@ def _check_layout(layout: str, dataset_dir: str) -> None:
 
 
 def check_num_classes(layout: str, num_classes: int) -> None:
-    """Raise unless K fits the layout's encoding (grey levels / ids below 255)."""
-    high = 256 if layout == "COCO" else 255
-    if not 2 <= num_classes <= high:
-        raise ValueError(f"--num_classes must be in [2, {high}] for --dataset {layout}. "
+    """Raise unless K fits the 8-bit class ids, 255 being the unlabelled value (both layouts)."""
+    if not 2 <= num_classes <= IGNORE_LABEL:
+        raise ValueError(f"--num_classes must be in [2, {IGNORE_LABEL}] for --dataset {layout}: "
+                         f"class ids are 8-bit and {IGNORE_LABEL} marks unlabelled pixels, so a "
+                         f"class {IGNORE_LABEL} would drop out of the loss and the mIoU. "
                          f"Received: {num_classes}")
 
 

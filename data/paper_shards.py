@@ -10,22 +10,22 @@ format; masks are binarized by the converter's rule (`data.masks.binarize_values
 The FP-k shards mix FSS-1000 and PASCAL files for one concept (e.g. `airliner` and
 `aeroplane_*`). As the reference's `read_fp_k_shot_dataset` (ml4ai/mliis meta_learners/metaseg.py)
 reads each FP-k task from the files matching `<synonym>*.tfrecord*` for each of its synonyms, a
-folder whose every file matches exactly one FP-k synonym is read as the 5 FP-k classes, each
-the union of its files. Any other folder is one class per file (a full FSS-1000 folder holds
-`bustard`, which the prefix `bus` would otherwise swallow).
+run of the FP-k experiment (--fp_k_test_set, `fp_k=True`) reads every file that exactly one FP-k
+synonym prefixes as part of that FP-k class, and says which files it merged. Every other run
+reads one class per file (a full FSS-1000 folder holds `bus`, `bustard` and `business_card`,
+which the prefix `bus` would otherwise merge).
 """
 from __future__ import annotations
 
 import glob
-import logging
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from data.errors import UserError
 from data.masks import binarize_values
-
-log = logging.getLogger(__name__)
 
 SUFFIX = ".tfrecord.gzip"
 IMAGE_SIZE = 224  # the paper's converter skips every other size
@@ -40,7 +40,7 @@ _BATCH = 64
 
 
 def shard_files(directory: str) -> list[str]:
-    """The `*.tfrecord.gzip` files of a folder, sorted by name."""
+    """The `*.tfrecord.gzip` entries of a folder, sorted by name."""
     return sorted(glob.glob(os.path.join(glob.escape(directory), "*" + SUFFIX)))
 
 
@@ -68,28 +68,67 @@ def _fp_k_class(path: str) -> str | None:
     return hits.pop() if len(hits) == 1 else None
 
 
-def class_files(directory: str) -> dict[str, list[str]]:
-    """Class name -> its shard files (several only in an FP-k folder), keys sorted.
+def class_files(directory: str, fp_k: bool = False) -> dict[str, list[str]]:
+    """Class name -> its shard files (several only for the FP-k experiment), keys sorted.
 
     Args:
         directory: a folder in the paper's format.
+        fp_k: read the FP-k classes, each the union of the files its synonyms prefix
+            (--fp_k_test_set); otherwise one class per file.
     Returns:
         {class: [paths]}.
+    Raises:
+        UserError: an entry that is a folder or a broken link, not a shard file.
     """
     files = shard_files(directory)
-    fp_k = {path: _fp_k_class(path) for path in files}
-    if files and all(fp_k.values()):
-        classes: dict[str, list[str]] = {}
-        for path in files:
-            classes.setdefault(fp_k[path], []).append(path)
-        log.info("%s holds only FP-k files: read as %d FP-k classes", directory, len(classes))
-        return dict(sorted(classes.items()))
-    return {_class_of(path): [path] for path in files}
+    for path in files:
+        _check_entry(path)
+    classes: dict[str, list[str]] = {}
+    for path in files:
+        fp_k_class = _fp_k_class(path) if fp_k else None
+        classes.setdefault(fp_k_class or _class_of(path), []).append(path)
+    merged = {name: paths for name, paths in classes.items()
+              if len(paths) > 1 or _class_of(paths[0]) != name}
+    for name, paths in sorted(merged.items()):
+        logging.info(f"--fp_k_test_set: class {name} is read from "
+                     f"{', '.join(os.path.basename(p) for p in paths)}")
+    return dict(sorted(classes.items()))
+
+
+def _check_entry(path: str) -> None:
+    """Refuse a `.tfrecord.gzip` entry that is not a readable file, saying what it is."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"Paper shard {path!r} is a broken symbolic link (to "
+                        f"{os.readlink(path)!r}); point it at the downloaded file or remove it.")
+    if os.path.isdir(path):
+        raise UserError(f"Paper shard {path!r} is a folder, not a shard file; move it out of "
+                        f"--data-dir (or put the file it should hold in its place).")
+
+
+def _gzip_problem(path: str) -> str | None:
+    """Why a file named .tfrecord.gzip is not GZIP-compressed (None when it is)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"\x1f\x8b" or not head:
+        return None
+    try:  # an uncompressed TFRecord under the paper's name?
+        next(iter(tf.data.TFRecordDataset(path)))
+    except (tf.errors.OpError, StopIteration):
+        return (f"Paper shard {path!r} is not GZIP-compressed (no gzip header) and is no "
+                f"TFRecord either: it is not one of the paper's shards. Re-download it or remove "
+                f"it from --data-dir.")
+    stem = path[:-len(".gzip")]
+    return (f"Paper shard {path!r} is an uncompressed TFRecord, but the paper's shards are "
+            f"GZIP-compressed: compress it (mv {path} {stem} && gzip -S .gzip {stem}) or "
+            f"re-download it.")
 
 
 def _read_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     """All records of one shard as uint8 images (n,224,224,3) and raw masks (n,224,224)."""
     image_bytes, mask_bytes = IMAGE_SIZE * IMAGE_SIZE * 3, IMAGE_SIZE * IMAGE_SIZE
+    problem = _gzip_problem(path)
+    if problem:
+        raise UserError(problem)
     dataset = (tf.data.TFRecordDataset(path, compression_type="GZIP")
                .batch(_BATCH).map(lambda r: tf.io.parse_example(r, FEATURES)))
     images, masks = [], []
@@ -119,13 +158,14 @@ def _read_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(masks)
 
 
-def load_paper_shards(directory: str, image_size: int | None = None
+def load_paper_shards(directory: str, image_size: int | None = None, fp_k: bool = False
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read every class of a folder in the paper's format.
 
     Args:
         directory: folder of `<class>.tfrecord.gzip` files (see `is_paper_format`).
         image_size: the run's --image_size; must be 224 (or None).
+        fp_k: read the FP-k classes (`class_files`).
     Returns:
         {class: (images uint8 (n,224,224,3), masks uint8 (n,224,224) in {0,1})}, keys sorted,
         records in file order (an FP-k class: its files in name order).
@@ -137,11 +177,11 @@ def load_paper_shards(directory: str, image_size: int | None = None
         raise ValueError(f"--image_size {image_size} does not match {directory!r}: the paper's "
                          f"shards hold {IMAGE_SIZE} px images. Pass --image_size {IMAGE_SIZE}.")
     tasks = {}
-    for name, paths in class_files(directory).items():
+    for name, paths in class_files(directory, fp_k).items():
         parts = [_read_file(path) for path in paths]
         images = np.concatenate([p[0] for p in parts])
         masks = binarize_values(np.concatenate([p[1] for p in parts]))
         tasks[name] = (images, masks)
-    log.info("read %d classes, %d pairs from the paper's shards in %s", len(tasks),
-             sum(len(m) for _, m in tasks.values()), directory)
+    logging.info(f"Read {len(tasks)} classes, {sum(len(m) for _, m in tasks.values())} pairs "
+                 f"from the paper's shards in {directory}")
     return tasks

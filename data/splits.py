@@ -179,8 +179,10 @@ def split_classes(class_names: Sequence[str], *, test_tasks_file: str | None = N
         raise ValueError(f"Give either test_tasks_file or num_test_tasks, not both. Received: "
                          f"test_tasks_file={test_tasks_file!r}, num_test_tasks={num_test_tasks}")
     if not 0 <= num_test_tasks < len(names):
-        raise ValueError(f"num_test_tasks must be in [0, {len(names) - 1}] for {len(names)} "
-                         f"classes. Received: {num_test_tasks}")
+        raise ValueError(f"--num_test_tasks must be in [0, {len(names) - 1}] for the "
+                         f"{len(names)} classes of the data: at least one class must stay a "
+                         f"meta-training class (training and the final evaluation's train tasks "
+                         f"adapt on them). Received: {num_test_tasks}; lower it or add classes.")
     if num_val_tasks < 0:
         raise ValueError(f"num_val_tasks must be >= 0. Received: {num_val_tasks}")
     if test_tasks_file is not None:
@@ -193,7 +195,11 @@ def split_classes(class_names: Sequence[str], *, test_tasks_file: str | None = N
         test = set()
     rest = [name for name in names if name not in test]
     if num_val_tasks >= len(rest):
-        raise ValueError(f"num_val_tasks={num_val_tasks} leaves no training class: only "
-                         f"{len(rest)} classes are not test classes.")
+        held = f"--num_val_tasks {num_val_tasks} and the " if num_val_tasks else "the "
+        raise ValueError(f"{held}{len(test)} test classes leave no meta-training class among "
+                         f"the {len(names)} classes of the data (training and the final "
+                         f"evaluation's train tasks adapt on them); hold out fewer classes "
+                         f"(--num_val_tasks, --num_test_tasks or --test_tasks_file) or add "
+                         f"classes.")
     cut = len(rest) - num_val_tasks
     return Splits(train=tuple(rest[:cut]), val=tuple(rest[cut:]), test=tuple(sorted(test)))

@@ -68,13 +68,16 @@ def recorded_split(tfrecord_dir: str) -> dict | None:
     return read_manifest(tfrecord_dir).get("split")
 
 
-def load_tasks(tfrecord_dir: str, image_size: int | None = None) -> dict[str, ClassData]:
+def load_tasks(tfrecord_dir: str, image_size: int | None = None,
+               fp_k: bool = False) -> dict[str, ClassData]:
     """Decode every shard of a converted dataset into per-class uint8 arrays.
 
     Args:
         tfrecord_dir: directory written by `fss_1000_image_to_tfrecord.py` (manifest.json + shards),
             or a folder of the paper's shards (`data.paper_shards`); told apart by `data_format`.
         image_size: expected image side; None accepts the manifest's size.
+        fp_k: the paper's shards of the FP-k experiment: each FP-k class the union of its
+            synonyms' files (--fp_k_test_set; `data.paper_shards.class_files`).
 
     Returns:
         dict class name -> ClassData, keys sorted; within a class pairs keep the converter's order
@@ -87,8 +90,8 @@ def load_tasks(tfrecord_dir: str, image_size: int | None = None) -> dict[str, Cl
     """
     if data_format(tfrecord_dir) == "paper":
         tasks = {}
-        for name, (images, masks) in paper_shards.load_paper_shards(tfrecord_dir,
-                                                                    image_size).items():
+        for name, (images, masks) in paper_shards.load_paper_shards(tfrecord_dir, image_size,
+                                                                    fp_k).items():
             images.flags.writeable = False
             masks.flags.writeable = False
             tasks[name] = ClassData(name=name, images=images, masks=masks)

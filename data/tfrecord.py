@@ -124,6 +124,12 @@ def read_manifest(tfrecord_dir: str) -> dict:
             f"`python fss_1000_image_to_tfrecord.py --input_dir <FSS folder> "
             f"--tfrecord_dir {tfrecord_dir}`.")
     path = os.path.join(tfrecord_dir, MANIFEST_NAME)
+    if not os.path.isfile(path) and _holds_images(tfrecord_dir):
+        shards = f"{os.path.normpath(tfrecord_dir)}_shards"
+        raise FileNotFoundError(
+            f"{tfrecord_dir!r} holds images (class folders of .jpg and .png), not shards: convert "
+            f"them first, into a new folder: python fss_1000_image_to_tfrecord.py --input_dir "
+            f"{tfrecord_dir} --tfrecord_dir {shards}, then pass --data-dir {shards}.")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path!r} is missing: {tfrecord_dir!r} was not written by fss_1000_image_to_tfrecord.py "
@@ -149,6 +155,19 @@ def read_manifest(tfrecord_dir: str) -> dict:
 
 
 _MAX_SIDE, _MAX_PAIRS = 4096, 10**7  # far beyond FSS-1000 (224 px, 10,000 pairs)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _holds_images(folder: str) -> bool:
+    """Whether `folder` looks like the converter's input: class folders of images."""
+    try:
+        for entry in os.scandir(folder):
+            if entry.is_dir() and any(name.lower().endswith(_IMAGE_SUFFIXES)
+                                      for name in os.listdir(entry.path)):
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def _is_int(value, low: int, high: int) -> bool:

@@ -152,6 +152,10 @@ def load_user_task(task_dir: str) -> UserTask:
     support_dir, query_dir = os.path.join(task_dir, "support"), os.path.join(task_dir, "query")
     for folder, what in ((support_dir, "support/<n>.jpg + <n>.png pairs"),
                          (query_dir, "query/*.jpg images")):
+        if os.path.islink(folder) and not os.path.exists(folder):
+            raise FileNotFoundError(f"{folder!r} is a symbolic link to {os.readlink(folder)!r}, "
+                                    f"which leads nowhere (a missing target or a loop); make it "
+                                    f"a folder of {what}.")
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder!r} is missing: --fine-tune-task expects {what}.")
 

@@ -14,6 +14,7 @@ class DeviceConfig:
     num_replicas: int = 1  # local replicas (mirrored: GPUs, or logical CPUs on a CPU machine)
     mixed_precision: str = "none"  # none | bfloat16 | float16 (variables stay float32)
     jit_compile: str = "auto"  # auto (on with a GPU, off on CPU) | on | off
+    worker_start_timeout: float = 600.0  # multi_worker: seconds to wait for the other workers
 
     def __post_init__(self):
         ensure(self.distribute in ("none", "mirrored", "multi_worker"),
@@ -27,3 +28,6 @@ class DeviceConfig:
                f"Received: {self.mixed_precision!r}")
         ensure(self.jit_compile in ("auto", "on", "off"),
                f"--jit_compile must be auto, on or off. Received: {self.jit_compile!r}")
+        ensure(self.worker_start_timeout > 0,
+               f"--worker_start_timeout must be > 0 seconds. "
+               f"Received: {self.worker_start_timeout}")

@@ -4,17 +4,22 @@ A meta-batch's tasks adapt independently and meet only in the meta-update, so ea
 adapts its share of them on its own copy of the model. The inner-loop weights of two replicas
 diverge during adaptation, so they cannot be mirrored variables: every local replica owns a
 plain Keras model and `InnerLoop` built on its device (replica 0 is the run's own model). After
-the tasks, each replica packs its direction sum, its loss sum and (replica 0 only) the model's
-other float state into one vector, the strategy all-reduces those vectors with its collective
-ops, and every replica applies the same meta-update, so the replicas stay identical.
+the tasks, each replica packs its tasks' directions (each in its task's slot), its loss sum, its
+batch-norm statistics and (replica 0 only) the model's other float state into one vector, the
+strategy all-reduces those vectors with its collective ops, and every replica applies the same
+meta-update, so the replicas stay identical.
 
-Placement never changes a result: in a distributed run task k of a meta-batch draws from its own
-generator `default_rng(seed_k)`, `seed_k` drawn from the training generator, and reseeds the
-model's dropout / drop-connect generators from it, so a task computes the same direction on any
-replica. (A run without `--distribute` keeps the single stream of earlier versions.)
-Batch-norm moving statistics carry over between the tasks a replica runs, as on one device, and
-global replica 0's are broadcast to all after each meta-iteration; they do not change the
-meta-learned weights, which use batch statistics during adaptation.
+Placement never changes a result: task k of a meta-batch draws from its own generator and
+reseeds the model's dropout generators from its own seed (`meta.streams`, `per_task`), exactly
+as on one device, so a task computes the same direction on any replica; the directions are
+summed in slot order on every replica, as on one device, so 1 or N replicas or workers end with
+the same meta-learned weights. (Summed per replica first, their float rounding would differ,
+and Adam's inner steps, which scale tiny gradients up to the learning rate, would grow that
+into visible differences within a few meta-iterations.) Batch-norm moving statistics carry over
+between the tasks a replica runs, as on one device, and after each meta-iteration every replica
+takes the mean of all replicas' statistics (docs/performance.md says how that differs from one
+device's); they do not change the meta-learned weights, which use batch statistics during
+adaptation.
 
 Device setup (`configure_devices`) must run before TensorFlow initializes its devices: on a
 machine without GPUs, `num_replicas` N > 1 splits the CPU into N logical devices.
@@ -24,17 +29,45 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from data.errors import UserError
 from data.tasks import ClassData
+from devices.cluster import stop_on_sigterm, tf_config_cluster, wait_for_workers
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop
+from meta.streams import ONE_STREAM
 from storage.timing import section
 
 DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
-_SEED_HIGH = 2**31 - 1
+
+
+def local_replicas(num_replicas: int, num_gpus: int) -> int:
+    """How many local replicas --distribute mirrored runs.
+
+    Args:
+        num_replicas: --num_replicas (0 = every visible GPU).
+        num_gpus: the GPUs TensorFlow sees on this machine.
+
+    Returns:
+        the number of replicas.
+
+    Raises:
+        ValueError: --num_replicas 0 without a GPU, or more GPUs asked for than there are.
+    """
+    if num_replicas < 0:
+        raise ValueError(f"--num_replicas must be >= 0 (0 = every GPU). Received: {num_replicas}")
+    if num_replicas == 0 and num_gpus == 0:
+        raise ValueError("--num_replicas 0 means every GPU, and TensorFlow sees none on this "
+                         "machine; pass --num_replicas N to split the CPU into N logical devices "
+                         "(or check CUDA_VISIBLE_DEVICES).")
+    if num_gpus and num_replicas > num_gpus:
+        raise ValueError(f"--num_replicas {num_replicas} but TensorFlow sees {num_gpus} GPU(s) "
+                         f"on this machine; pass --num_replicas {num_gpus} or 0 (every GPU).")
+    return num_replicas or num_gpus
 
 
 def configure_devices(mode: str, num_replicas: int) -> None:
@@ -42,34 +75,38 @@ def configure_devices(mode: str, num_replicas: int) -> None:
 
     Args:
         mode: none | mirrored | multi_worker.
-        num_replicas: replicas on this machine (1 = no split).
+        num_replicas: replicas on this machine (1 = no split; 0 = every GPU, with mirrored).
 
     Raises:
-        ValueError: unknown mode, num_replicas < 1, or TF's devices are already initialized.
+        ValueError: unknown mode, a replica count this machine cannot give, or TF's devices are
+            already initialized.
     """
     if mode not in DISTRIBUTE_MODES:
         raise ValueError(f"--distribute must be one of {DISTRIBUTE_MODES}. Received: {mode!r}")
-    if num_replicas < 1:
-        raise ValueError(f"--num_replicas must be >= 1. Received: {num_replicas}")
-    # MultiWorkerMirroredStrategy places one replica per GPU, or one per worker on CPU.
-    if mode != "mirrored" or num_replicas == 1 or tf.config.list_physical_devices("GPU"):
+    if mode != "mirrored":
+        return  # MultiWorkerMirroredStrategy places one replica per GPU, or one per worker on CPU
+    gpus = tf.config.list_physical_devices("GPU")
+    replicas = local_replicas(num_replicas, len(gpus))
+    if replicas == 1 or gpus:
         return
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_replicas)])
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
     except RuntimeError as e:
         raise ValueError("--num_replicas must be set up before TensorFlow initializes its "
                          "devices; start a fresh process.") from e
 
 
-def make_strategy(mode: str, num_replicas: int) -> tf.distribute.Strategy | None:
+def make_strategy(mode: str, num_replicas: int,
+                  worker_start_timeout: float = 600.0) -> tf.distribute.Strategy | None:
     """The tf.distribute strategy of --distribute (None for none).
 
     Args:
         mode: mirrored (this machine's GPUs, else its logical CPUs) | multi_worker (the
             cluster in TF_CONFIG, one replica per worker per GPU, or per CPU).
         num_replicas: local replicas for mirrored (0 = every GPU).
+        worker_start_timeout: multi_worker: seconds to wait for the other workers to start.
 
     Returns:
         the strategy, or None.
@@ -77,7 +114,7 @@ def make_strategy(mode: str, num_replicas: int) -> tf.distribute.Strategy | None
     if mode == "none":
         return None
     if mode == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy(worker_start_timeout)
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
         [d.name for d in tf.config.list_logical_devices("CPU")]
     if num_replicas > len(devices):
@@ -86,14 +123,44 @@ def make_strategy(mode: str, num_replicas: int) -> tf.distribute.Strategy | None
     return tf.distribute.MirroredStrategy(devices=devices[:num_replicas or len(devices)])
 
 
-def _float_state(model) -> list:
-    """The model's non-trainable float variables (BN statistics, dropout rate)."""
-    return [v for v in model.variables if not v.trainable and "float" in str(v.dtype)]
+def _multi_worker_strategy(timeout: float) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy once every worker of TF_CONFIG has started (devices.cluster)."""
+    cluster = tf_config_cluster()
+    wait_for_workers(cluster, timeout, log=logging.info)
+    # TensorFlow's own registration of the workers, bounded by the same timeout (its default
+    # waits forever; the strategy keeps a coordination service configured before it).
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # noqa: PLC0415
+    from tensorflow.python.eager import context  # noqa: PLC0415
+    if context.context().coordination_service is None:
+        context.context().configure_coordination_service(
+            service_type="standalone",
+            service_leader=f"/job:{'chief' if 'chief' in cluster.jobs else 'worker'}"
+                           f"/replica:0/task:0",
+            cluster_register_timeout_in_ms=int(timeout * 1000),
+            coordinated_jobs=[coordination_config_pb2.CoordinatedJob(
+                name=job, num_tasks=len(cluster.jobs[job]))
+                for job in ("chief", "worker") if job in cluster.jobs])
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.OpError as e:
+        peers = ", ".join(f"{label} ({address})" for label, address in cluster.peers())
+        raise UserError(f"The workers of TF_CONFIG ({peers}) did not all register within "
+                        f"--worker_start_timeout {timeout:g} s "
+                        f"({e.message.splitlines()[0]}); restart every worker.") from e
+    stop_on_sigterm()  # TensorFlow's server installed a SIGTERM handler that does nothing
+    return strategy
 
 
-def _seed_states(model) -> list:
-    """The state variables of the model's dropout / drop-connect seed generators."""
-    return [v for v in model.variables if "seed_generator_state" in v.path]
+def _moving_statistics(model) -> list:
+    """The model's batch-norm moving means and variances (averaged over the replicas)."""
+    return [v for v in model.variables if not v.trainable and "float" in str(v.dtype)
+            and ("moving_mean" in v.path or "moving_variance" in v.path)]
+
+
+def _other_float_state(model) -> list:
+    """The model's other non-trainable float variables (the dropout rate): replica 0's."""
+    return [v for v in model.variables if not v.trainable and "float" in str(v.dtype)
+            and "moving_mean" not in v.path and "moving_variance" not in v.path]
 
 
 class Replicas:
@@ -187,6 +254,11 @@ class Replicas:
 class DistributedMetaLearner:
     """`MetaLearner` over replicas: the same interface (loop, outer_optimizer, meta_step).
 
+    Each replica flattens the direction of each of its tasks into that task's slot of one vector
+    (zeros in the other slots); the all-reduce sums the vectors, which adds only zeros to each
+    direction, so every replica gets every direction exactly and sums them in slot order, as a
+    run on one device does: the meta-update is bit for bit the same on any placement.
+
     Args:
         replicas: the replicas and their inner loops.
         meta: the meta config.
@@ -194,6 +266,11 @@ class DistributedMetaLearner:
     """
 
     def __init__(self, replicas: Replicas, meta: MetaConfig, schedule: AdaptationSchedule):
+        if meta.task_streams == ONE_STREAM:
+            raise ValueError("This run draws every task from one random stream (a run written "
+                             "without --distribute by an earlier version), which only one device "
+                             "continues exactly: resume it without --distribute, or start a fresh "
+                             "--checkpoint.")
         self.replicas = replicas
         self.learners = []
         for device, loop in zip(replicas.devices, replicas.loops):
@@ -203,52 +280,14 @@ class DistributedMetaLearner:
         self.loop, self.schedule = main.loop, main.schedule
         self.outer_optimizer, self.start, self.before_last = \
             main.outer_optimizer, main.start, main.before_last
-        self._unpack = [tf.function(self._unpack_graph(lrn)) for lrn in self.learners]
-        self._pack = [tf.function(self._pack_graph(lrn)) for lrn in self.learners]
-        self._reseed = [tf.function(self._reseed_graph(lrn.loop.model)) for lrn in self.learners]
+        self._size = sum(int(np.prod(v.shape)) for v in main.loop.variables)
+        self._flatten = [tf.function(_flatten) for _ in self.learners]
+        self._unpack = [tf.function(_unpack_graph(lrn, self._size)) for lrn in self.learners]
+        self._pack = [tf.function(_pack_graph(lrn)) for lrn in self.learners]
 
     def checkpoint_groups(self) -> dict[str, list]:
         """The main replica's groups: every replica holds the same weights after a meta-step."""
         return self.learners[0].checkpoint_groups()
-
-    @staticmethod
-    def _pack_graph(learner: MetaLearner):
-        state = _float_state(learner.loop.model)
-
-        def pack(loss_sum, count, with_state):
-            parts = [tf.reshape(s, [-1]) for s in learner._sum] + [tf.stack([loss_sum, count])]
-            parts += [tf.reshape(tf.cast(v, tf.float32), [-1]) * with_state for v in state]
-            return tf.concat(parts, 0)
-        return pack
-
-    @staticmethod
-    def _unpack_graph(learner: MetaLearner):
-        state = _float_state(learner.loop.model)
-        targets = list(learner._sum)
-
-        def unpack(vector):
-            offset = 0
-            for t in targets:
-                n = int(np.prod(t.shape))
-                t.assign(tf.reshape(vector[offset:offset + n], t.shape))
-                offset += n
-            losses = vector[offset:offset + 2]
-            offset += 2
-            for v in state:
-                n = int(np.prod(v.shape))
-                v.assign(tf.cast(tf.reshape(vector[offset:offset + n], v.shape), v.dtype))
-                offset += n
-            return losses
-        return unpack
-
-    @staticmethod
-    def _reseed_graph(model):
-        states = _seed_states(model)
-
-        def reseed(seed):
-            for i, v in enumerate(states):
-                v.assign(tf.cast(tf.stack([seed[0], seed[1] + i]), v.dtype))
-        return reseed
 
     def meta_step(self, tasks: Sequence[ClassData], rng: np.random.Generator,
                   meta_step_size: float) -> float:
@@ -262,7 +301,7 @@ class DistributedMetaLearner:
         Returns:
             mean inner-loop loss over all steps of all tasks.
         """
-        seeds = rng.integers(0, _SEED_HIGH, size=(len(tasks), 2)).astype(np.int32)
+        seeds, generators = self.learners[0].task_generators(rng, len(tasks))
         self.replicas.sync()
         num = self.replicas.num_replicas
 
@@ -270,29 +309,77 @@ class DistributedMetaLearner:
             learner, first = self.learners[i], self.replicas.global_ids[i]
             with section("snapshots"):
                 learner.start.save()
+            slots = [None] * len(tasks)
             loss_sum, count = 0.0, 0
             for k in range(first, len(tasks), num):
-                with section("sampling"):
-                    self._reseed[i](tf.constant(seeds[k]))
-                    task_rng = np.random.default_rng(seeds[k].tolist())
-                direction, losses = learner.direction(learner.loop, tasks[k], learner.schedule,
-                                                      task_rng, start=learner.start,
-                                                      before_last=learner.before_last)
+                direction, losses = learner.run_task(tasks[k], generators[k], seeds[k])
                 with section("directions"):
-                    learner._accumulate(direction)
-                with section("snapshots"):
-                    learner.start.restore()
+                    slots[k] = self._flatten[i](direction)
                 loss_sum += float(np.sum(losses))
                 count += len(losses)
+            learner.settle_seeds(seeds)
             with section("all_reduce"):
-                return self._pack[i](tf.constant(loss_sum, tf.float32),
+                empty = tf.zeros([self._size], tf.float32)
+                return self._pack[i](tf.concat([empty if s is None else s for s in slots], 0),
+                                     tf.constant(loss_sum, tf.float32),
                                      tf.constant(float(count), tf.float32),
                                      tf.constant(1.0 if first == 0 else 0.0))
         total = self.replicas.all_reduce_sum(self.replicas.map_local(work))
         losses = None
         with section("meta_update"):
             for learner, unpack in zip(self.learners, self._unpack):
-                losses = unpack(total).numpy()
+                losses = unpack(total, len(tasks)).numpy()
                 learner.outer_optimizer.learning_rate.assign(meta_step_size)
                 learner._apply_mean(tf.constant(len(tasks), tf.float32))
         return float(losses[0] / losses[1])
+
+
+def _flatten(direction):
+    """A task's direction as one float32 vector (its slot in the all-reduce)."""
+    return tf.concat([tf.reshape(tf.cast(d, tf.float32), [-1]) for d in direction], 0)
+
+
+def _pack_graph(learner: MetaLearner):
+    """(slots, loss sum, count, is replica 0) -> the vector a replica all-reduces."""
+    statistics = _moving_statistics(learner.loop.model)
+    other = _other_float_state(learner.loop.model)
+
+    def pack(slots, loss_sum, count, is_first):
+        # A replica without a task this meta-iteration (meta-batch < replicas) holds the start's
+        # statistics; it is left out of their mean.
+        ran = tf.cast(count > 0, tf.float32)
+        parts = [slots, tf.stack([loss_sum, count, ran])]
+        parts += [tf.reshape(tf.cast(v, tf.float32), [-1]) * ran for v in statistics]
+        parts += [tf.reshape(tf.cast(v, tf.float32), [-1]) * is_first for v in other]
+        return tf.concat(parts, 0)
+    return pack
+
+
+def _unpack_graph(learner: MetaLearner, size: int):
+    """(the all-reduced vector, meta-batch size) -> the direction sum in slot order, the mean BN
+    statistics, replica 0's other float state; returns (loss sum, step count)."""
+    statistics = _moving_statistics(learner.loop.model)
+    other = _other_float_state(learner.loop.model)
+    targets = list(learner._sum)
+
+    def unpack(vector, num_tasks):
+        for k in range(num_tasks):  # the order a single device adds them in
+            offset = k * size
+            for t in targets:
+                n = int(np.prod(t.shape))
+                t.assign_add(tf.reshape(vector[offset:offset + n], t.shape))
+                offset += n
+        offset = num_tasks * size
+        losses, replicas_ran = vector[offset:offset + 2], vector[offset + 2]
+        offset += 3
+        for v in statistics:  # the sum over the replicas that ran tasks -> their mean
+            n = int(np.prod(v.shape))
+            v.assign(tf.cast(tf.reshape(vector[offset:offset + n], v.shape) / replicas_ran,
+                             v.dtype))
+            offset += n
+        for v in other:
+            n = int(np.prod(v.shape))
+            v.assign(tf.cast(tf.reshape(vector[offset:offset + n], v.shape), v.dtype))
+            offset += n
+        return losses
+    return unpack

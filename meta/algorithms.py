@@ -11,8 +11,9 @@ after ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/reptile.py
 The meta-update theta <- theta + epsilon * mean_i d_i is applied as the pseudo-gradient
 -mean_i d_i to an SGD outer optimizer whose learning rate is the annealed epsilon, so
 the outer state is an ordinary, checkpointable Keras optimizer. Only the adapted variables are
-meta-updated; BN moving statistics are never reset or averaged and carry over between tasks, as
-in the original. The inner optimizer starts fresh on every task.
+meta-updated; BN moving statistics are never reset and carry over between tasks, as in the
+original. The inner optimizer starts fresh on every task. Each task draws from its own generator
+(`meta.streams`, `per_task`), so where it runs never changes its direction.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
 from meta.state import Snapshot
+from meta.streams import ONE_STREAM, task_seeds
 from storage.timing import section
 
 # direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
@@ -186,6 +188,8 @@ class MetaLearner:
                          for i, v in enumerate(loop.variables)]
         self._accumulate = tf.function(self._accumulate_graph)
         self._apply_mean = tf.function(self._apply_mean_graph)
+        self.task_streams = meta.task_streams
+        self._reseed = tf.function(_reseed_graph(_seed_states(loop.model)))
 
     def checkpoint_groups(self) -> dict[str, list]:
         """What a meta-training checkpoint holds: the model, inner and outer optimizer state."""
@@ -204,13 +208,57 @@ class MetaLearner:
         for total in self._sum:
             total.assign(tf.zeros_like(total))
 
+    def task_generators(self, rng: np.random.Generator, num_tasks: int
+                        ) -> tuple[np.ndarray | None, list[np.random.Generator]]:
+        """The seeds and generators of a meta-batch's task slots (`meta.streams`).
+
+        Args:
+            rng: the training generator.
+            num_tasks: the meta-batch size.
+
+        Returns:
+            (int32 (num_tasks, 2) seeds, or None with `one_stream`; one generator per slot).
+        """
+        if self.task_streams == ONE_STREAM:
+            return None, [rng] * num_tasks
+        seeds = task_seeds(rng, num_tasks)
+        return seeds, [np.random.default_rng(seed.tolist()) for seed in seeds]
+
+    def run_task(self, class_data: ClassData, rng: np.random.Generator,
+                 seed: np.ndarray | None) -> tuple[list[tf.Tensor], np.ndarray]:
+        """Adapt one task from theta (held by `start`), then restore theta.
+
+        Args:
+            class_data: the task's class.
+            rng: the task's generator.
+            seed: its int32 (2,) seed, which reseeds the dropout generators (None: left as
+                they are, `one_stream`).
+
+        Returns:
+            (the task's direction, its per-step losses).
+        """
+        if seed is not None:
+            with section("sampling"):
+                self._reseed(tf.constant(seed))
+        direction, losses = self.direction(self.loop, class_data, self.schedule, rng,
+                                           start=self.start, before_last=self.before_last)
+        with section("snapshots"):
+            self.start.restore()  # model state only: BN statistics carry over
+        return direction, losses
+
+    def settle_seeds(self, seeds: np.ndarray | None) -> None:
+        """Reseed the dropout generators from the meta-batch's seeds after its tasks, so they hold
+        the same state whichever replica ran the last task (evaluations draw from them)."""
+        if seeds is not None:
+            self._reseed(tf.constant(seeds[-1][::-1].copy()))
+
     def meta_step(self, tasks: Sequence[ClassData], rng: np.random.Generator,
                   meta_step_size: float) -> float:
         """Adapt on each task from theta, then move theta by epsilon * mean direction.
 
         Args:
             tasks: the meta-batch (classes; repeats allowed).
-            rng: draws everything inside the tasks.
+            rng: the training generator (task seeds, or every draw with `one_stream`).
             meta_step_size: epsilon of this meta-iteration.
 
         Returns:
@@ -218,17 +266,29 @@ class MetaLearner:
         """
         with section("snapshots"):
             self.start.save()
+        with section("sampling"):
+            seeds, generators = self.task_generators(rng, len(tasks))
         losses = []
-        for class_data in tasks:
-            direction, task_losses = self.direction(self.loop, class_data, self.schedule, rng,
-                                                    start=self.start,
-                                                    before_last=self.before_last)
+        for k, class_data in enumerate(tasks):  # summed in slot order, as on any placement
+            direction, task_losses = self.run_task(class_data, generators[k],
+                                                   None if seeds is None else seeds[k])
             with section("directions"):
                 self._accumulate(direction)
             losses.append(task_losses)
-            with section("snapshots"):
-                self.start.restore()  # model state only: BN statistics carry over
+        self.settle_seeds(seeds)
         with section("meta_update"):
             self.outer_optimizer.learning_rate.assign(meta_step_size)
             self._apply_mean(tf.constant(len(tasks), tf.float32))
         return float(np.mean(np.concatenate(losses)))
+
+
+def _seed_states(model) -> list:
+    """The state variables of the model's dropout / drop-connect seed generators."""
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def _reseed_graph(states: Sequence):
+    def reseed(seed):
+        for i, v in enumerate(states):
+            v.assign(tf.cast(tf.stack([seed[0], seed[1] + i]), v.dtype))
+    return reseed

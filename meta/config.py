@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meta.streams import PER_TASK, TASK_STREAMS
+
 LR_SCHEDULERS = ("fixed", "constant", "step_decay", "step", "cosine_anneal")
 AUGMENTATIONS = ("paper", "metaseg")  # data.augmentations.AUGMENTATIONS
 
@@ -70,6 +72,7 @@ class MetaConfig:
     monitor_tasks: int = 10  # tasks per split in the periodic train/val monitor
     keep_checkpoints: int = 2
     seed: int = 0
+    task_streams: str = PER_TASK  # meta.streams: how a meta-batch's tasks draw their randomness
 
     def __post_init__(self):
         ensure(self.algorithm in ("reptile", "fomaml"),
@@ -90,5 +93,7 @@ class MetaConfig:
         ensure(self.meta_step_size > 0 and self.meta_step_size_final > 0,
                "--meta-step and --meta-step-final must be > 0. "
                f"Received: {self.meta_step_size}, {self.meta_step_size_final}")
+        ensure(self.task_streams in TASK_STREAMS,
+               f"task_streams must be one of {TASK_STREAMS}. Received: {self.task_streams!r}")
         ensure(self.keep_checkpoints >= 1,
                f"--keep_checkpoints must be >= 1. Received: {self.keep_checkpoints}")

@@ -30,7 +30,7 @@ from data.splits import Splits
 from devices.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.algorithms import MetaLearner
 from meta.inner import AdaptationSchedule, InnerLoop, training_schedule
-from meta.streams import STREAM_META_FINE_TUNE
+from meta.streams import STREAM_META_FINE_TUNE, recorded_task_streams
 from meta.train import meta_train
 from models.layers import dropout_rate
 from models.losses import make_loss
@@ -126,12 +126,15 @@ def meta_fine_tune_on_train_val(cfg: Config, loop: InnerLoop, tasks, splits: Spl
     schedule = dataclasses.replace(training_schedule(cfg.inner), learning_rate=best.lr,
                                    iters=max(best.steps, min_iters),
                                    batch_size=best.inner_batch_size, aug_rate=best.aug_rate)
+    run_dir = os.path.join(out_dir, META_FINE_TUNE_DIR)
+    resumed = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     meta = dataclasses.replace(cfg.meta, meta_iters=iterations,
                                meta_step_size=cfg.meta.meta_step_size_final,
-                               eval_interval=min(cfg.meta.eval_interval, iterations))
+                               eval_interval=min(cfg.meta.eval_interval, iterations),
+                               task_streams=recorded_task_streams(checkpoint.read_config(resumed))
+                               if resumed else cfg.meta.task_streams)
     learner = MetaLearner(loop, meta, schedule)
     groups = learner.checkpoint_groups()
-    run_dir = os.path.join(out_dir, META_FINE_TUNE_DIR)
     rng = np.random.default_rng([cfg.meta.seed, STREAM_META_FINE_TUNE])
     state = checkpoint.resume(run_dir, groups, rng)
     start = 0 if state is None else int(state["step"])

@@ -35,23 +35,18 @@ from adapt.evaluate import monitor
 from args import Config
 from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
                       mtl_meta_config, mtl_schedule)
-from baselines.pretrain import BEST_INFO, BEST_WEIGHTS, pre_train
+from baselines.pretrain import BEST_INFO, pre_train
 from data.splits import Splits
 from meta.inner import InnerLoop
 from meta.train import held_out_split, meta_train
 from models.build import build_model
 from models.losses import make_loss
 from models.mtl import load_pretrained_unet, set_mtl_mode
-from storage import atomic, checkpoint
+from modes.mtl_checks import check_resumable, pretrained_weights_path, read_classes, \
+    write_classes
+from storage import checkpoint
 from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
 from storage.plots import plot_phase_curves
-
-CLASSES_NAME = "classes.json"
-# Settings a resumed MTL meta-training run may change.
-RESUME_MAY_CHANGE = ("mtl.max_epoch", "mtl.phase", "mtl.eval_weights", "mtl.teshot",
-                     "mtl.test_query", "mtl.dataset", "mtl.dataset_dir", "mtl.pre_init_weights",
-                     "mtl.meta_label")
-
 
 def phase_dir(cfg: Config) -> str:
     """Where a phase writes: `<--checkpoint>/<--phase>`."""
@@ -63,68 +58,12 @@ def _unet_config(cfg: Config, num_classes: int | None = None):
                                num_classes=num_classes or cfg.model.num_classes)
 
 
-def multiclass_pre_training(cfg: Config) -> bool:
-    """Whether this run pre-trains on a separate multi-class dataset (no FSS-1000 shards)."""
-    return cfg.run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot"
-
-
-# ------------------------------------------------------------------ class-level split guards
-def _write_classes(out_dir: str, trained_on, selected_on, splits: Splits) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, CLASSES_NAME)
-    classes = {"trained_on": sorted(set(trained_on)), "selected_on": sorted(set(selected_on)),
-               "test": list(splits.test)}
-    atomic.write_json(path, classes, indent=1)
-
-
-def _read_classes(weights: str, flag: str) -> dict:
-    """classes.json next to a phase output (the file's folder, a ckpt folder's run dir)."""
-    folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
-    for candidate in (folder, os.path.dirname(os.path.abspath(folder))):
-        path = os.path.join(candidate, CLASSES_NAME)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-    raise FileNotFoundError(f"{flag} {weights!r}: no {CLASSES_NAME} next to it, so the classes it "
-                            f"was trained on are unknown. Pass the output of --phase pre_train / "
-                            f"meta_train.")
-
-
-def _check_unseen(held_out, seen: dict, flag: str, weights: str) -> None:
-    overlap = sorted(set(held_out) & (set(seen["trained_on"]) | set(seen["selected_on"])))
-    if overlap:
-        raise ValueError(f"{flag} {weights!r} was trained or selected on {len(overlap)} of the "
-                         f"classes this run holds out ({overlap[:5]}...). Use the same split "
-                         f"flags (--num_test_tasks/--test_tasks_file, --num_val_tasks, --seed) "
-                         f"in every phase.")
-
-
 def _print_split(phase: str, splits: Splits, evaluated: str) -> None:
     print(f"MTL {phase}: {len(splits.train)} meta-train classes (trained on), {len(splits.val)} "
           f"meta-val, {len(splits.test)} meta-test; {evaluated}.", flush=True)
 
 
 # ------------------------------------------------------------------------------- weights
-def pretrained_weights_path(init_weights: str | None) -> str:
-    """The pre-trained U-Net file from --init_weights (a .weights.h5 or a pre_train folder).
-
-    Args:
-        init_weights: the flag's value.
-
-    Returns:
-        path of an existing .weights.h5 file.
-    """
-    if not init_weights:
-        raise ValueError("--phase meta_train starts from a pre-trained U-Net: pass --init_weights "
-                         f"<checkpoint>/pre_train/{BEST_WEIGHTS} (written by --phase pre_train).")
-    path = os.path.join(init_weights, BEST_WEIGHTS) if os.path.isdir(init_weights) else \
-        init_weights
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--init_weights {init_weights!r}: {path} does not exist. Run "
-                                f"--phase pre_train first.")
-    return path
-
-
 def saved_num_classes(path: str) -> int:
     """Head channels of a pre-trained .weights.h5: from best.json, else config.json beside it."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -193,7 +132,7 @@ def pre_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
         exit status 0.
     """
     _print_split("pre_train", splits, "best epoch selected on meta-val; meta-test untouched")
-    _write_classes(out_dir, splits.train, splits.val, splits)
+    write_classes(out_dir, splits.train, splits.val, splits)
     model = build_model(_unet_config(cfg))
     _start_from(cfg, model, out_dir)
     result = pre_train(model, make_loss(cfg.loss, model), tasks, splits, mtl=cfg.mtl,
@@ -207,31 +146,45 @@ def pre_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     return 0
 
 
-def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generator) -> int:
+def load_multiclass_data(cfg: Config):
+    """The --dataset COCO|COCOStuff data of a multi-class pre-training, read and checked.
+
+    Args:
+        cfg: the run config (--dataset, --dataset_dir, --num_classes, --image_size).
+
+    Returns:
+        data.multiclass.MulticlassData.
+    """
+    from data.multiclass import load_multiclass
+
+    return load_multiclass(cfg.mtl.dataset, cfg.mtl.dataset_dir, cfg.model.num_classes,
+                           cfg.data.image_size, log=lambda line: print(line, flush=True))
+
+
+def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generator,
+                               data) -> int:
     """--phase pre_train --dataset COCO|COCOStuff: the K-class U-Net on a separate dataset.
 
     Args:
         cfg: the run config (--dataset, --dataset_dir, --num_classes, pre-training flags).
         out_dir: <checkpoint>/pre_train.
         rng: the training generator.
+        data: the dataset (load_multiclass_data).
 
     Returns:
         exit status 0.
     """
-    from data.multiclass import load_multiclass
     from baselines.pretrain_multiclass import constant_prediction_miou, pre_train_multiclass
     from models.multiclass_losses import make_multiclass_loss
 
     k = cfg.model.num_classes
-    data = load_multiclass(cfg.mtl.dataset, cfg.mtl.dataset_dir, k, cfg.data.image_size,
-                           log=lambda line: print(line, flush=True))
     print(f"MTL pre_train on --dataset {cfg.mtl.dataset} {data.root}: {len(data.train)} train "
           f"and {len(data.val)} val images, {k} classes; best epoch selected on val mIoU; no "
           f"FSS-1000 class is trained or selected on.", flush=True)
     majority, constant = constant_prediction_miou(data)
     print(f"Val mIoU of predicting the most frequent training class ({majority}) everywhere: "
           f"{constant:.4f}", flush=True)
-    _write_classes(out_dir, (), (), Splits((), (), ()))
+    write_classes(out_dir, (), (), Splits((), (), ()))
     model = build_model(_unet_config(cfg))
     loss_fn = make_multiclass_loss(cfg.loss, model)
     _start_from(cfg, model, out_dir)
@@ -261,15 +214,6 @@ def _base_kernels(model: keras.Model) -> list:
             if not any(k in v.path for k in ("moving_mean", "moving_variance", "seed"))]
 
 
-def _check_resumable(cfg: Config, path: str) -> None:
-    problems = checkpoint.config_differences(
-        checkpoint.read_config(path), json.loads(cfg.to_json()), ["data", "model", "loss", "mtl"],
-        ignore=RESUME_MAY_CHANGE)
-    if problems:
-        raise ValueError(f"Cannot resume {path}: its config differs:\n  "
-                         + "\n  ".join(problems) + "\nUse a fresh --checkpoint directory.")
-
-
 def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
                      rng: np.random.Generator) -> int:
     """--phase meta_train: meta-learn scale/shift, BN and head init of the frozen U-Net.
@@ -296,16 +240,16 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     learner = MTLLearner(loop, cfg.mtl)
     groups = learner.checkpoint_groups()
     meta = mtl_meta_config(cfg.mtl, cfg.meta)
-    # rerunning the command resumes: model, optimizers, then the RNG
-    state = checkpoint.resume(out_dir, groups, rng, check=partial(_check_resumable, cfg))
+    # rerunning the command resumes: model, optimizers, then the RNG (check_phase compared
+    # the configs before anything was written)
+    state = checkpoint.resume(out_dir, groups, rng, check=partial(check_resumable, cfg))
     start_step = 0 if state is None else int(state["step"])
     if state is not None:
         print(f"Resuming MTL meta-training from {state['path']} at task {start_step}", flush=True)
     else:
-        seen = _read_classes(pretrained_weights_path(cfg.mtl.init_weights), "--init_weights")
-        _check_unseen(splits.test, seen, "--init_weights", cfg.mtl.init_weights)
+        seen = read_classes(pretrained_weights_path(cfg.mtl.init_weights), "--init_weights")
         load_pretrained(cfg, model)
-        _write_classes(out_dir, set(seen["trained_on"]) | set(splits.train),
+        write_classes(out_dir, set(seen["trained_on"]) | set(splits.train),
                        set(seen["selected_on"]) | set(splits.val), splits)
     frozen = [v.numpy() for v in _base_kernels(model)]
     lr_at = partial(meta_learning_rate, initial=cfg.mtl.meta_lr1, num_batch=cfg.mtl.num_batch,
@@ -346,17 +290,8 @@ def meta_eval_setup(cfg: Config, splits: Splits, eval_names, eval_split: str
         (cfg with the MTL adaptation as evaluation schedule, model, head inner loop,
         meta-training tasks completed).
     """
-    if not cfg.mtl.eval_weights:
-        raise ValueError("--phase meta_eval needs --eval_weights <checkpoint>/meta_train (written "
-                         "by --phase meta_train).")
     _print_split("meta_eval", splits, f"evaluating the {len(eval_names)} meta-{eval_split} "
                                       f"classes, never trained or selected on")
-    _check_unseen(eval_names, _read_classes(cfg.mtl.eval_weights, "--eval_weights"),
-                  "--eval_weights", cfg.mtl.eval_weights)
-    if cfg.mtl.init_weights:
-        _check_unseen(eval_names, _read_classes(pretrained_weights_path(cfg.mtl.init_weights),
-                                                "--init_weights"),
-                      "--init_weights", cfg.mtl.init_weights)
     model = build_model(cfg.model)
     set_mtl_mode(model, "meta_transfer")
     loop = head_inner_loop(model, make_loss(cfg.loss, model), cfg.mtl)

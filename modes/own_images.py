@@ -23,6 +23,7 @@ from segmenter.api import Segmenter, build, resolve_init
 from segmenter.folder import segment_folder
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
+from storage import lock
 
 # flag dest -> (setting, the flag as typed, its value in the Config)
 FLAG_SETTINGS = {
@@ -153,6 +154,7 @@ def fine_tune_only(cfg: Config) -> int:
     """--fine-tune-task DIR --checkpoint INIT: the init's own settings, the typed flags win."""
     init, settings = load_init(cfg)  # refusals first: nothing is built or written yet
     task = load_user_folder(cfg)
+    lock.hold(cfg.run.fine_tune_task, "--fine-tune-task")  # one process writes its outputs
     _run_folder(cfg, build(init, settings), task)
     return 0
 
@@ -170,6 +172,7 @@ def fine_tune_after_uho(cfg: Config, loop: InnerLoop, uho: UHOResult | None) -> 
         the summary (also in DIR/predictions/summary.json).
     """
     task = load_user_folder(cfg)
+    lock.hold(cfg.run.fine_tune_task, "--fine-tune-task")
     schedule, drop_rate = final_schedule(cfg, uho)
     overrides = {"learning_rate": schedule.learning_rate, "steps": schedule.iters,
                  "batch_size": schedule.batch_size, "aug_rate": schedule.aug_rate,

@@ -1,6 +1,7 @@
 """Which checkpoint a run starts from, and whether its config allows it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 
 from args import Config
 from meta.algorithms import MetaLearner
+from meta.streams import ONE_STREAM, recorded_task_streams
 from modes.setup import RunError
 from storage import checkpoint, tf1_checkpoint
 
@@ -29,20 +31,48 @@ def check_compatible(path: str, cfg: Config, *, resume: bool) -> None:
     if resume:
         # Runs from before --augmentation used metaseg's; without --augment the choice is moot.
         saved.get("inner", {}).setdefault("augmentation", "metaseg")
+        saved.setdefault("meta", {}).setdefault("task_streams", recorded_task_streams(saved))
         moot = () if cfg.inner.augment else ("inner.augmentation",)
-        problems += checkpoint.config_differences(saved, current, ["loss", "inner", "meta"],
-                                                  ignore=RESUME_MAY_CHANGE + moot)
         problems += checkpoint.config_differences(
-            {"data": {k: saved.get("data", {}).get(k) for k in ("test_tasks_file", "num_test_tasks",
-                                                              "num_val_tasks", "seed")}},
-            {"data": {k: current["data"].get(k) for k in ("test_tasks_file", "num_test_tasks",
-                                                        "num_val_tasks", "seed")}}, ["data"])
+            saved, current, ["loss", "inner", "meta", "data.test_tasks_file",
+                             "data.num_test_tasks", "data.num_val_tasks", "data.seed"],
+            ignore=RESUME_MAY_CHANGE + moot, files=("data.test_tasks_file",))
     if problems:
         what = "resume meta-training from" if resume else "load"
         raise RunError(f"Cannot {what} checkpoint {path}: its config differs from this run's:\n  "
                        + "\n  ".join(problems)
                        + "\nRerun with the checkpoint's flags (its config.json) or use a fresh "
                          "--checkpoint directory.")
+
+
+def with_resumed_task_streams(cfg: Config) -> Config:
+    """cfg with the task-stream scheme of the checkpoint meta-training resumes, when that
+    checkpoint was written before the scheme was recorded (`meta.streams`).
+
+    Args:
+        cfg: the run config.
+
+    Returns:
+        cfg, or cfg with the checkpoint's `meta.task_streams`.
+    """
+    if cfg.run.pretrained or cfg.run.mtl or cfg.run.joint_train:
+        return cfg
+    source = resume_source(cfg)
+    if source is None:
+        return cfg
+    saved = checkpoint.read_config(source)
+    if "task_streams" in saved.get("meta", {}):
+        return cfg  # recorded: a different --task_streams is refused like any meta setting
+    streams = recorded_task_streams(saved)
+    if streams == ONE_STREAM and cfg.device.distribute != "none":
+        raise RunError(f"Checkpoint {source} was written by an earlier version without "
+                       f"--distribute: its tasks draw from one random stream, which only one "
+                       f"device continues exactly. Resume it without --distribute, or start a "
+                       f"fresh --checkpoint.")
+    if streams != cfg.meta.task_streams:
+        print(f"{source} was written by an earlier version: resuming with its task streams "
+              f"(--task_streams {streams})", flush=True)
+    return dataclasses.replace(cfg, meta=dataclasses.replace(cfg.meta, task_streams=streams))
 
 
 def resume_source(cfg: Config) -> str | None:
@@ -73,6 +103,32 @@ def resume_source(cfg: Config) -> str | None:
     return path
 
 
+def pretrained_source(cfg: Config) -> str | None:
+    """The checkpoint --pretrained evaluates, checked against the flags (before any output).
+
+    Args:
+        cfg: the run config (--checkpoint, the model flags).
+
+    Returns:
+        a metaseg checkpoint folder, or None for a TF1 checkpoint (its variables are mapped by
+        name when restored).
+    """
+    run_dir = cfg.run.checkpoint
+    if not os.path.exists(run_dir):
+        raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint {run_dir!r}, "
+                       f"which does not exist.")
+    if tf1_checkpoint.is_tf1_checkpoint(run_dir):
+        return None
+    path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if path is None:
+        raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint {run_dir!r}, but "
+                       f"it holds none (no {checkpoint.LAST} pointer, no TF1 checkpoint): pass "
+                       f"a meta-training run folder, the paper's checkpoint folder or its "
+                       f".tar.gz.")
+    check_compatible(path, cfg, resume=False)
+    return path
+
+
 def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) -> int:
     """Load what the flags ask for; return the completed meta-iterations to start from.
 
@@ -91,17 +147,13 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
     skip = ("final_dropout/rate",) + (
         ("final_layer_weights",) if cfg.run.do_not_restore_final_layer_weights else ())
     if cfg.run.pretrained:
-        if tf1_checkpoint.is_tf1_checkpoint(run_dir):
+        path = pretrained_source(cfg)
+        if path is None:
             report = tf1_checkpoint.restore_tf1_checkpoint(
                 model, run_dir, cfg.model,
                 restore_final_layer=not cfg.run.do_not_restore_final_layer_weights)
             print(f"Restored TF1 checkpoint {report.checkpoint}: {report.mapped}", flush=True)
             return 0
-        path = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-        if path is None:
-            raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint {run_dir!r}, "
-                           f"but it holds none (no {checkpoint.LAST} pointer, no TF1 checkpoint).")
-        check_compatible(path, cfg, resume=False)
         state = checkpoint.load_checkpoint(path, {"model": list(model.variables)}, skip=skip)
         print(f"Restored {path} (meta-iteration {state['step']}) for evaluation", flush=True)
         return int(state["step"])

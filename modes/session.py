@@ -1,7 +1,9 @@
-"""A run's shared start: check the inputs, seed, read the shards, split, write config.json.
+"""A run's shared start: check the inputs, seed, read the shards, split, lock the run folder,
+write config.json.
 
 Every mode that reads --data-dir starts here, in this order, so a refused input writes nothing
-and the same seed draws the same model initialization and training stream in every mode.
+(every check runs before the run folder's lock, the first write) and the same seed draws the
+same model initialization and training stream in every mode.
 """
 from __future__ import annotations
 
@@ -16,13 +18,16 @@ from adapt import protocol_hsnet
 from args import Config
 from data.splits import Splits
 from data.tasks import FORMATS, ClassData, data_format, load_tasks
+from data.tfrecord import read_manifest
 from meta.streams import STREAM_TRAINING
 from meta.train import held_out_split
 from models.config import IMAGENET
 from models.restore import imagenet_weights
-from modes import mtl, own_images
-from modes.restore import check_compatible, resume_source
+from modes import mtl, mtl_checks, own_images
+from modes.restore import check_compatible, pretrained_source, resume_source, \
+    with_resumed_task_streams
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
+from storage import atomic, lock
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ def _check_inputs(cfg: Config) -> None:
         raise RunError(f"--data-dir {cfg.data.data_dir!r} holds the MTL seed's image folders, "
                        f"not shards: convert them first with fss_1000_image_to_tfrecord.py "
                        f"--input_dir {cfg.data.data_dir} --tfrecord_dir SHARDS.")
+    if data_format(cfg.data.data_dir) == "metaseg":
+        read_manifest(cfg.data.data_dir)  # the data's problems first: a missing or bad folder
     if cfg.run.fine_tune_task:
         own_images.load_user_folder(cfg)  # a bad folder fails before training, not after
     if cfg.model.restore_efficient_net_weights_from == IMAGENET and \
@@ -71,9 +78,22 @@ def _check_inputs(cfg: Config) -> None:
         source = resume_source(cfg)
         if source is not None:  # a refused resume leaves the run's config.json as it was
             check_compatible(source, cfg, resume=True)
-    if cfg.run.pretrained and not os.path.exists(cfg.run.checkpoint):
-        raise RunError(f"--pretrained evaluates the checkpoint in --checkpoint "
-                       f"{cfg.run.checkpoint!r}, which does not exist.")
+    if cfg.run.pretrained:  # an init that cannot be evaluated leaves the folder as it was
+        pretrained_source(cfg)
+
+
+def _check_outputs(cfg: Config) -> None:
+    """The output folders other than --checkpoint, checked writable before the work starts."""
+    if cfg.eval.predictions_dir:
+        atomic.check_writable(cfg.eval.predictions_dir, "--predictions_dir")
+    if cfg.eval.save_fine_tuned_checkpoints or cfg.eval.save_fine_tuned_checkpoints_train:
+        if cfg.eval.save_fine_tuned_checkpoints_dir:
+            atomic.check_writable(cfg.eval.save_fine_tuned_checkpoints_dir,
+                                  "--save_fine_tuned_checkpoints_dir")
+    if cfg.run.export:
+        target = cfg.run.export
+        atomic.check_writable(os.path.dirname(os.path.abspath(target))
+                              if target.endswith((".keras", ".tflite")) else target, "--export")
 
 
 def prepare(cfg: Config, *, is_chief: bool, started: float) -> Run:
@@ -85,8 +105,9 @@ def prepare(cfg: Config, *, is_chief: bool, started: float) -> Run:
         started: time.monotonic() at the start of the run.
 
     Returns:
-        the Run.
+        the Run (its cfg keeps a resumed checkpoint's task streams).
     """
+    cfg = with_resumed_task_streams(cfg)
     _check_inputs(cfg)
     run_dir = cfg.run.checkpoint
     out_dir = run_dir if not os.path.isfile(run_dir) else os.path.dirname(os.path.abspath(run_dir))
@@ -96,18 +117,22 @@ def prepare(cfg: Config, *, is_chief: bool, started: float) -> Run:
     rng = np.random.default_rng([cfg.meta.seed, STREAM_TRAINING])
     print(f"Reading --data-dir {cfg.data.data_dir} as "
           f"{FORMATS[data_format(cfg.data.data_dir)]}", flush=True)
-    tasks = load_tasks(cfg.data.data_dir, cfg.data.image_size)
+    tasks = load_tasks(cfg.data.data_dir, cfg.data.image_size, fp_k=cfg.data.fp_k_test_set)
     splits = make_splits(cfg, sorted(tasks))
     eval_split = "val" if cfg.eval.eval_val_tasks else "test"
     eval_names = splits.val if cfg.eval.eval_val_tasks else splits.test
     print(f"Classes: {len(splits.train)} meta-train, {len(splits.val)} meta-val, "
           f"{len(splits.test)} meta-test. Final evaluation on the {eval_split} split "
           f"({len(eval_names)} classes); monitoring on {held_out_split(splits)[0]}.", flush=True)
-    if not cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
+    if cfg.run.mtl:  # MTL draws its own episode sizes (--shot, --*_query)
+        mtl_checks.check_phase(cfg, splits, eval_names, out_dir)
+    else:
         if cfg.eval.protocol == protocol_hsnet.PROTOCOL:
             protocol_hsnet.check_classes(tasks, eval_names, cfg.eval.shots)
         check_class_sizes(cfg, tasks, splits, eval_names)
-    if is_chief:  # only the chief of a cluster writes into --checkpoint
+    if is_chief:  # only the chief of a cluster writes, after every check
+        _check_outputs(cfg)
+        lock.hold(out_dir, "--checkpoint")
         write_config(out_dir, cfg)
     return Run(cfg=cfg, tasks=tasks, splits=splits, eval_split=eval_split,
                eval_names=tuple(eval_names), out_dir=out_dir, rng=rng, is_chief=is_chief,

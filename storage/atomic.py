@@ -1,8 +1,33 @@
-"""Writes a crash never leaves half done: each goes to a temporary sibling, then os.replace."""
+"""Writes a crash never leaves half done: each goes to a temporary sibling, then os.replace.
+
+Temporary names carry the writer's pid (`<name>.tmp-<pid>...`), so `remove_leftovers` can tell
+the leftovers of a process that died mid-write from a live process's work in progress.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+from data.errors import UserError
+from storage.lock import process_gone
+
+_LEFTOVER = re.compile(r"\.tmp-(\d+)(?:[-.]|$)")
+
+
+@contextmanager
+def naming(path: str):
+    """Make every OSError raised inside name `path` (a full disk's write errors carry no file
+    name), so the entry point can say which file and which flag's folder failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
 
 
 def write_text(path: str, text: str) -> str:
@@ -16,11 +41,16 @@ def write_text(path: str, text: str) -> str:
         path.
     """
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with naming(path), open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # a full disk leaves nothing behind
+            os.remove(tmp)
+        raise
     return path
 
 
@@ -40,8 +70,87 @@ def save_figure(fig, path: str, **savefig_kwargs) -> str:
     Returns:
         path.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.png"  # the suffix tells savefig the format
-    fig.savefig(tmp, **savefig_kwargs)
-    os.replace(tmp, path)
+    try:
+        with naming(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            fig.savefig(tmp, **savefig_kwargs)
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
+
+
+def folder_mode() -> int:
+    """The mode os.mkdir gives a new folder under the current umask (0o777 & ~umask)."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def temp_dir(parent: str, prefix: str) -> str:
+    """A new temporary folder in `parent`, named `<prefix>.tmp-<pid>-<random>`, with the mode a
+    mkdir would give it (tempfile.mkdtemp makes 0700; renamed into place, it is the output)."""
+    path = tempfile.mkdtemp(prefix=f"{prefix}.tmp-{os.getpid()}-", dir=parent)
+    os.chmod(path, folder_mode())
+    return path
+
+
+def remove_leftovers(directory: str) -> list[str]:
+    """Delete the temporary files and folders of writers that died in `directory`.
+
+    Only names carrying the pid of a process that no longer runs are removed: a live process's
+    write in progress, and anything without a pid, are left alone.
+
+    Args:
+        directory: a folder written with these functions.
+
+    Returns:
+        the removed paths.
+    """
+    removed = []
+    for entry in os.listdir(directory):
+        match = _LEFTOVER.search(entry)
+        if match is None or not process_gone(int(match.group(1))):
+            continue
+        path = os.path.join(directory, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except OSError:
+                continue
+        removed.append(path)
+    return removed
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be written.
+
+    Creates nothing: a temporary file is made and removed in the folder or, when it does not
+    exist yet, in its nearest existing parent (where it would be created).
+
+    Args:
+        path: the output folder.
+        flag: the flag that chose it, for the message.
+
+    Raises:
+        UserError: one line naming the flag, the folder and why.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a file; pass a folder.")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{flag} {path!r} cannot be created: {probe!r} is a file.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".write-check.tmp-{os.getpid()}-", dir=probe)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise UserError(f"{flag} {path!r} cannot be written ({e.strerror} in {probe!r}); make "
+                        f"it writable or choose another {flag}.") from e

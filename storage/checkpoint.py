@@ -8,7 +8,9 @@ Layout under the run directory (--checkpoint DIR):
 
 A checkpoint is written into a temporary sibling folder and renamed into place with os.replace;
 LAST is rewritten (temp file + os.replace) only after that, and older checkpoints beyond `keep`
-are deleted last. A crash at any point leaves LAST naming a complete checkpoint.
+are deleted last. A crash at any point leaves LAST naming a complete checkpoint. Temporary
+names carry the writer's pid, and a save deletes only those of processes that no longer run
+(`storage.atomic.remove_leftovers`); one process writes a run folder (`storage.lock`).
 
 Pruning only ever removes checkpoints of this run: each state.json records a `run_id` and a
 `sequence` number, and `keep` counts the newest (by sequence) checkpoints with the same run_id.
@@ -27,11 +29,11 @@ meta-iteration `step` (the number of completed meta-iterations).
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 import zipfile
 from typing import Callable, Mapping, Sequence
@@ -146,10 +148,8 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
     run_id = _run_id_for(directory)
     own = _own_checkpoints(directory, run_id)
     sequence = own[-1][0] + 1 if own else 1
-    for entry in os.listdir(directory):  # leftovers of a crashed write
-        if entry.startswith(f".{PREFIX}") and ".tmp-" in entry:
-            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=f".{_name(step)}.tmp-", dir=directory)
+    atomic.remove_leftovers(directory)  # of writers killed mid-write, never a live one's
+    tmp = atomic.temp_dir(directory, f".{_name(step)}")
     try:
         arrays = {f"{group}/{i:05d}": np.asarray(v.numpy() if hasattr(v, "numpy") else v)
                   for group, variables in groups.items() for i, v in enumerate(variables)}
@@ -158,7 +158,8 @@ def save_checkpoint(directory: str, step: int, groups: Mapping[str, Sequence], *
         if bad:  # nothing non-finite is ever saved
             raise DivergenceError(f"Refusing to write checkpoint {step} into {directory!r}: "
                                   f"{len(bad)} arrays hold NaN or inf (first: {bad[0]}).")
-        with open(os.path.join(tmp, "variables.npz"), "wb") as f:
+        npz = os.path.join(tmp, "variables.npz")
+        with atomic.naming(npz), open(npz, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -340,25 +341,47 @@ def resume(run_dir: str, groups: Mapping[str, Sequence], rng: np.random.Generato
 
 
 def config_differences(saved: Mapping, current: Mapping, sections: Sequence[str],
-                       ignore: Sequence[str] = ()) -> list[str]:
+                       ignore: Sequence[str] = (), files: Sequence[str] = ()) -> list[str]:
     """Fields of the given config sections whose values differ.
 
     Args:
         saved: config dict of the checkpoint (config.json).
         current: config dict of this run (json.loads(config.to_json())).
-        sections: top-level sections to compare, e.g. ("model", "loss").
+        sections: top-level sections to compare, e.g. ("model", "loss"), or single fields
+            ("meta.seed").
         ignore: "section.field" names allowed to differ.
+        files: "section.field" names holding paths: equal when they name the same file or
+            folder, or files with the same bytes, however the paths are written.
 
     Returns:
         lines "section.field: checkpoint X, this run Y".
     """
     out = []
     for section in sections:
+        section, _, only = section.partition(".")
         a, b = saved.get(section, {}), current.get(section, {})
-        for field in sorted(set(a) | set(b)):
-            if f"{section}.{field}" in ignore:
+        for field in [only] if only else sorted(set(a) | set(b)):
+            name = f"{section}.{field}"
+            if name in ignore or a.get(field) == b.get(field):
                 continue
-            if a.get(field) != b.get(field):
-                out.append(f"{section}.{field}: checkpoint {a.get(field)!r}, this run "
-                           f"{b.get(field)!r}")
+            if name in files and same_file(a.get(field), b.get(field)):
+                continue
+            out.append(f"{name}: checkpoint {a.get(field)!r}, this run {b.get(field)!r}")
     return out
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name the same file or folder, or two files with the same bytes.
+
+    Args:
+        a, b: paths (None or anything else compares unequal).
+
+    Returns:
+        True when they are the same.
+    """
+    if not (isinstance(a, str) and isinstance(b, str) and os.path.exists(a)
+            and os.path.exists(b)):
+        return False
+    if os.path.samefile(a, b):
+        return True
+    return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)

@@ -63,7 +63,7 @@ class TrainingLog:
         kept = [r for r in read_log(self.csv_path) if r["meta_iter"] <= start_step] \
             if start_step > 0 else []
         tmp = f"{self.csv_path}.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic.naming(self.csv_path), open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, FIELDS)
             writer.writeheader()
             for row in kept:
@@ -89,7 +89,8 @@ class TrainingLog:
         row = {"meta_iter": meta_iter, "meta_step_size": meta_step_size, "loss": loss,
                "train_miou": train_miou, "val_miou": val_miou, "seconds": seconds,
                "val_loss": val_loss}
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+        with atomic.naming(self.csv_path), open(self.csv_path, "a", newline="",
+                                                encoding="utf-8") as f:
             csv.DictWriter(f, FIELDS).writerow(_format(row))
         scalars = {"loss": loss, "meta_step_size": meta_step_size, "train_mIoU": train_miou,
                    "val_mIoU": val_miou, "val_loss": val_loss}

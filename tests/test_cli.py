@@ -131,6 +131,41 @@ def test_pretrained_evaluates_the_checkpoint_and_rejects_other_models(shards, fi
     assert "model.rsd: checkpoint [2, 4], this run [4]" in err
 
 
+def test_a_refused_pretrained_evaluation_writes_nothing(shards, finished_run, tmp_path, capsys):
+    def contents(folder):
+        return {name: open(os.path.join(folder, name), "rb").read()
+                for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))}
+    before = contents(finished_run)
+    assert setup.EVAL_CONFIG_NAME in before  # an earlier evaluation's config
+    assert run_metasegnet.main(_argv(shards, finished_run, "--pretrained", "--rsd", "4")) == 2
+    assert "model.rsd: checkpoint [2, 4], this run [4]" in capsys.readouterr().err
+    assert contents(finished_run) == before
+    notes = tmp_path / "notes.txt"  # --checkpoint given a file that is no checkpoint
+    notes.write_text("mine")
+    assert run_metasegnet.main(_argv(shards, str(notes), "--pretrained")) == 2
+    assert "holds none" in capsys.readouterr().err and os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_resume_compares_the_test_list_as_a_file_not_as_a_path(tmp_path, monkeypatch):
+    from args import parse_args
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test.txt").write_text("bus\ncat\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "state.json").write_text("{}")
+    (tmp_path / "run" / "config.json").write_text(
+        parse_args(["--test_tasks_file", "test.txt"]).to_json())
+    # the same list by its absolute path, or a copy of it: the same run
+    restore.check_compatible(str(tmp_path / "run"), parse_args(
+        ["--test_tasks_file", str(tmp_path / "test.txt")]), resume=True)
+    (tmp_path / "copy.txt").write_text("bus\ncat\n")
+    restore.check_compatible(str(tmp_path / "run"), parse_args(
+        ["--test_tasks_file", "copy.txt"]), resume=True)
+    (tmp_path / "other.txt").write_text("bus\n")
+    with pytest.raises(setup.RunError, match="data.test_tasks_file: checkpoint 'test.txt'"):
+        restore.check_compatible(str(tmp_path / "run"), parse_args(
+            ["--test_tasks_file", "other.txt"]), resume=True)
+
+
 @pytest.mark.parametrize("flags,refused", [([], False), (["--augment"], True),
                                            (["--augment", "--augmentation", "metaseg"], False)])
 def test_runs_from_before_the_augmentation_flag_resume_as_metaseg(tmp_path, flags, refused):

@@ -140,3 +140,33 @@ def test_raw_seed_folders_as_mdataset_dir_say_convert_first(data, tmp_path, caps
     status = run_metasegnet.main([*SMALL, *META, "--phase", "meta_train", "--mdataset_dir", raw,
                                   "--init_weights", "x", "--checkpoint", str(tmp_path / "r")])
     assert status == 2 and "fss_1000_image_to_tfrecord.py" in capsys.readouterr().err
+
+
+def test_a_refused_rerun_of_a_finished_pre_training_writes_nothing(runs, data, tmp_path, capsys):
+    pre_train = runs["coco"] / "pre_train"
+    before = {name: (pre_train / name).read_bytes() for name in os.listdir(pre_train)
+              if (pre_train / name).is_file()}
+    common = [*SMALL, *PRE, "--checkpoint", str(runs["coco"])]
+    # a mistyped data folder, and another dataset with another loss and learning rate
+    for flags, message in (
+            (["--dataset", "COCO", "--dataset_dir", str(tmp_path / "typo"), "--num_classes", "3"],
+             "does not exist"),
+            (["--dataset", "COCOStuff", "--dataset_dir", data["stuff"], "--num_classes", "4",
+              "--loss_name", "cross_entropy", "--pre_lr", "0.2"],
+             "mtl.dataset: checkpoint 'COCO', this run 'COCOStuff'")):
+        assert run_metasegnet.main([*common, *flags]) == 2
+        assert message in capsys.readouterr().err
+        after = {name: (pre_train / name).read_bytes() for name in os.listdir(pre_train)
+                 if (pre_train / name).is_file()}
+        assert after == before
+
+
+def test_more_than_255_classes_are_refused_as_255_marks_unlabelled_pixels(capsys):
+    for dataset in ("COCO", "COCOStuff"):
+        with pytest.raises(SystemExit) as e:
+            parse_args(["--phase", "pre_train", "--dataset", dataset, "--dataset_dir", "x",
+                        "--num_classes", "256"])
+        assert e.value.code == 2
+        assert "--num_classes must be in [2, 255]" in capsys.readouterr().err
+    assert parse_args(["--phase", "pre_train", "--dataset", "COCO", "--dataset_dir", "x",
+                       "--num_classes", "255"]).model.num_classes == 255

@@ -14,7 +14,9 @@ from tests.fixtures.mtl_run import phase_argv
 from models.build import build_model
 from models.config import ModelConfig
 from models.mtl import set_mtl_mode
-from modes.mtl import CLASSES_NAME, _base_kernels
+from args import parse_args
+from modes.mtl import _base_kernels
+from modes.mtl_checks import CLASSES_NAME, check_phase
 from storage import checkpoint
 
 UNET = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=2,
@@ -81,8 +83,34 @@ def test_meta_eval_refuses_classes_seen_in_training(three_phases, shards, tmp_pa
                                        str(run_dir / "meta_train"), seed="3"))
     assert status == 2
     assert "was trained or selected on" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # refused before anything was written
 
 
 def test_meta_train_needs_init_weights(shards, tmp_path, capsys):
     assert run_metasegnet.main(_argv(shards, tmp_path, "meta_train")) == 2
     assert "--init_weights" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def _listing(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_pre_training_resumes_only_with_its_own_config(three_phases, shards, capsys):
+    """A finished pre-training rerun with another loss and learning rate would go on from its
+    last epoch into a hybrid model: refused like a meta-training resume, nothing written."""
+    run_dir, _ = three_phases
+    before = _listing(run_dir / "pre_train")
+    assert run_metasegnet.main(_argv(shards, run_dir, "pre_train", "--pre_max_epoch", "3",
+                                     "--pre_batch_size", "8", "--pre_lr", "0.2",
+                                     "--loss_name", "dice")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Cannot resume" in err and "mtl.pre_lr: checkpoint 0.05, this run 0.2" in err
+    assert "loss.loss_name: checkpoint 'ce_dice', this run 'dice'" in err
+    assert _listing(run_dir / "pre_train") == before
+    # the same flags with a longer schedule (and the data folder by another path) resume
+    other_path = os.path.relpath(shards)
+    cfg = parse_args(_argv(other_path, run_dir, "pre_train", "--pre_max_epoch", "3",
+                           "--pre_batch_size", "8", "--pre_lr", "0.05"))
+    check_phase(cfg, None, (), str(run_dir / "pre_train"))

@@ -128,6 +128,17 @@ def test_resume_continues_from_the_fixture_step_to_a_new_checkpoint(work):
     assert before.keys() == after.keys()
     assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("model/"))
     assert _json(work / "run" / "config.json")["meta"]["meta_iters"] == 4
+    # The fixture predates recorded task streams: it resumes with its one stream, and ends where
+    # an uninterrupted run of that scheme ends (to the float rounding of another machine's
+    # kernels, ~1e-8; another draw of the tasks would move the weights by far more).
+    assert _json(work / "run" / "config.json")["meta"]["task_streams"] == "one_stream"
+    _cli(work, *FLAGS, "--meta-iters", "4", "--checkpoint", "fresh", "--task_streams",
+         "one_stream")
+    uninterrupted = _npz_members(os.path.join(latest_checkpoint(str(work / "fresh")),
+                                              "variables.npz"))
+    for key in after:
+        np.testing.assert_allclose(after[key], uninterrupted[key], rtol=0, atol=1e-6,
+                                   err_msg=key)
 
 
 def test_pretrained_evaluates_the_fixture_checkpoint(work):

@@ -222,6 +222,25 @@ def test_interrupted_run_leaves_previous_output_intact(tmp_path, make_fss, monke
     assert list(load_tasks(out)) == ["bus", "cat"]
 
 
+def test_a_full_disk_is_one_line_naming_the_output_and_the_previous_output_is_kept(
+        tmp_path, make_fss, monkeypatch, capsys):
+    import tensorflow as tf
+    make_fss(tmp_path / "fss", {"bus": 2, "cat": 2})
+    out = str(tmp_path / "out")
+    converter.convert(str(tmp_path / "fss"), out, image_size=32, log=None)
+    before = snapshot(out)
+    real = tf.io.TFRecordWriter
+    # every shard goes to /dev/full, where each write fails with ENOSPC
+    monkeypatch.setattr(tf.io, "TFRecordWriter", lambda path, *a, **k: real("/dev/full"))
+    status = converter.main(["--input_dir", str(tmp_path / "fss"), "--tfrecord_dir", out,
+                             "--image_size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert f"--tfrecord_dir {out!r}: writing fss-00000-of-00001.tfrecord failed (No space left " \
+           f"on device); free space" in err[0]
+    assert snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["fss", "out"]
+
+
 def test_killed_run_debris_is_ignored_then_cleaned(tmp_path, make_fss):
     make_fss(tmp_path / "fss", {"bus": 2, "cat": 2})
     out = str(tmp_path / "out")

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import run_metasegnet
 from data import paper_shards
 from data.tasks import data_format, load_tasks
 from fss_1000_image_to_tfrecord import convert
@@ -67,19 +68,52 @@ def test_fp_k_folder_merges_each_concepts_files(tmp_path):
     for name, n in (("airliner", 2), ("aeroplane_train", 1), ("aeroplane_val", 1), ("bus", 2),
                     ("motorbike", 1), ("pottedplant_val", 1), ("television", 1), ("tvmonitor_train", 2)):
         shard(name, n)
-    files = paper_shards.class_files(str(tmp_path))
+    files = paper_shards.class_files(str(tmp_path), fp_k=True)
     assert list(files) == ["airliner", "bus", "motorbike", "potted_plant", "television"]
     assert [os.path.basename(p) for p in files["airliner"]] == [
         "aeroplane_train.tfrecord.gzip", "aeroplane_val.tfrecord.gzip", "airliner.tfrecord.gzip"]
-    tasks = load_tasks(str(tmp_path), SIZE)
+    tasks = load_tasks(str(tmp_path), SIZE, fp_k=True)
     assert {n: len(t) for n, t in tasks.items()} == {"airliner": 4, "bus": 2, "motorbike": 1,
                                                      "potted_plant": 1, "television": 3}
-    # A class that no FP-k synonym prefixes makes it a plain folder, one class per file, where
-    # the prefix "bus" does not swallow "bustard".
+    # Without --fp_k_test_set every file is a class: the prefix "bus" does not swallow
+    # "bustard" or "business_card".
     shard("bustard", 1)
-    shard("zebra", 1)
+    shard("business_card", 1)
     files = paper_shards.class_files(str(tmp_path))
     assert len(files) == 10 and files["bustard"] == [str(tmp_path / "bustard.tfrecord.gzip")]
+
+
+def test_prefix_grouping_only_for_the_fp_k_set_and_its_notice_reaches_the_screen(tmp_path,
+                                                                                capsys):
+    for name in ("bus", "bustard", "business_card", "motorbike", "television"):
+        write_paper_shard(str(tmp_path / f"{name}.tfrecord.gzip"), [_good_record()] * 2)
+    assert sorted(load_tasks(str(tmp_path), SIZE)) == [
+        "bus", "business_card", "bustard", "motorbike", "television"]
+    run_metasegnet.show_library_logs()  # the screen of a run_metasegnet.py run
+    merged = load_tasks(str(tmp_path), SIZE, fp_k=True)
+    assert sorted(merged) == ["bus", "motorbike", "television"] and len(merged["bus"]) == 6
+    assert ("--fp_k_test_set: class bus is read from bus.tfrecord.gzip, "
+            "business_card.tfrecord.gzip, bustard.tfrecord.gzip") in capsys.readouterr().out
+
+
+def test_entries_that_are_no_shard_files_say_what_they_are(tmp_path):
+    write_paper_shard(str(tmp_path / "x.tfrecord.gzip"), [_good_record()])
+    uncompressed = gzip.decompress((tmp_path / "x.tfrecord.gzip").read_bytes())
+    cases = {"uncompressed": (lambda p: p.write_bytes(uncompressed),
+                              "is an uncompressed TFRecord, but the paper's shards are "
+                              "GZIP-compressed: compress it (mv "),
+             "folder": (lambda p: p.mkdir(),
+                        "is a folder, not a shard file; move it out of --data-dir"),
+             "dangling": (lambda p: os.symlink(tmp_path / "gone", p),
+                          "is a broken symbolic link (to ")}
+    for name, (make, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        write_paper_shard(str(folder / "fine.tfrecord.gzip"), [_good_record()] * 2)
+        make(folder / "bad.tfrecord.gzip")
+        with pytest.raises(ValueError) as info:
+            load_tasks(str(folder), SIZE)
+        assert message in str(info.value) and "\n" not in str(info.value), (name, info.value)
 
 
 def _good_record():
@@ -113,7 +147,8 @@ def test_damaged_files_fail_in_one_line_naming_the_file(tmp_path):
     cases = {"truncated": (truncated, "truncated or corrupt"),
              "wrong_length": (wrong_length, "record 1 has a 149856-byte image"),
              "empty": (lambda p: write_paper_shard(p, []), "holds no records"),
-             "not_gzip": (not_gzip, "truncated or corrupt"),
+             "not_gzip": (not_gzip, "is not GZIP-compressed (no gzip header) and is no "
+                                    "TFRecord either"),
              "not_an_example": (not_an_example, "not a tf.train.Example")}
     for name, (write, message) in cases.items():
         directory, path = folder(name, write)

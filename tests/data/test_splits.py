@@ -58,8 +58,22 @@ def test_bad_arguments():
         split_classes(NAMES, test_tasks_file="x.txt", num_test_tasks=2)
     with pytest.raises(ValueError, match="num_test_tasks"):
         split_classes(NAMES, num_test_tasks=20)
-    with pytest.raises(ValueError, match="leaves no training class"):
+    with pytest.raises(ValueError, match="leave no meta-training class"):
         split_classes(NAMES, num_test_tasks=10, num_val_tasks=10)
+
+
+def test_a_single_class_is_refused_with_the_reason_and_the_fix(tmp_path):
+    """One class of data (e.g. to score an init under --protocol hsnet) leaves nothing to train
+    on or to draw the final evaluation's train tasks from: both ways of naming it as the test
+    class say so and how to fix it."""
+    with pytest.raises(ValueError, match=r"--num_test_tasks must be in \[0, 0\] for the 1 "
+                                         r"classes of the data: at least one class must stay"):
+        split_classes(["bus"], num_test_tasks=1)
+    path = tmp_path / "test.txt"
+    path.write_text("bus\n")
+    with pytest.raises(ValueError, match=r"^the 1 test classes leave no meta-training class .* "
+                                         r"hold out fewer classes"):
+        split_classes(["bus"], test_tasks_file=str(path))
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         split_classes(NAMES, test_tasks_file="missing.txt")
 

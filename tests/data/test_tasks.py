@@ -78,3 +78,13 @@ def test_class_arrays_are_read_only(converted):
     bus = load_tasks(str(converted))["bus"]
     with pytest.raises(ValueError, match="read-only"):
         bus.images[0, 0, 0, 0] = 1
+
+
+def test_a_folder_of_unconverted_images_names_a_conversion_into_another_folder(converted):
+    images = str(converted.parent / "fss")  # the converter's input, given as --data-dir
+    with pytest.raises(FileNotFoundError) as info:
+        load_tasks(images)
+    message = str(info.value)
+    assert "holds images (class folders of .jpg and .png), not shards" in message
+    assert f"--input_dir {images} --tfrecord_dir {images}_shards" in message
+    assert f"pass --data-dir {images}_shards" in message and "\n" not in message

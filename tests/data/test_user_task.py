@@ -82,3 +82,11 @@ def test_missing_parts(task_dir, tmp_path_factory):
         load_user_task(str(empty))
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_user_task(str(empty / "nope"))
+
+
+def test_a_query_link_that_leads_nowhere_is_named(task_dir):
+    import shutil
+    shutil.rmtree(task_dir / "query")
+    os.symlink(task_dir / "query", task_dir / "query")  # a loop
+    with pytest.raises(FileNotFoundError, match=r"query' is a symbolic link .*leads nowhere"):
+        load_user_task(str(task_dir))

@@ -2,11 +2,15 @@
 TensorFlow starts, so each runs in a fresh interpreter).
 
     python distributed_worker.py logical OUT.npz
-        2 logical CPU devices: 3 meta-iterations of meta-batch 4 on 2 replicas and on 1, and a
-        distributed vs a serial evaluation; writes both weights and both IoU lists.
+        2 logical CPU devices: 3 meta-iterations of meta-batch 4 on 2 replicas, on 1 and without
+        a strategy, and a distributed vs a serial evaluation; writes the three weights and both
+        IoU lists; and the BN statistics of one meta-iteration on 2 replicas next to the mean of
+        the two replicas' chains of tasks, recomputed on one device.
     python distributed_worker.py train OUT.npz RUN_DIR ITERS [STOP_AFTER]
         meta_train with --distribute multi_worker (TF_CONFIG set: a cluster) or mirrored on one
         device (no TF_CONFIG); resumes from RUN_DIR's checkpoint; writes the final weights.
+    python distributed_worker.py plain OUT.npz RUN_DIR ITERS [STOP_AFTER]
+        the same meta_train on one device without a strategy (a run without --distribute).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from adapt.evaluate import evaluate, monitor  # noqa: E402
 from adapt.uho_objective import _spread_adapt, make_adapt_task  # noqa: E402
 from data.splits import Splits  # noqa: E402
 from devices.distribute import DistributedMetaLearner, Replicas, make_strategy  # noqa: E402
+from meta.algorithms import MetaLearner  # noqa: E402
 from meta.config import MetaConfig  # noqa: E402
 from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
 from meta.train import meta_train  # noqa: E402
@@ -52,10 +57,50 @@ def trainable(loop: InnerLoop) -> list[np.ndarray]:
     return [v.numpy() for v in loop.variables]
 
 
+def moving_statistics(loop: InnerLoop) -> np.ndarray:
+    return np.concatenate([v.numpy().ravel() for v in loop.model.variables
+                           if "moving_mean" in v.path or "moving_variance" in v.path])
+
+
+def batch_norm_mean(tasks, names) -> dict[str, np.ndarray]:
+    """One meta-iteration on 2 replicas, and the mean of its two chains recomputed on one device."""
+    rng = np.random.default_rng(1)
+    batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
+    replicas = Replicas(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), make_loop(),
+                        make_loop)
+    DistributedMetaLearner(replicas, META, SCHEDULE).meta_step(batch, rng, 0.5)
+    rng = np.random.default_rng(1)
+    rng.integers(0, len(names), size=4)
+    plain = MetaLearner(make_loop(), META, SCHEDULE)
+    seeds, generators = plain.task_generators(rng, 4)
+    plain.loop.full_state.save()
+    chains = []
+    for first in (0, 1):  # replica r runs tasks r and r + 2, from the same start
+        plain.loop.full_state.restore()
+        plain.start.save()
+        for k in (first, first + 2):
+            plain.run_task(batch[k], generators[k], seeds[k])
+        chains.append(moving_statistics(plain.loop))
+    plain.loop.full_state.restore()
+    plain.start.save()
+    for k in range(4):  # one device: one chain through the 4 tasks
+        plain.run_task(batch[k], generators[k], seeds[k])
+    return {"bn_two": moving_statistics(replicas.loops[0]),
+            "bn_other_replica": moving_statistics(replicas.loops[1]),
+            "bn_mean_of_chains": (chains[0] + chains[1]) / 2,
+            "bn_one_device": moving_statistics(plain.loop)}
+
+
 def logical(out: str) -> None:
     tasks = toy_tasks(6, n=8)
     names = sorted(tasks)
     weights, ious = {}, {}
+    plain = MetaLearner(make_loop(), META, SCHEDULE)
+    rng = np.random.default_rng(0)
+    for step in range(3):
+        batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
+        plain.meta_step(batch, rng, 0.5)
+    weights["plain"] = trainable(plain.loop)
     for label, devices in (("two", ["/cpu:0", "/cpu:1"]), ("one", ["/cpu:0"])):
         replicas = Replicas(tf.distribute.MirroredStrategy(devices), make_loop(), make_loop)
         learner = DistributedMetaLearner(replicas, META, SCHEDULE)
@@ -83,17 +128,20 @@ def logical(out: str) -> None:
         serial = [adapt_task_of(learner.loop)(params, t, r, None) for t, r in items]
         ious[f"{label}_uho_spread"] = np.array(spread, np.float64)
         ious[f"{label}_uho_serial"] = np.array(serial, np.float64)
-    np.savez(out, **{f"two_{i}": w for i, w in enumerate(weights["two"])},
-             **{f"one_{i}": w for i, w in enumerate(weights["one"])}, **ious)
+    np.savez(out, **{f"{label}_{i}": w for label in weights for i, w in enumerate(weights[label])},
+             **ious, **batch_norm_mean(tasks, names))
 
 
 def train(out: str, run_dir: str, iters: int, stop_after: int | None) -> None:
-    multi = "TF_CONFIG" in os.environ
-    strategy = make_strategy("multi_worker" if multi else "mirrored", 1)
     tasks = toy_tasks(6, n=8)
     splits = Splits(train=tuple(sorted(tasks))[:4], val=tuple(sorted(tasks))[4:], test=())
-    replicas = Replicas(strategy, make_loop(), make_loop)
-    learner = DistributedMetaLearner(replicas, META, SCHEDULE)
+    if MODE == "plain":
+        learner = MetaLearner(make_loop(), META, SCHEDULE)
+    else:
+        multi = "TF_CONFIG" in os.environ
+        strategy = make_strategy("multi_worker" if multi else "mirrored", 1)
+        replicas = Replicas(strategy, make_loop(), make_loop)
+        learner = DistributedMetaLearner(replicas, META, SCHEDULE)
     groups = learner.checkpoint_groups()
     rng = np.random.default_rng([0, 0])
     state = checkpoint.resume(run_dir, groups, rng)

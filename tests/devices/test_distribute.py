@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
@@ -66,14 +67,22 @@ def _assert_close(a, b, atol):
         np.testing.assert_allclose(x, y, rtol=0, atol=atol)
 
 
-def test_two_logical_devices_equal_one_and_spread_evaluation_and_uho_equal_serial(tmp_path):
-    out = tmp_path / "logical.npz"
+@pytest.fixture(scope="module")
+def logical(tmp_path_factory):
+    """One process on 2 logical devices (see distributed_worker.py logical)."""
+    out = tmp_path_factory.mktemp("logical") / "logical.npz"
     _run("logical", out)
-    data = np.load(out)
+    return np.load(out)
+
+
+def test_two_logical_devices_equal_one_and_a_plain_run_and_spread_evaluation_equals_serial(
+        logical):
+    data = logical
     n = len([k for k in data.files if k.startswith("one_") and k[4:].isdigit()])
     assert n == 6  # the tiny net's trainable variables
-    _assert_close([data[f"two_{i}"] for i in range(n)], [data[f"one_{i}"] for i in range(n)],
-                  1e-5)
+    plain = [data[f"plain_{i}"] for i in range(n)]
+    _assert_close([data[f"two_{i}"] for i in range(n)], plain, 1e-5)
+    _assert_close([data[f"one_{i}"] for i in range(n)], plain, 1e-5)
     # the meta-iterations moved the weights (otherwise equality says nothing): see the
     # single-device run in the cluster test; here the spread evaluation equals the serial one
     for label in ("two", "one"):
@@ -87,9 +96,18 @@ def test_two_logical_devices_equal_one_and_spread_evaluation_and_uho_equal_seria
     assert abs(data["two_serial"].mean() - data["one_serial"].mean()) < 0.01
 
 
-def test_two_workers_equal_one_device_and_an_interrupted_run_resumes(tmp_path):
+def test_batch_norm_statistics_are_the_mean_over_the_replicas(logical):
+    data = logical
+    # every replica holds the mean of the two replicas' chains of tasks, recomputed on one device
+    np.testing.assert_allclose(data["bn_two"], data["bn_mean_of_chains"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(data["bn_two"], data["bn_other_replica"])
+    # (and that differs from one device's single chain through all four tasks)
+    assert np.abs(data["bn_two"] - data["bn_one_device"]).max() > 1e-3
+
+
+def test_two_workers_equal_a_plain_run_and_an_interrupted_run_resumes(tmp_path):
     single = tmp_path / "single.npz"
-    _run("train", single, tmp_path / "single_run", 3)
+    _run("plain", single, tmp_path / "single_run", 3)
     reference = _weights(single)
     start = _weights_of_fresh_model()
     assert max(np.abs(a - b).max() for a, b in zip(reference, start)) > 1e-3  # it learned

@@ -8,6 +8,7 @@ from meta.algorithms import MetaLearner, split_tail
 from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
     support_tensors
+from meta.streams import task_seeds
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=4, batch_size=3, aug_rate=0.5)
@@ -27,13 +28,19 @@ def _values(variables):
     return [np.array(v.numpy()) for v in variables]
 
 
+def _task_rngs(seed, num_tasks):
+    """The generators meta_step gives its task slots (meta.streams, per_task)."""
+    return [np.random.default_rng(s.tolist())
+            for s in task_seeds(np.random.default_rng(seed), num_tasks)]
+
+
 def test_reptile_with_meta_step_1_and_batch_1_equals_plain_fine_tuning(loop, tasks):
     learner = MetaLearner(loop, MetaConfig(algorithm="reptile", train_shots=5), SCHEDULE)
     loop.full_state.save()
     learner.meta_step([tasks["class0"]], np.random.default_rng(7), meta_step_size=1.0)
     meta_updated = _values(loop.variables)
     loop.full_state.restore()
-    rng = np.random.default_rng(7)  # the same draws, consumed in the same order
+    rng, = _task_rngs(7, 1)  # the same draws, consumed in the same order
     episode = sample_episode(rng, tasks["class0"], 5, 0)
     adapt(loop, episode.support_images, episode.support_masks, SCHEDULE, rng)
     fine_tuned = _values(loop.variables)
@@ -48,8 +55,7 @@ def test_reptile_meta_step_moves_epsilon_of_the_mean_displacement(loop, tasks):
     loop.full_state.save()
     theta = _values(loop.variables)
     phis = []
-    rng = np.random.default_rng(3)
-    for name in ("class1", "class2"):  # what meta_step will do, by hand, with the same draws
+    for name, rng in zip(("class1", "class2"), _task_rngs(3, 2)):  # meta_step, by hand
         episode = sample_episode(rng, tasks[name], 5, 0)
         adapt(loop, episode.support_images, episode.support_masks, SCHEDULE, rng)
         phis.append(_values(loop.variables))
@@ -69,7 +75,7 @@ def test_fomaml_update_equals_the_last_inner_step(loop, tasks):
     learner.meta_step([tasks["class0"]], np.random.default_rng(11), meta_step_size=0.5)
     meta_update = [a - t for a, t in zip(_values(loop.variables), theta)]
     loop.full_state.restore()
-    rng = np.random.default_rng(11)
+    rng, = _task_rngs(11, 1)
     episode = sample_episode(rng, tasks["class0"], 5, 0)
     x, m = support_tensors(episode.support_images, episode.support_masks)
     indices, seeds = draw_batches(rng, 5, SCHEDULE)

@@ -42,6 +42,10 @@ def test_the_checkpoint_alone_is_enough_and_gives_the_apis_masks(run, tmp_path, 
     assert main(["--fine-tune-task", str(folder), "--checkpoint", run]) == 0
     printed = capsys.readouterr().out
     assert f"Init {run}: FOMAML, 2 meta-iterations" in printed and "overrides" not in printed
+    assert sorted(os.listdir(folder)) == ["fine_tuned_checkpoint", "predictions", "query",
+                                          "support"]  # the lock is gone with the run
+    from storage.atomic import folder_mode
+    assert os.stat(folder / "predictions").st_mode & 0o777 == folder_mode()
     with open(folder / "predictions" / "summary.json") as f:
         summary = json.load(f)
     assert summary["steps"] == 3 and summary["schedule"]["learning_rate"] == 0.1
@@ -70,7 +74,14 @@ def test_typed_flags_override_and_a_contradiction_writes_nothing(run, tmp_path, 
         summary = json.load(f)
     assert summary["steps"] == 2 and summary["sources"]["learning_rate"] == "given (--learning-rate)"
 
+    # A weights folder that cannot be written is refused before the adaptation (/sys refuses
+    # new files even to root).
     other = _folder(tmp_path / "other")
+    assert main(["--fine-tune-task", str(other), "--checkpoint", run, "--fine-tuned-checkpoint",
+                 "/sys/metaseg-weights"]) == 2
+    assert "--fine-tuned-checkpoint '/sys/metaseg-weights' cannot be written" in \
+        capsys.readouterr().err
+    assert sorted(os.listdir(other)) == ["query", "support"]
     assert main(["--fine-tune-task", str(other), "--checkpoint", run, "--image_size", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--image_size 64 contradicts the init" in err[0] \
