@@ -2,7 +2,7 @@
 
 One --seed fixes them all, and each is independent of the others, so an evaluation never moves
 the training trajectory and any two inits are scored on the same episodes. The own-image
-fine-tuning keys its generator by [seed, number of support pairs] instead (adapt/own_images.py).
+fine-tuning keys its generator by [seed, number of examples] instead (segmenter/api.py).
 
 Inside a meta-batch (`MetaConfig.task_streams`, recorded in config.json):
 * `per_task`: the training generator draws one seed per task slot (`task_seeds`); task k then

@@ -38,8 +38,8 @@ from segmenter.images import as_list, as_pair, as_rgb
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import checkpoint
-from storage.progress import Progress
 from storage.export import export
+from storage.progress import Progress
 from storage.tf1_checkpoint import restore_tf1_checkpoint
 
 PREDICT_BATCH = 8
@@ -303,7 +303,7 @@ def _load_model(init: Init, settings: Settings) -> keras.Model:
         report = restore_tf1_checkpoint(model, init.weights, cfg)
         logging.info(report.summary())
         return model
-    if init.kind == "mtl_meta_train":
+    if cfg.model_name == "mtl_unet":  # meta-trained (or adapted from such) in this mode
         set_mtl_mode(model, "meta_transfer")
     # The head dropout rate is a model variable, but the settings decide it.
     checkpoint.load_checkpoint(init.weights, {"model": list(model.variables)},

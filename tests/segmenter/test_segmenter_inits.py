@@ -51,7 +51,7 @@ def test_joint_training_run(tmp_path):
 
 
 @pytest.mark.parametrize("phase", ["pre_train", "meta_train", ""])
-def test_mtl_phase_outputs_adapt_their_head(mtl_three_phases, phase):
+def test_mtl_phase_outputs_adapt_their_head(mtl_three_phases, phase, tmp_path):
     run_dir, status = mtl_three_phases
     assert status["meta_train"] == 0
     with open(run_dir / "meta_train" / "config.json") as f:
@@ -69,6 +69,12 @@ def test_mtl_phase_outputs_adapt_their_head(mtl_three_phases, phase):
     assert len(_fit_and_predict(seg)) == mtl["update_step"]
     assert all(np.array_equal(v.numpy(), value) for v, value in frozen)
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(head_variables(seg.model), before))
+    if phase == "meta_train":  # the adapted MTL U-Net reloads as it was saved
+        photo = examples([(45, 33)], seed=2)[0]
+        again = from_checkpoint(seg.save(str(tmp_path / "adapted")))
+        assert again.settings.adapt == seg.settings.adapt
+        np.testing.assert_array_equal(again.predict(photo, probabilities=True)[0],
+                                      seg.predict(photo, probabilities=True)[0])
 
 
 @pytest.fixture(scope="module")
