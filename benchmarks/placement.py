@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tests.fixtures.ports import free_ports  # noqa: E402
 RUNS = {"plain": [], "mirrored_1": ["--distribute", "mirrored", "--num_replicas", "1"],
         "mirrored_2": ["--distribute", "mirrored", "--num_replicas", "2"],
         "workers_2": ["--distribute", "multi_worker"]}
@@ -39,16 +40,6 @@ def _flags(a, run_dir: str) -> list[str]:
             "--checkpoint", run_dir]
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _run(name: str, flags: list[str], run_dir: str) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CONFIG", None)
@@ -56,7 +47,7 @@ def _run(name: str, flags: list[str], run_dir: str) -> None:
     if name != "workers_2":
         subprocess.run(command, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         return
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = [subprocess.Popen(command, env={**env, "TF_CONFIG": json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": i}})},
                               cwd=ROOT, stdout=subprocess.DEVNULL) for i in range(2)]

@@ -5,12 +5,13 @@ process (tests/devices/distributed_worker.py); the models are tiny to keep the p
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests.fixtures.ports import free_ports
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
@@ -23,16 +24,6 @@ def _env(tf_config=None):
     return env
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _run(*args, env=None):
     done = subprocess.run([sys.executable, WORKER, *map(str, args)], env=env or _env(),
                           capture_output=True, text=True, timeout=600)
@@ -40,7 +31,7 @@ def _run(*args, env=None):
 
 
 def _cluster(tmp_path, name, run_dir, iters, stop_after=None):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
