@@ -173,9 +173,9 @@ def export_only(cfg: Config, strategy, started: float) -> int:
 
 
 MODES = {"serve": serve, "export_only": export_only, "fine_tune_only": fine_tune_only,
-         "multiclass_pre_train": multiclass_pre_train, "mtl_pre_train": mtl_pre_train, "mtl_meta_train": mtl_meta_train,
-         "mtl_meta_eval": mtl_meta_eval, "joint_train": joint_train,
-         "meta_train": meta_train_and_evaluate}
+         "multiclass_pre_train": multiclass_pre_train, "mtl_pre_train": mtl_pre_train,
+         "mtl_meta_train": mtl_meta_train, "mtl_meta_eval": mtl_meta_eval,
+         "joint_train": joint_train, "meta_train": meta_train_and_evaluate}
 
 
 class _Stdout(logging.StreamHandler):

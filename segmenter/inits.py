@@ -63,10 +63,11 @@ class Init:
         """One sentence: what this init is and what it was trained on."""
         if self.kind == "tf1":
             arch = self.tf1_architecture
+            skip = ", skip decoding" if arch["skip_decoding"] else ""
             return (f"the paper's EfficientLab ({arch['feature_extractor_name']}, RSD "
-                    f"{list(arch['rsd']) or 'none'}{', skip decoding' if arch['skip_decoding'] else ''}"
-                    f"), a TF1 checkpoint of ml4ai/mliis; the paper's released one was "
-                    f"meta-trained with FOMAML* on FSS-1000's 760 training classes")
+                    f"{list(arch['rsd']) or 'none'}{skip}), a TF1 checkpoint of ml4ai/mliis; the "
+                    f"paper's released one was meta-trained with FOMAML* on FSS-1000's 760 "
+                    f"training classes")
         if self.kind == "fine_tuned":
             source = self.state.get("init") or "an init"
             examples = self.state.get("examples") or len(self.state.get("support", ())) or "?"

@@ -144,7 +144,8 @@ def _from_config(config: dict) -> dict:
         values.update(config["adapt"])
         return values
     mapping = {"learning_rate": inner.get("learning_rate"), "sgd": inner.get("sgd"),
-               "steps": evaluation.get("eval_iters"), "batch_size": evaluation.get("eval_batch_size"),
+               "steps": evaluation.get("eval_iters"),
+               "batch_size": evaluation.get("eval_batch_size"),
                "aug_rate": inner.get("aug_rate", 0.0) if inner.get("augment") else 0.0,
                # runs from before --augmentation used metaseg's transforms
                "augmentation": inner.get("augmentation", "metaseg"),

@@ -150,7 +150,8 @@ def build_page(seg: Segmenter, root: str) -> gr.Blocks:
                                               elem_id="learning-rate")
                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                 status = gr.Markdown(elem_id="status")
-                results = gr.Gallery(label="Results (% of each image that is the object): click one to correct it", columns=4,
+                results = gr.Gallery(label="Results (% of each image that is the object): click "
+                                           "one to correct it", columns=4,
                                      fit_columns=False, height=340, object_fit="contain",
                                      allow_preview=False, elem_id="results")
                 with gr.Row():

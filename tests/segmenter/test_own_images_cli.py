@@ -72,7 +72,8 @@ def test_typed_flags_override_and_a_contradiction_writes_nothing(run, tmp_path, 
     assert "--learning-rate 0.05 overrides the init's 0.1" in printed
     with open(folder / "predictions" / "summary.json") as f:
         summary = json.load(f)
-    assert summary["steps"] == 2 and summary["sources"]["learning_rate"] == "given (--learning-rate)"
+    assert summary["steps"] == 2
+    assert summary["sources"]["learning_rate"] == "given (--learning-rate)"
 
     # A weights folder that cannot be written is refused before the adaptation (/sys refuses
     # new files even to root).

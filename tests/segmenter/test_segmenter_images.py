@@ -51,7 +51,8 @@ def test_exif_orientation_is_applied_to_an_image_and_its_mask(tmp_path):
     np.testing.assert_array_equal(binary, np.rot90(mask > 0, k=-1).astype(np.uint8))
 
 
-@pytest.mark.parametrize("kind", ["0/255", "0/1", "bool", "float", "rgb", "rgba", "palette", "1bit"])
+@pytest.mark.parametrize("kind", ["0/255", "0/1", "bool", "float", "rgb", "rgba", "palette",
+                                  "1bit"])
 def test_masks_follow_the_converters_rule(kind):
     square = _square()
     masks = {"0/255": square * 255, "0/1": square, "bool": square.astype(bool),
