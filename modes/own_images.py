@@ -109,13 +109,10 @@ def load_init(cfg: Config) -> tuple[Init, Settings]:
     print(f"Init {init.path}: {init.trained_on()}", flush=True)
     base, _ = settings_lib.init_settings(init)
     for setting, flag in sorted(labels.items(), key=lambda item: item[1]):
-        print(f"{flag} {_shown(settings.value(setting))} overrides the init's "
-              f"{_shown(base[setting]) if setting in base else 'default'}", flush=True)
+        before = settings_lib.shown(base[setting]) if setting in base else "default"
+        print(f"{flag} {settings_lib.shown(settings.value(setting))} overrides the init's "
+              f"{before}", flush=True)
     return init, settings
-
-
-def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def output_paths(cfg: Config) -> tuple[str, str]:
@@ -133,8 +130,7 @@ def load_user_folder(cfg: Config) -> UserTask:
 
 
 def _run_folder(cfg: Config, seg: Segmenter, task: UserTask) -> dict:
-    out, weights = output_paths(cfg)
-    check_outputs(cfg.run.fine_tune_task, out, weights)
+    out, weights = output_paths(cfg)  # checked by load_user_folder, just before
     a = seg.settings.adapt
     print(f"Fine-tuning on {len(task.support_images)} support pairs of "
           f"{cfg.run.fine_tune_task!r} (lr={a.learning_rate:.4g}, steps={a.steps}, "

@@ -225,8 +225,8 @@ def resolve(init: Init, overrides: Mapping, labels: Mapping[str, str] | None = N
         if name == "rsd" and value is not None:
             value = tuple(value)
         if name in ARCHITECTURE and name in values and value != values[name]:
-            raise UserError(f"{labels.get(name, name)} {_shown(value)} contradicts the init "
-                            f"{init.path} ({name} {_shown(values[name])}, "
+            raise UserError(f"{labels.get(name, name)} {shown(value)} contradicts the init "
+                            f"{init.path} ({name} {shown(values[name])}, "
                             f"{sources[name]}); drop it or use an init trained with it.")
         values[name] = value
         sources[name] = OVERRIDE if name not in labels else f"given ({labels[name]})"
@@ -264,7 +264,8 @@ def _settings(values: dict, sources: dict) -> Settings:
     return Settings(model=model, loss=loss, adapt=adapt, sources=dict(sources))
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
+    """A setting's value as typed on a command line (a tuple as its items, e.g. `2 4`)."""
     if isinstance(value, tuple):
         return " ".join(map(str, value)) or "(none)"
     return str(value)

@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+from typing import Callable
 
 from data.errors import UserError
 from storage.lock import process_gone
@@ -154,3 +155,28 @@ def check_writable(path: str, flag: str) -> None:
     except OSError as e:
         raise UserError(f"{flag} {path!r} cannot be written ({e.strerror} in {probe!r}); make "
                         f"it writable or choose another {flag}.") from e
+
+
+def write_whole(target: str, write: Callable[[str], object]) -> str:
+    """Write a file or folder through `write(path)` in a hidden sibling, then swap it in whole,
+    so an interrupted write never leaves half an output where a whole one was.
+
+    Args:
+        target: the file or folder to write (an existing one is replaced).
+        write: writes the output at the path it is given (a folder it must create itself).
+
+    Returns:
+        target.
+    """
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = temp_dir(parent, f".{os.path.basename(target)}")
+    try:
+        staged = os.path.join(staging, os.path.basename(target))
+        write(staged)
+        if os.path.isdir(target):
+            os.replace(target, os.path.join(staging, "previous"))
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

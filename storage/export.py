@@ -14,11 +14,12 @@ The model is the one `models.build.build_model` returns: float32 (N, S, S, 3) RG
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 
 import keras
 import tensorflow as tf
+
+from storage import atomic
 
 FORMATS = ("keras", "saved_model", "tflite")
 FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
@@ -56,7 +57,7 @@ def export(model: keras.Model, path: str, format: str) -> str:  # noqa: A002 (th
     writers = {"keras": lambda out: model.save(out),
                "saved_model": lambda out: _write_saved_model(model, size, out),
                "tflite": lambda out: _write_tflite(model, size, out)}
-    _replace(target, writers[format])
+    atomic.write_whole(target, writers[format])
     return target
 
 
@@ -94,20 +95,3 @@ def _write_tflite(model: keras.Model, size: int, out: str) -> None:
         flatbuffer = converter.convert()
     with open(out, "wb") as f:
         f.write(flatbuffer)
-
-
-def _replace(target: str, write) -> None:
-    """Write `target` (file or folder) through `write(path)` in a hidden sibling, then swap it in,
-    so an interrupted export never leaves half a model where a whole one was."""
-    parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
-    try:
-        staged = os.path.join(staging, os.path.basename(target))
-        write(staged)
-        if os.path.isdir(target):
-            old = os.path.join(staging, "previous")
-            os.replace(target, old)
-        os.replace(staged, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
