@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from data.decode import to_rgb
-from data.errors import UserError
+from errors import UserError
 from data.masks import binarize_mask
 from data.problems import Problem, open_pair
 from devices.quiet import quiet_tensorflow

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from adapt.evaluate import evaluation_schedule, monitor  # noqa: E402
 from args import Config, build_parser, parse_args  # noqa: E402
-from data.errors import UserError  # noqa: E402
+from errors import TrainingError, UserError  # noqa: E402
 from data.splits import Splits  # noqa: E402
 from devices.cluster import Interrupted, stop_on_sigterm  # noqa: E402
 from devices.distribute import DistributedMetaLearner, Replicas, configure_devices, \
@@ -43,11 +43,12 @@ from mode_flags import check_mode_flags, mode_of, os_error_line  # noqa: E402
 from modes import experiments, mtl, mtl_checks, own_images  # noqa: E402
 from modes.final_eval import adapt_and_evaluate  # noqa: E402
 from modes.restore import restore  # noqa: E402
-from modes.session import prepare  # noqa: E402
+from modes.prepare import prepare  # noqa: E402
 from modes.setup import write_config  # noqa: E402
 from segmenter import build  # noqa: E402
 from storage import lock  # noqa: E402
-from storage.tf1_checkpoint import build_model_with_backbone  # noqa: E402
+from models.build import build_model  # noqa: E402
+from storage.tf1_checkpoint import restore_backbone  # noqa: E402
 
 
 def fine_tune_only(cfg: Config, strategy, started: float) -> int:
@@ -139,14 +140,20 @@ def meta_train_and_evaluate(cfg: Config, strategy, started: float) -> int:
 
 def _build_learner(cfg: Config, strategy) -> tuple[InnerLoop, MetaLearner]:
     """The flags' model and inner loop, and the meta-learner (on replicas with --distribute)."""
-    loop = experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
+    loop = experiments.make_inner_loop(cfg, _run_model(cfg))
     if strategy is None:
         return loop, MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
-    replicas = Replicas(strategy, loop, lambda: experiments.make_inner_loop(
-        cfg, build_model_with_backbone(cfg.model)))
+    replicas = Replicas(strategy, loop, lambda: experiments.make_inner_loop(cfg, _run_model(cfg)))
     print(f"Distributed over {replicas.num_replicas} replicas "
           f"({len(replicas.devices)} on this worker)", flush=True)
     return loop, DistributedMetaLearner(replicas, cfg.meta, training_schedule(cfg.inner))
+
+
+def _run_model(cfg: Config):
+    """The flags' model, its encoder restored from --restore_efficient_net_weights_from."""
+    model = build_model(cfg.model)
+    restore_backbone(model, cfg.model)
+    return model
 
 
 def _is_chief(strategy) -> bool:
@@ -219,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"run_metasegnet.py: error: {os_error_line(cfg, e)}", file=sys.stderr, flush=True)
         return 2
-    except (UserError, ValueError, FloatingPointError) as e:
+    except TrainingError as e:  # the inputs were fine: not a usage error
+        print(f"run_metasegnet.py: training failed: {e}", file=sys.stderr, flush=True)
+        return 1
+    except (UserError, ValueError) as e:
         print(f"run_metasegnet.py: error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as e:

@@ -35,7 +35,7 @@ from data.tasks import ClassData
 from meta.inner import AdaptationSchedule, InnerLoop
 from meta.streams import STREAM_KSHOT
 from storage import atomic
-from storage.plots import plot_k_shot_curves
+from report.plots import plot_k_shot_curves
 
 CSV_NAME = "k-shot-results.csv"
 PLOT_NAME = "k-shot-results.png"

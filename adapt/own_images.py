@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from data.errors import UserError
+from errors import UserError
 from storage import atomic, checkpoint
 
 DEFAULT_OUT_NAME = "predictions"

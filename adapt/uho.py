@@ -34,7 +34,7 @@ from skopt.space import Integer, Real
 
 from adapt.config import UHOConfig
 from adapt.uho_csv import UHORow, append_row, read_rows
-from storage.progress import Progress
+from report.progress import Progress
 
 
 

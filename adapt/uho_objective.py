@@ -33,7 +33,7 @@ from meta.inner import AdaptationSchedule, InnerLoop
 from meta.streams import STREAM_UHO
 from models.layers import dropout_rate
 from storage import atomic
-from storage.plots import plot_uho_search
+from report.plots import plot_uho_search
 
 BEST_NAME = "uho_best.json"
 

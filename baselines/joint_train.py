@@ -28,11 +28,12 @@ from absl import logging
 import numpy as np
 
 from data.episodes import mini_batch_indices
+from errors import DivergenceError
 from data.tasks import ClassData, pool_classes
 from meta.inner import InnerLoop
 from meta.streams import STREAM_TRAINING
 from storage import checkpoint
-from storage.progress import Progress
+from report.progress import Progress
 
 KIND = "joint_train"
 LOG_NAME = "joint_train_log.csv"
@@ -97,7 +98,7 @@ def joint_train(loop: InnerLoop, tasks: Mapping[str, ClassData], train_names: Se
         mean training loss of each epoch run now.
 
     Raises:
-        FloatingPointError: a non-finite loss.
+        DivergenceError: a non-finite loss.
     """
     if epochs < 1:
         raise ValueError(f"--joint_train_epochs must be >= 1. Received: {epochs}")
@@ -126,8 +127,8 @@ def joint_train(loop: InnerLoop, tasks: Mapping[str, ClassData], train_names: Se
                 loss = float(loop.train_step(x, m, np.arange(len(indices)), lr, aug_rate,
                                              step_seed))
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"Non-finite joint-training loss ({loss}) in epoch "
-                                             f"{epoch + 1}; lower --learning-rate.")
+                    raise DivergenceError(f"Non-finite joint-training loss ({loss}) in epoch "
+                                          f"{epoch + 1}; lower --learning-rate.")
                 losses.append(loss)
                 progress.update(loss=loss)
             history.append(float(np.mean(losses)))

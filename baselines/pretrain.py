@@ -17,11 +17,13 @@ kept in `best.weights.h5`.
 
 Outputs in `run_dir`: best.weights.h5 + best.json, a checkpoint after every epoch
 (`storage.checkpoint`; rerunning the command resumes), training_log.csv and tensorboard/
-(`storage.logs`; one row per epoch, `meta_iter` = epochs completed, `meta_step_size` = the learning
+(`report.logs`; one row per epoch, `meta_iter` = epochs completed, `meta_step_size` = the learning
 rate).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -40,10 +42,14 @@ from baselines.mtl import head_inner_loop, mtl_schedule
 from data.augment import augment_batch
 from data.splits import Splits
 from data.tasks import ClassData, pool_classes
+from errors import DivergenceError
 from meta.inner import gradient_step
 from meta.streams import STREAM_PRETRAIN
+from models.build import build_model
+from models.config import ModelConfig
+from models.mtl import load_pretrained_unet
 from storage import atomic, checkpoint
-from storage.logs import TrainingLog
+from report.logs import TrainingLog
 
 BEST_WEIGHTS = "best.weights.h5"
 BEST_INFO = "best.json"
@@ -137,6 +143,45 @@ class PretrainStep:
                           tf.constant(seed, tf.int32))
 
 
+def saved_num_classes(path: str) -> int:
+    """Head channels of a pre-trained .weights.h5: from best.json, else config.json beside it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for name, read in ((BEST_INFO, lambda d: d.get("num_classes")),
+                       ("config.json", lambda d: d.get("model", {}).get("num_classes"))):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            with open(candidate, encoding="utf-8") as f:
+                value = read(json.load(f))
+            if value:
+                return int(value)
+    return 2
+
+
+def load_pre_trained(path: str, cfg: ModelConfig) -> tuple[keras.Model, list[str], int]:
+    """The pre-trained plain U-Net of `path` (`pre_train/best.weights.h5`) with a
+    `cfg.num_classes`-channel head: the one loader of the MTL phases and the segmenter.
+
+    A K-class pre-training (K != cfg.num_classes) loads everything but its head; the head starts
+    fresh (seeded glorot-uniform kernel, zero bias).
+
+    Args:
+        path: the weights file.
+        cfg: the U-Net flags (model_name is taken as unet).
+
+    Returns:
+        (the U-Net, the paths of its head variables left fresh ([] when the head loaded), the
+        saved head's class count).
+    """
+    unet_cfg = dataclasses.replace(cfg, model_name="unet")
+    saved = saved_num_classes(path)
+    unet = build_model(dataclasses.replace(unet_cfg, num_classes=saved))
+    unet.load_weights(path)
+    if saved == cfg.num_classes:
+        return unet, [], saved
+    fresh = build_model(unet_cfg)
+    return fresh, load_pretrained_unet(fresh, unet, keep_head=False), saved
+
+
 def _save_best(run_dir: str, model: keras.Model, epoch: int, val_miou: float,
                extra: dict | None = None) -> str:
     path = os.path.join(run_dir, BEST_WEIGHTS)
@@ -176,7 +221,7 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
 
     Raises:
         ValueError: no val classes.
-        FloatingPointError: an epoch's loss is not finite.
+        DivergenceError: an epoch's loss is not finite.
     """
     if not splits.val:
         raise ValueError("pre_train keeps the weights with the best val mIoU, so it needs val "
@@ -224,7 +269,7 @@ def train_epochs(model: keras.Model, step: PretrainStep, images: np.ndarray, tar
         PretrainResult.
 
     Raises:
-        FloatingPointError: an epoch's loss is not finite.
+        DivergenceError: an epoch's loss is not finite.
     """
     os.makedirs(run_dir, exist_ok=True)
     groups = checkpoint.variable_groups(model, optimizer=step.optimizer)
@@ -249,8 +294,8 @@ def train_epochs(model: keras.Model, step: PretrainStep, images: np.ndarray, tar
             loss = float(np.mean(tf.stack(losses).numpy()))
             done = epoch + 1
             if not math.isfinite(loss):
-                raise FloatingPointError(f"Non-finite pre-training loss ({loss}) in epoch {done}; "
-                                         f"lower --pre_lr.")
+                raise DivergenceError(f"Non-finite pre-training loss ({loss}) in epoch {done}; "
+                                      f"lower --pre_lr.")
             val_miou, val_loss = validate()
             if val_miou > best_miou:
                 best_epoch, best_miou = done, val_miou

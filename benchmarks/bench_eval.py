@@ -5,7 +5,7 @@
 EfficientLab-B0 --rsd 2 4 (random init), SGD, 5-shot, 5 queries predicted together
 (--transductive), batch 8. Times `adapt.evaluate.evaluate` on `--tasks` classes (snapshot, adapt,
 predict, score, restore per task), split into the adaptation steps and the rest with
-`storage.timing`, and extrapolates the paper's protocol (240 classes x 2 samples x 59 steps,
+`report.timing`, and extrapolates the paper's protocol (240 classes x 2 samples x 59 steps,
 `--eval-samples 2 --serially_eval_all_test_tasks --eval-iters 59`) at this image size:
 480 x (rest per task + 59 x seconds per step). Writes JSON.
 """
@@ -28,7 +28,7 @@ from adapt.config import EvalConfig  # noqa: E402
 from adapt.evaluate import evaluate  # noqa: E402
 from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
 from meta.inner import AdaptationSchedule  # noqa: E402
-from storage import timing  # noqa: E402
+from report import timing  # noqa: E402
 
 PAPER_TASKS, PAPER_STEPS = 240 * 2, 59
 

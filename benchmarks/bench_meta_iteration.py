@@ -5,7 +5,7 @@
 EfficientLab-B0 --rsd 2 4 (random init), SGD, augmentation 0.5, bce_dice. For Reptile and
 FOMAML* (tail 5 of 10 shots) at each `--inner_iters`, runs one warm-up meta-iteration (it traces
 the train step, the snapshots and the outer update) and `--meta_iterations` timed ones, with
-`storage.timing.record()` open, so each part is measured where it is spent:
+`report.timing.record()` open, so each part is measured where it is spent:
 inner steps (`run_steps`), sampling (episodes, splits, mini-batch indices, seeds), support
 tensors, snapshots and restores (and the optimizer reset), directions (weight arithmetic),
 the meta-update, all-reduce (distributed runs only), and what is left of the meta-iteration's
@@ -42,7 +42,7 @@ from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
 from models.build import build_model  # noqa: E402
 from models.config import LossConfig, ModelConfig  # noqa: E402
 from models.losses import make_loss  # noqa: E402
-from storage import timing  # noqa: E402
+from report import timing  # noqa: E402
 
 PARTS = ("inner_steps", "sampling", "support_tensors", "snapshots", "directions", "meta_update",
          "all_reduce")

@@ -24,7 +24,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from data.errors import UserError
+from errors import UserError
 from data.masks import binarize_values
 
 SUFFIX = ".tfrecord.gzip"

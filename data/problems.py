@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from data.decode import orient_pair
-from data.errors import UserError
+from errors import UserError
 
 
 @dataclass(frozen=True)

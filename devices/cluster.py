@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from data.errors import UserError
+from errors import UserError
 
 _JOBS = ("chief", "worker")
 _PROBE_SECONDS = 0.5

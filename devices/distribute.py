@@ -33,14 +33,14 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from data.errors import UserError
+from errors import UserError
 from data.tasks import ClassData
 from devices.cluster import stop_on_sigterm, tf_config_cluster, wait_for_workers
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop
 from meta.streams import ONE_STREAM
-from storage.timing import section
+from report.timing import section
 
 DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 

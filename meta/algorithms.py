@@ -31,7 +31,7 @@ from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_s
     support_tensors
 from meta.state import Snapshot
 from meta.streams import ONE_STREAM, task_seeds
-from storage.timing import section
+from report.timing import section
 
 # direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
 Direction = Callable[..., tuple[list[tf.Tensor], np.ndarray]]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from data.errors import DivergenceError
+from errors import DivergenceError
 
 GROWTH_LIMIT = 1e3  # three orders of magnitude above the starting norm
 

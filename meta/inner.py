@@ -34,7 +34,7 @@ from data.episodes import mini_batch_indices
 from meta.config import InnerConfig
 from meta.schedules import inner_learning_rate
 from meta.state import Snapshot, full_state
-from storage.timing import section
+from report.timing import section
 
 # on_step(steps_taken, loss) -> True to stop early
 StepCallback = Callable[[int, float], bool]

@@ -27,8 +27,8 @@ from meta.config import MetaConfig
 from meta.divergence import DivergenceGuard
 from meta.schedules import meta_step_size
 from storage import checkpoint
-from storage.logs import TrainingLog
-from storage.progress import Progress
+from report.logs import TrainingLog
+from report.progress import Progress
 
 
 def is_time(step: int, every: int, total: int) -> bool:

@@ -216,8 +216,7 @@ def k_shot_step(cfg: Config, loop: InnerLoop, tasks, names, out_dir: str,
 
     loops = {"meta-learned": loop}
     if cfg.kshot.baseline_checkpoint:
-        # Every weight comes from the baseline's checkpoint: no backbone file to read first.
-        model = build_model(dataclasses.replace(cfg.model, restore_efficient_net_weights_from=None))
+        model = build_model(cfg.model)  # every weight comes from the baseline's checkpoint
         baseline = make_inner_loop(cfg, model)
         checkpoint.load_checkpoint(cfg.kshot.baseline_checkpoint, {"model": list(model.variables)})
         loops["joint-training baseline"] = baseline

@@ -21,10 +21,10 @@ from meta.streams import STREAM_TEST, STREAM_TRAIN
 from meta.train import held_out_split
 from models.layers import dropout_rate
 from modes import experiments, mtl, own_images
-from modes.session import Run
+from modes.prepare import Run
 from storage import atomic
-from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves
-from storage.progress import Progress, format_seconds
+from report.logs import CSV_NAME, PLOT_NAME, plot_training_curves
+from report.progress import Progress, format_seconds
 
 RESULTS_NAME = "meta-test_results.json"
 

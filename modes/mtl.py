@@ -24,7 +24,6 @@ overlap those.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import partial
 
@@ -35,7 +34,7 @@ from adapt.evaluate import monitor
 from args import Config
 from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
                       mtl_meta_config, mtl_schedule)
-from baselines.pretrain import BEST_INFO, pre_train
+from baselines.pretrain import load_pre_trained, pre_train
 from data.splits import Splits
 from meta.inner import InnerLoop
 from meta.train import held_out_split, meta_train
@@ -45,8 +44,8 @@ from models.mtl import load_pretrained_unet, set_mtl_mode
 from modes.mtl_checks import check_resumable, pretrained_weights_path, read_classes, \
     write_classes
 from storage import checkpoint
-from storage.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
-from storage.plots import plot_phase_curves
+from report.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
+from report.plots import plot_phase_curves
 
 def phase_dir(cfg: Config) -> str:
     """Where a phase writes: `<--checkpoint>/<--phase>`."""
@@ -64,25 +63,9 @@ def _print_split(phase: str, splits: Splits, evaluated: str) -> None:
 
 
 # ------------------------------------------------------------------------------- weights
-def saved_num_classes(path: str) -> int:
-    """Head channels of a pre-trained .weights.h5: from best.json, else config.json beside it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    for name, read in ((BEST_INFO, lambda d: d.get("num_classes")),
-                       ("config.json", lambda d: d.get("model", {}).get("num_classes"))):
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            with open(candidate, encoding="utf-8") as f:
-                value = read(json.load(f))
-            if value:
-                return int(value)
-    return 2
-
-
 def load_pretrained(cfg: Config, mtl_model: keras.Model | None = None) -> keras.Model:
-    """The pre-trained plain U-Net with a `way`-channel head, copied into `mtl_model` when given.
-
-    A K-class pre-training (K != way) loads everything but the head; the head starts fresh
-    (seeded glorot-uniform kernel, zero bias) and the reinitialised layers are printed.
+    """The pre-trained plain U-Net (--init_weights) with a `way`-channel head, copied into
+    `mtl_model` when given (`baselines.pretrain.load_pre_trained`, printing what starts fresh).
 
     Args:
         cfg: the run config (--init_weights, model flags).
@@ -92,17 +75,12 @@ def load_pretrained(cfg: Config, mtl_model: keras.Model | None = None) -> keras.
         the plain U-Net with the pre-trained weights and a `way`-channel head.
     """
     path = pretrained_weights_path(cfg.mtl.init_weights)
-    saved = saved_num_classes(path)
-    unet = build_model(_unet_config(cfg, saved))
-    unet.load_weights(path)
-    if saved != cfg.model.num_classes:
-        fresh = build_model(_unet_config(cfg))
-        reset = load_pretrained_unet(fresh, unet, keep_head=False)
+    unet, reset, saved = load_pre_trained(path, cfg.model)
+    if reset:
         print(f"The pre-trained U-Net {path} has a {saved}-class head, this run needs "
               f"{cfg.model.num_classes} channels (--way {cfg.mtl.way}: background + object): "
               f"loaded everything but the head; reinitialised {', '.join(reset)} "
               f"(layer final_layer_weights)", flush=True)
-        unet = fresh
     if mtl_model is not None:
         load_pretrained_unet(mtl_model, unet)
         print(f"Loaded the pre-trained U-Net {path} into the MTL U-Net", flush=True)

@@ -14,7 +14,7 @@ import os
 from adapt.own_images import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs
 from adapt.uho import UHOResult
 from args import Config
-from data.errors import UserError
+from errors import UserError
 from data.user_task import UserTask, load_user_task
 from meta.inner import InnerLoop
 from modes.experiments import final_schedule

@@ -5,7 +5,7 @@ import os
 
 from adapt import protocol_hsnet
 from args import Config
-from data.errors import UserError
+from errors import UserError
 from data.splits import SHIPPED_LISTS, Splits, resolve_class_names, split_classes
 from data.tasks import recorded_split
 from meta.train import held_out_split

@@ -24,7 +24,8 @@ from PIL import Image
 
 from adapt.own_images import check_weights_dir
 from adapt.user_outputs import probability_at_size
-from data.errors import UserError
+from baselines.pretrain import load_pre_trained
+from errors import UserError
 from data.user_task import resize_image, resize_mask
 from devices.precision import use_jit
 from meta.inner import AdaptationSchedule, InnerLoop, adapt
@@ -32,14 +33,14 @@ from meta.state import Snapshot, full_state
 from models.build import build_model
 from models.layers import dropout_rate
 from models.losses import make_loss
-from models.mtl import head_variables, load_pretrained_unet, set_mtl_mode
+from models.mtl import head_variables, set_mtl_mode
 from segmenter import settings as settings_lib
 from segmenter.images import as_list, as_pair, as_rgb
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import checkpoint
 from storage.export import export
-from storage.progress import Progress
+from report.progress import Progress
 from storage.tf1_checkpoint import restore_tf1_checkpoint
 
 PREDICT_BATCH = 8
@@ -287,16 +288,10 @@ def _load_model(init: Init, settings: Settings) -> keras.Model:
     """Build the settings' model and fill it from the init."""
     cfg = settings.model
     if init.kind == "mtl_pre_train":
-        classes = int(init.best.get("num_classes") or
-                      init.config.get("model", {}).get("num_classes") or 2)
-        unet = build_model(dataclasses.replace(cfg, num_classes=classes))
-        unet.load_weights(init.weights)
-        if classes == cfg.num_classes:
-            return unet
-        model = build_model(cfg)  # a K-class pre-training: everything but its head
-        reset = load_pretrained_unet(model, unet, keep_head=False)
-        logging.info(f"{init.weights} has a {classes}-class head; loaded everything else, "
-                     f"{', '.join(reset)} start fresh")
+        model, reset, classes = load_pre_trained(init.weights, cfg)
+        if reset:
+            logging.info(f"{init.weights} has a {classes}-class head; loaded everything else, "
+                         f"{', '.join(reset)} start fresh")
         return model
     model = build_model(cfg)
     if init.kind == "tf1":

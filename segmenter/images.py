@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from data.decode import orient, orient_pair, to_rgb
-from data.errors import UserError
+from errors import UserError
 from data.masks import binarize_mask
 
 MIN_SIDE = 2

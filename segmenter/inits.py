@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from data.errors import UserError
+from errors import UserError
 from storage import checkpoint, tf1_checkpoint, tf1_names
 
 BEST_WEIGHTS = "best.weights.h5"  # baselines/pretrain.py writes it; read here as a file name

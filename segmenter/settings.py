@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
-from data.errors import UserError
+from errors import UserError
 from meta.config import AUGMENTATIONS, LR_SCHEDULERS
 from models.config import LossConfig, ModelConfig
 from segmenter.inits import PAPER_SOURCE, Init

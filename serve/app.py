@@ -12,7 +12,7 @@ import time
 
 import gradio as gr
 
-from data.errors import UserError
+from errors import UserError
 from segmenter.api import Segmenter
 from serve import session as handlers
 from serve.session import Session

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from adapt.predictions import overlay
-from data.errors import UserError
+from errors import UserError
 from data.user_task import read_rgb
 from segmenter.api import Segmenter
 from segmenter.images import as_pair, as_rgb

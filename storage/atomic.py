@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from typing import Callable
 
-from data.errors import UserError
+from errors import UserError
 from storage.lock import process_gone
 
 _LEFTOVER = re.compile(r"\.tmp-(\d+)(?:[-.]|$)")

@@ -40,7 +40,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from data.errors import DivergenceError, UserError
+from errors import DivergenceError, UserError
 from storage import atomic
 
 LAST = "LAST"

@@ -23,7 +23,7 @@ import uuid
 
 from absl import logging
 
-from data.errors import UserError
+from errors import UserError
 
 LOCK_NAME = "LOCK"
 _HOST = socket.gethostname()

@@ -11,7 +11,6 @@ EMA shadows, `global_step`, blocks the reference builds but never uses, the head
 """
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import re
@@ -25,9 +24,9 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from data.errors import UserError
-from models.build import build_model
+from errors import UserError
 from models.config import IMAGENET, ModelConfig
+from models.restore import restore_backbone_weights
 from storage import tf1_names
 
 REFERENCE_SCOPES = ("efficientnet-b", "decode/")  # top scopes of the reference's variables
@@ -292,21 +291,28 @@ def restore_tf1_checkpoint(model: keras.Model, path: str, model_cfg, *,
         kept={r: tuple(v) for r, v in kept.items()})
 
 
-def build_model_with_backbone(model_cfg: ModelConfig) -> keras.Model:
-    """`models.build.build_model`, also accepting a reference TF1 (TPU EfficientNet) checkpoint
-    for `--restore_efficient_net_weights_from` (read backbone-only; Keras .h5 files go to models/).
+def restore_backbone(model: keras.Model, model_cfg: ModelConfig) -> None:
+    """Fill the EfficientNet encoder from `--restore_efficient_net_weights_from`, if it names
+    anything: a Keras weights file or `imagenet` (models.restore), or a reference TF1 (TPU
+    EfficientNet) checkpoint, read backbone-only.
 
     Args:
-        model_cfg: the model config.
+        model: the model `models.build.build_model(model_cfg)` built.
+        model_cfg: its config.
 
-    Returns:
-        the built model, its EfficientNet layers restored when the flag names a file.
+    Raises:
+        ValueError: the flag with a model that has no EfficientNet encoder, or a file that does
+            not fit it.
     """
     path = model_cfg.restore_efficient_net_weights_from
-    if not path or path == IMAGENET or not is_tf1_checkpoint(path):
-        return build_model(model_cfg)
-    model = build_model(dataclasses.replace(model_cfg, restore_efficient_net_weights_from=None))
+    if not path:
+        return
+    if model_cfg.model_name != "efficientlab":
+        raise ValueError("--restore_efficient_net_weights_from applies to --model_name "
+                         f"efficientlab only. Received: --model_name {model_cfg.model_name}")
+    if path == IMAGENET or not is_tf1_checkpoint(path):
+        restore_backbone_weights(model, path, model_cfg.feature_extractor_name)
+        return
     report = restore_tf1_checkpoint(model, path, model_cfg, backbone_only=True)
     logging.info(f"Restored the EfficientNet backbone from TF1 checkpoint {report.checkpoint}: "
                  f"{report.mapped}")
-    return model

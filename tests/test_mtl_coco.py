@@ -16,7 +16,7 @@ from fss_1000_image_to_tfrecord import convert
 from models.build import build_model
 from models.mtl import set_mtl_mode
 from modes.mtl import _base_kernels, _unet_config
-from storage.logs import CSV_NAME, read_log
+from report.logs import CSV_NAME, read_log
 from tests.fixtures.multiclass import make_coco_stuff, make_seed_coco, make_seed_fewshot
 
 SMALL = ["--image_size", "32", "--n_unet_encoding_stacks", "2",

@@ -100,12 +100,12 @@ def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
     from storage.tf1_checkpoint import open_tf1_checkpoint
     import modes.experiments
     from modes import restore
-    from storage.tf1_checkpoint import build_model_with_backbone
+    from models.build import build_model
     write_synthetic_checkpoint(str(tmp_path / "tf1"), rsd=(2, 4), optimizer="adam", seed=5)
     cfg = parse_args(["--data-dir", "unused", "--image_size", "32", "--rsd", "2", "4",
                       "--checkpoint", str(tmp_path / "run"), "--meta-iters", "3",
                       "--continue_training_from_checkpoint", str(tmp_path / "tf1")])
-    loop = modes.experiments.make_inner_loop(cfg, build_model_with_backbone(cfg.model))
+    loop = modes.experiments.make_inner_loop(cfg, build_model(cfg.model))
     learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
     rng = np.random.default_rng(0)
     rng_state = rng.bit_generator.state

@@ -11,7 +11,7 @@ from adapt.config import UHOConfig
 from adapt.early_stopping import EarlyStopper
 from adapt.uho import optimize_update_hyperparams, search_dimensions
 from adapt.uho_csv import COLUMNS, read_rows, results_csv_path
-from storage.plots import plot_uho_search, uho_config_summary
+from report.plots import plot_uho_search, uho_config_summary
 
 TASKS = ("cat", "dog", "bus")
 BASE = {"lr": 1e-3, "drop_rate": 0.5, "aug_rate": 0.5, "inner_batch_size": 8}

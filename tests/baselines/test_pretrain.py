@@ -17,7 +17,7 @@ from data.splits import Splits
 from data.tasks import pool_classes
 from meta.streams import STREAM_PRETRAIN
 from storage import checkpoint
-from storage.logs import CSV_NAME, read_log
+from report.logs import CSV_NAME, read_log
 from tests.fixtures.meta_fixtures import SIZE, cross_entropy, tiny_model, toy_tasks
 
 MTL = MTLConfig(pre_max_epoch=3, pre_batch_size=8, pre_lr=0.05, pre_step_size=2, pre_gamma=0.5,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from data.errors import UserError
+from errors import UserError
 from devices.cluster import read_tf_config, wait_for_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

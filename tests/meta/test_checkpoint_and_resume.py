@@ -13,7 +13,7 @@ from meta.config import MetaConfig
 from meta.inner import AdaptationSchedule, InnerLoop
 from meta.train import is_time, meta_train
 from storage import checkpoint
-from storage.logs import read_log
+from report.logs import read_log
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 SCHEDULE = AdaptationSchedule(learning_rate=0.02, iters=2, batch_size=4, aug_rate=0.5)

@@ -1,5 +1,4 @@
 """EfficientLab: shapes, the paper's parameter counts, layer names, --rsd graphs, variants."""
-import dataclasses
 
 import keras
 import numpy as np
@@ -191,7 +190,8 @@ def test_config_errors_name_the_flag():
         ModelConfig(feature_extractor_name="efficientnet-b7")
     with pytest.raises(ValueError, match="--final_layer_dropout_rate"):
         ModelConfig(final_layer_dropout_rate=1.0)
+    from storage.tf1_checkpoint import restore_backbone
+    unet = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=1,
+                       restore_efficient_net_weights_from="x.h5")
     with pytest.raises(ValueError, match="--restore_efficient_net_weights_from"):
-        build_model(dataclasses.replace(ModelConfig(model_name="unet", image_size=32,
-                                                    n_unet_encoding_stacks=1),
-                                        restore_efficient_net_weights_from="x.h5"))
+        restore_backbone(build_model(unet), unet)

@@ -11,7 +11,8 @@ import pytest
 from models.build import build_model
 from models.config import ModelConfig
 from models import restore
-from models.restore import backbone_layers, read_layer_weights, save_backbone_weights
+from models.restore import backbone_layers, read_layer_weights, restore_backbone_weights, \
+    save_backbone_weights
 
 CFG = ModelConfig(image_size=64, rsd=(2, 4), seed=3)
 
@@ -57,7 +58,8 @@ def source(tmp_path_factory, b0):
 
 
 def test_encoder_file_round_trips_exactly(b0, source, images):
-    model = build_model(dataclasses.replace(CFG, restore_efficient_net_weights_from=source))
+    model = build_model(CFG)
+    restore_backbone_weights(model, source)
     fresh = build_model(CFG)
     restored, expected = _values(backbone_layers(model)), _values(backbone_layers(b0))
     assert len(restored) == len(expected) == 209  # as many as the reference's backbone tensors
@@ -81,7 +83,8 @@ def test_keras2_imagenet_layout_is_read_and_extra_blocks_ignored(tmp_path):
     _write_keras2_notop(path, app)
     weights = read_layer_weights(path)
     assert "top_conv" in weights and "block6a_expand_conv" in weights
-    model = build_model(dataclasses.replace(CFG, restore_efficient_net_weights_from=path))
+    model = build_model(CFG)
+    restore_backbone_weights(model, path)
     for layer in backbone_layers(model):
         for w, v in zip(layer.weights, app.get_layer(layer.name).weights):
             np.testing.assert_array_equal(np.asarray(w), np.asarray(v), err_msg=w.path)
@@ -95,7 +98,6 @@ def test_keras2_imagenet_layout_is_read_and_extra_blocks_ignored(tmp_path):
 def test_wrong_files_are_rejected_naming_the_layers(b0, source, tmp_path):
     model = build_model(CFG)
     before = _values(backbone_layers(model))
-    from models.restore import restore_backbone_weights
     b3 = build_model(dataclasses.replace(CFG, feature_extractor_name="efficientnet-b3"))
     with pytest.raises(ValueError) as e:
         restore_backbone_weights(b3, source, "efficientnet-b3")
@@ -142,7 +144,8 @@ def test_imagenet_comes_from_keras_cache_checked_by_md5(tmp_path, monkeypatch):
     monkeypatch.setitem(restore.IMAGENET_FILES, "efficientnet-b0",
                         ("efficientnetb0_notop.h5", md5))
     assert restore.keras_cache_dir() == str(tmp_path / "keras")
-    model = build_model(dataclasses.replace(CFG, restore_efficient_net_weights_from="imagenet"))
+    model = build_model(CFG)
+    restore.restore_backbone_weights(model, "imagenet", "efficientnet-b0")
     for layer in backbone_layers(model):
         for w, v in zip(layer.weights, app.get_layer(layer.name).weights):
             np.testing.assert_array_equal(np.asarray(w), np.asarray(v), err_msg=w.path)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from args import parse_args
-from data.errors import UserError
+from errors import UserError
 from models.build import build_model
 from modes.restore import check_compatible
 from segmenter import from_checkpoint, resolve_init

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
+from errors import UserError
 from segmenter.api import mask_warnings
 from segmenter.images import as_list, as_pair, as_rgb
 

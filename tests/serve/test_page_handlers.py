@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
+from errors import UserError
 from segmenter import from_checkpoint
 from serve import session as handlers
 from serve.session import Session

@@ -10,7 +10,7 @@ from absl import logging as absl_logging
 import numpy as np
 import pytest
 
-from data.errors import UserError
+from errors import UserError
 from storage import atomic, checkpoint, lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -302,10 +302,11 @@ def test_paper_architecture_resizes_with_align_corners_by_default(b0):
 
 def test_restore_efficient_net_weights_from_a_tf1_checkpoint(b0):
     """--restore_efficient_net_weights_from takes a TF1 checkpoint too: backbone in, decoder not."""
-    from storage.tf1_checkpoint import build_model_with_backbone
+    from storage.tf1_checkpoint import restore_backbone
     fresh = build_model(b0.cfg)
-    model = build_model_with_backbone(
-        dataclasses.replace(b0.cfg, restore_efficient_net_weights_from=b0.dir))
+    cfg = dataclasses.replace(b0.cfg, restore_efficient_net_weights_from=b0.dir)
+    model = build_model(cfg)
+    restore_backbone(model, cfg)
     stem = b0.reader.get_tensor("efficientnet-b0/stem/conv2d/kernel")
     assert np.array_equal(np.asarray(model.get_layer("stem_conv").weights[0]), stem)
     assert not np.array_equal(np.asarray(fresh.get_layer("stem_conv").weights[0]), stem)

@@ -169,7 +169,7 @@ def plot_phase_curves(rows: Sequence[Mapping[str, float]], out_dir: str, phase: 
     adaptation, per epoch).
 
     Args:
-        rows: the phase's training_log.csv rows (storage.logs.read_log).
+        rows: the phase's training_log.csv rows (report.logs.read_log).
         out_dir: the phase folder.
         phase: "pre_train" or "meta_train".
         tasks_per_epoch: meta_iter units per epoch (--num_batch for meta_train, 1 for pre_train).

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from storage.plots import epoch_means, plot_phase_curves
+from report.plots import epoch_means, plot_phase_curves
 
 
 def test_epoch_means_group_tasks_by_epoch():

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from storage.logs import TrainingLog, plot_training_curves, read_log
-from storage.progress import Progress, format_seconds
+from report.logs import TrainingLog, plot_training_curves, read_log
+from report.progress import Progress, format_seconds
 
 
 def test_csv_tensorboard_and_plot(tmp_path):
