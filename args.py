@@ -18,7 +18,10 @@ from adapt.config import EvalConfig, KShotConfig, UHOConfig
 from baselines.config import MTLConfig
 from data.multiclass import check_num_classes
 from devices.config import DeviceConfig
-from meta.config import AUGMENTATIONS, InnerConfig, MetaConfig
+from errors import UserError
+from meta.adaptation import FIELDS, Adaptation, head_adaptation
+from meta.config import MetaConfig
+from meta.settings import SETTINGS, flag
 from meta.streams import ONE_STREAM, PER_TASK, TASK_STREAMS
 from models.config import IMAGENET, LossConfig, ModelConfig
 
@@ -77,7 +80,7 @@ class Config:
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
-    inner: InnerConfig
+    adapt: Adaptation  # test-time adaptation; meta-training's inner loop is meta.inner
     meta: MetaConfig
     eval: EvalConfig
     uho: UHOConfig
@@ -107,7 +110,6 @@ def _add_data_flags(p):
     g.add_argument("--eval_val_tasks", action="store_true",
                    help="final evaluation on the val classes instead of test")
     g.add_argument("--fp_k_test_set", action="store_true", help="FP-k experiment split")
-    g.add_argument("--seed", type=int, default=0, help="the one seed every RNG derives from")
 
 
 def _add_model_flags(p):
@@ -124,7 +126,6 @@ def _add_model_flags(p):
     g.add_argument("--spatial_pyramid_pooling", action="store_true")
     g.add_argument("--skip_decoding", action="store_true")
     g.add_argument("--disable_rsd_residual_connections", action="store_true")
-    g.add_argument("--final_layer_dropout_rate", type=float, default=0.0)
     g.add_argument("--no_align_corners", action="store_true",
                    help="half-pixel bilinear resizes instead of TF1 align_corners=True (paper)")
     g.add_argument("--restore_efficient_net_weights_from", default=None,
@@ -145,32 +146,36 @@ def _add_loss_flags(p):
     g.add_argument("--l2", action="store_true", help="add 5e-4 * sum(w^2)/2 over non-BN weights")
     g.add_argument("--l1", action="store_true", help="add 5e-4 * sum|w| over non-BN weights")
     g.add_argument("--darc1", action="store_true", help="add the DARC1 term")
-    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=1.0,
-                   help="multiply every weight by this before each inner step (1 = off)")
 
 
-def _add_inner_flags(p):
-    g = p.add_argument_group("inner loop")
-    g.add_argument("--sgd", action="store_true", help="plain SGD (default: Adam with beta1 = 0)")
-    g.add_argument("--learning-rate", "--learning_rate", dest="learning_rate", type=float,
-                   default=1e-3)
-    g.add_argument("--learning_rate_scheduler", default="fixed",
-                   choices=["fixed", "constant", "step_decay", "step", "cosine_anneal"])
-    g.add_argument("--step_decay_rate", type=float, default=0.5)
-    g.add_argument("--decay_after_n_steps", type=int, default=5)
-    g.add_argument("--inner-batch", "--inner_batch", dest="inner_batch", type=int, default=8)
-    g.add_argument("--inner-iters", "--inner_iters", dest="inner_iters", type=int, default=8)
-    g.add_argument("--train-shots", "--train_shots", dest="train_shots", type=int, default=5)
-    g.add_argument("--replacement", action="store_true", help="mini-batches with replacement")
-    g.add_argument("--augment", action="store_true")
-    g.add_argument("--aug_rate", type=float, default=0.5)
-    g.add_argument("--augmentation", default="paper", choices=AUGMENTATIONS,
-                   help="with --augment: the paper's six transforms (random erase, translate, "
-                        "flip, noise, exposure, rotation) or metaseg's affine warp + colour jitter")
+def _add_adaptation_flags(p):
+    """The adaptation's flags, one per row of meta.settings' table (help and default from the
+    fields of meta.adaptation.Adaptation), and --augment, which switches --aug_rate on."""
+    g = p.add_argument_group("adaptation (meta-training's inner loop and every test-time "
+                             "adaptation; docs/training.md)")
+    for name, field in FIELDS.items():
+        flags = SETTINGS[name][0]
+        if not flags:
+            continue
+        meta = field.metadata
+        default = field.default if meta["flag_default"] is None else meta["flag_default"]
+        if isinstance(default, bool):
+            g.add_argument(*flags, dest=name, action="store_true", help=meta["help"])
+        else:
+            g.add_argument(*flags, dest=name, type=type(default), default=default,
+                           choices=meta["choices"], help=meta["help"])
+    g.add_argument("--augment", action="store_true",
+                   help="augment the adaptation's examples (at --aug_rate, with --augmentation)")
 
 
 def _add_meta_flags(p):
     g = p.add_argument_group("meta (outer) loop and checkpoints")
+    g.add_argument("--inner-iters", "--inner_iters", dest="inner_iters", type=int, default=8,
+                   help="adaptation steps of each meta-training task")
+    g.add_argument("--inner-batch", "--inner_batch", dest="inner_batch", type=int, default=8,
+                   help="mini-batch of each meta-training task's adaptation steps")
+    g.add_argument("--train-shots", "--train_shots", dest="train_shots", type=int, default=5,
+                   help="pairs drawn for each meta-training task")
     g.add_argument("--foml", action="store_true", help="FOMAML instead of Reptile")
     g.add_argument("--foml-tail", "--foml_tail", dest="foml_tail", type=int, default=None,
                    help="FOMAML*: held-out tail shots for the last inner step")
@@ -211,8 +216,6 @@ def _add_meta_flags(p):
 def _add_eval_flags(p):
     g = p.add_argument_group("evaluation")
     g.add_argument("--shots", type=int, default=5)
-    g.add_argument("--eval-batch", "--eval_batch", dest="eval_batch", type=int, default=8)
-    g.add_argument("--eval-iters", "--eval_iters", dest="eval_iters", type=int, default=4)
     g.add_argument("--eval-samples", "--eval_samples", dest="eval_samples", type=int, default=200)
     g.add_argument("--serially_eval_all_test_tasks", action="store_true")
     g.add_argument("--transductive", action="store_true")
@@ -353,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="run_metasegnet.py",
                        description="Meta-learn and evaluate initializations for few-shot segmentation.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for add in (_add_data_flags, _add_model_flags, _add_loss_flags, _add_inner_flags,
+    for add in (_add_data_flags, _add_model_flags, _add_loss_flags, _add_adaptation_flags,
                 _add_meta_flags, _add_eval_flags, _add_uho_flags, _add_experiment_flags,
                 _add_mtl_flags, _add_device_flags, _add_serve_flags):
         add(p)
@@ -384,9 +387,12 @@ def _non_finite(a) -> list[str]:
             if isinstance(value, float) and not math.isfinite(value)]
 
 
-def _contradictions(a) -> list[str]:
-    """Flag combinations that cannot mean anything."""
+def _contradictions(a, given=frozenset()) -> list[str]:
+    """Flag combinations that cannot mean anything (`given`: the dests typed)."""
     problems = _non_finite(a) + _resolve_aliases(a)
+    if "aug_rate" in given and not a.augment and a.aug_rate > 0:
+        problems.append(f"--aug_rate {a.aug_rate:g} augments only with --augment; add --augment "
+                        f"(or drop --aug_rate)")
     if a.test_tasks_file and a.num_test_tasks:
         problems.append("--test_tasks_file and --num_test_tasks both choose the test classes; "
                         "give one")
@@ -423,14 +429,14 @@ def _contradictions(a) -> list[str]:
         problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
                         f"folder for the adapted weights")
     backbone = a.restore_efficient_net_weights_from
-    for flag, path in (("--restore_efficient_net_weights_from",
-                        None if backbone == IMAGENET else backbone),
-                       ("--baseline_checkpoint", a.baseline_checkpoint),
-                       ("--test_tasks_file", a.test_tasks_file),
-                       ("--continue_training_from_checkpoint",
-                        a.continue_training_from_checkpoint)):
+    for option, path in (("--restore_efficient_net_weights_from",
+                          None if backbone == IMAGENET else backbone),
+                         ("--baseline_checkpoint", a.baseline_checkpoint),
+                         ("--test_tasks_file", a.test_tasks_file),
+                         ("--continue_training_from_checkpoint",
+                          a.continue_training_from_checkpoint)):
         if path and not os.path.exists(path):
-            problems.append(f"{flag} {path!r} does not exist")
+            problems.append(f"{option} {path!r} does not exist")
     exporting = (a.export or a.export_keras) and not a.data_dir
     if not (a.pretrained or a.fine_tune_task or a.serve or exporting) and \
             os.path.isfile(a.checkpoint) and a.phase is None:
@@ -504,7 +510,7 @@ def config_from_namespace(a, given=frozenset()) -> Config:
         feature_extractor_name=a.feature_extractor_name, rsd=tuple(a.rsd or ()),
         spatial_pyramid_pooling=a.spatial_pyramid_pooling, skip_decoding=a.skip_decoding,
         disable_rsd_residual_connections=a.disable_rsd_residual_connections,
-        final_layer_dropout_rate=a.final_layer_dropout_rate, align_corners=not a.no_align_corners,
+        align_corners=not a.no_align_corners,
         n_unet_encoding_stacks=a.n_unet_encoding_stacks,
         start_num_feature_maps_power=a.start_num_feature_maps_power,
         restore_efficient_net_weights_from=a.restore_efficient_net_weights_from, seed=a.seed,
@@ -512,13 +518,11 @@ def config_from_namespace(a, given=frozenset()) -> Config:
         else 2)
     loss = LossConfig(loss_name=a.loss_name, label_smoothing=a.label_smoothing, l2=a.l2, l1=a.l1,
                       darc1=a.darc1)
-    inner = InnerConfig(sgd=a.sgd, learning_rate=a.learning_rate, inner_batch_size=a.inner_batch,
-                        inner_iters=a.inner_iters, augment=a.augment, aug_rate=a.aug_rate,
-                        augmentation=a.augmentation,
-                        learning_rate_scheduler=a.learning_rate_scheduler,
-                        step_decay_rate=a.step_decay_rate,
-                        decay_after_n_steps=a.decay_after_n_steps, replacement=a.replacement,
-                        weight_decay=a.weight_decay)
+    adapt = _adaptation({**{name: getattr(a, name) for name in FIELDS if hasattr(a, name)},
+                         "aug_rate": a.aug_rate if a.augment else 0.0})
+    inner = dataclasses.replace(adapt, steps=a.inner_iters, batch_size=a.inner_batch)
+    if a.phase is not None:  # meta-transfer learning adapts the head alone, its own way
+        adapt = head_adaptation(adapt, learning_rate=a.base_lr, steps=a.update_step)
     meta = MetaConfig(algorithm="fomaml" if a.foml else "reptile", train_shots=a.train_shots,
                       foml_tail=a.foml_tail,
                       sample_foml_train_val_with_replacement=a.sample_foml_train_val_with_replacement,
@@ -526,14 +530,13 @@ def config_from_namespace(a, given=frozenset()) -> Config:
                       meta_batch_size=a.meta_batch, meta_iters=a.meta_iters,
                       eval_interval=a.eval_interval, monitor_tasks=a.monitor_tasks,
                       keep_checkpoints=a.keep_checkpoints, seed=a.seed,
-                      task_streams=a.task_streams)
+                      task_streams=a.task_streams, inner=inner)
     # Any non-empty value other than 0/false enables predictions (the reference's
     # SAVE_PREDICTIONS=0 turned them on; ml4ai/mliis utils/viz.py).
     save_predictions = os.environ.get("SAVE_PREDICTIONS", "").strip().lower() not in (
         "", "0", "false", "no", "off")
     evaluation = EvalConfig(
-        shots=a.shots, eval_batch_size=a.eval_batch, eval_iters=a.eval_iters,
-        eval_samples=a.eval_samples, serially_eval_all_test_tasks=a.serially_eval_all_test_tasks,
+        shots=a.shots, eval_samples=a.eval_samples, serially_eval_all_test_tasks=a.serially_eval_all_test_tasks,
         transductive=a.transductive, eval_val_tasks=a.eval_val_tasks,
         predictions_dir=a.predictions_dir if save_predictions else None,
         save_fine_tuned_checkpoints=a.save_fine_tuned_checkpoints,
@@ -586,18 +589,28 @@ def config_from_namespace(a, given=frozenset()) -> Config:
     device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
                           mixed_precision=a.mixed_precision, jit_compile=a.jit_compile,
                           worker_start_timeout=a.worker_start_timeout)
-    return Config(data=data, model=model, loss=loss, inner=inner, meta=meta, eval=evaluation,
+    return Config(data=data, model=model, loss=loss, adapt=adapt, meta=meta, eval=evaluation,
                   uho=uho, kshot=kshot, mtl=mtl, run=run, device=device)
+
+
+def _adaptation(values: dict) -> Adaptation:
+    """An Adaptation from the flags' values; a bad one is named by its flag."""
+    try:
+        return Adaptation(**values)
+    except UserError as e:
+        name = str(e).split(" ", 1)[0]
+        raise UserError(f"{flag(name) or name}{str(e)[len(name):]}") from e
 
 
 def parse_args(argv=None) -> Config:
     """Parse the command line into a Config; bad or contradictory flags exit 2 with one line."""
     parser = build_parser()
     namespace = parser.parse_args(argv)
-    problems = _contradictions(namespace)
+    given = given_flags(argv)
+    problems = _contradictions(namespace, given)
     if problems:
         parser.error(problems[0])
     try:
-        return config_from_namespace(namespace, given_flags(argv))
+        return config_from_namespace(namespace, given)
     except ValueError as e:
         parser.error(str(e))

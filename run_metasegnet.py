@@ -27,7 +27,7 @@ import keras  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from adapt.evaluate import evaluation_schedule, monitor  # noqa: E402
+from adapt.evaluate import monitor  # noqa: E402
 from args import Config, build_parser, parse_args  # noqa: E402
 from errors import TrainingError, UserError  # noqa: E402
 from data.splits import Splits  # noqa: E402
@@ -36,7 +36,7 @@ from devices.distribute import DistributedMetaLearner, Replicas, configure_devic
     make_strategy  # noqa: E402
 from devices.precision import set_precision  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
-from meta.inner import InnerLoop, training_schedule  # noqa: E402
+from meta.inner import InnerLoop  # noqa: E402
 from meta.streams import STREAM_TRAINING  # noqa: E402
 from meta.train import meta_train  # noqa: E402
 from mode_flags import check_mode_flags, mode_of, os_error_line  # noqa: E402
@@ -129,7 +129,7 @@ def meta_train_and_evaluate(cfg: Config, strategy, started: float) -> int:
     _export(cfg, model)
     if not cfg.run.pretrained and start_step < cfg.meta.meta_iters:
         watch = partial(monitor, learner, run.tasks, run.splits, meta=cfg.meta,
-                        evaluation=cfg.eval, schedule=evaluation_schedule(cfg.inner, cfg.eval))
+                        evaluation=cfg.eval, adaptation=cfg.adapt)
         meta_train(learner, run.tasks, run.splits, meta=cfg.meta, monitor=watch, rng=run.rng,
                    run_dir=run.out_dir, config_json=cfg.to_json(),
                    checkpoint_groups=learner.checkpoint_groups(), start_step=start_step)
@@ -142,11 +142,11 @@ def _build_learner(cfg: Config, strategy) -> tuple[InnerLoop, MetaLearner]:
     """The flags' model and inner loop, and the meta-learner (on replicas with --distribute)."""
     loop = experiments.make_inner_loop(cfg, _run_model(cfg))
     if strategy is None:
-        return loop, MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+        return loop, MetaLearner(loop, cfg.meta)
     replicas = Replicas(strategy, loop, lambda: experiments.make_inner_loop(cfg, _run_model(cfg)))
     print(f"Distributed over {replicas.num_replicas} replicas "
           f"({len(replicas.devices)} on this worker)", flush=True)
-    return loop, DistributedMetaLearner(replicas, cfg.meta, training_schedule(cfg.inner))
+    return loop, DistributedMetaLearner(replicas, cfg.meta)
 
 
 def _run_model(cfg: Config):

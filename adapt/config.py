@@ -8,12 +8,11 @@ from meta.config import ensure
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Meta-test evaluation: shots, query size, adaptation budget, repetitions, outputs."""
+    """Meta-test evaluation: shots, query size, repetitions, outputs (how each task adapts is
+    the run's `Adaptation`)."""
 
     shots: int = 5
     num_query: int = 5  # the paper's DEFAULT_NUM_TEST_EXAMPLES
-    eval_batch_size: int = 8
-    eval_iters: int = 4
     eval_samples: int = 200
     serially_eval_all_test_tasks: bool = False
     transductive: bool = False
@@ -29,9 +28,6 @@ class EvalConfig:
         ensure(self.protocol in ("paper", "hsnet"),
                f"--protocol must be 'paper' or 'hsnet'. Received: {self.protocol!r}")
         ensure(self.num_query >= 1, f"num_query must be >= 1. Received: {self.num_query}")
-        ensure(self.eval_batch_size >= 1,
-               f"--eval-batch must be >= 1. Received: {self.eval_batch_size}")
-        ensure(self.eval_iters >= 0, f"--eval-iters must be >= 0. Received: {self.eval_iters}")
         ensure(self.eval_samples >= 1,
                f"--eval-samples must be >= 1. Received: {self.eval_samples}")
 

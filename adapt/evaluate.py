@@ -2,7 +2,7 @@
 
 Per task sample (ml4ai/mliis meta_learners/supervised_reptile/supervised_reptile/eval.py): draw
 `shots` support + `num_query` query pairs at random,
-snapshot the full state, adapt for the schedule's iters, predict the queries in inference mode
+snapshot the full state, adapt as the `Adaptation` says, predict the queries in inference mode
 (together with --transductive, else each query batched after the support images), score IoU per
 query image, restore the full state (weights, BN statistics, optimizer slots, dropout seeds), so
 no task leaks into the next and evaluation has no side effect.
@@ -30,8 +30,9 @@ from adapt.config import EvalConfig
 from data.episodes import Episode, sample_episode
 from data.splits import Splits
 from data.tasks import ClassData
-from meta.config import InnerConfig, MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop, StepCallback, adapt
+from meta.adaptation import Adaptation
+from meta.config import MetaConfig
+from meta.inner import InnerLoop, StepCallback, adapt
 from meta.streams import STREAM_MONITOR
 from meta.train import MonitorResult, held_out_split
 
@@ -39,24 +40,6 @@ _PLAN_TAG = 2**31
 
 # after_adapt(task_name, repetition, episode, predicted_foreground, score) -> None
 AfterAdapt = Callable[[str, int, Episode, np.ndarray, "TaskScore"], None]
-
-
-def evaluation_schedule(inner: InnerConfig, evaluation: EvalConfig) -> AdaptationSchedule:
-    """Test-time adaptation: the inner loop's optimizer settings with --eval-iters/--eval-batch.
-
-    Args:
-        inner: the inner-loop config (lr, schedule, augmentation).
-        evaluation: the evaluation config (eval_iters, eval_batch_size).
-
-    Returns:
-        AdaptationSchedule with iters = eval_iters, batch = eval_batch_size.
-    """
-    return AdaptationSchedule(
-        learning_rate=inner.learning_rate, iters=evaluation.eval_iters,
-        batch_size=evaluation.eval_batch_size,
-        aug_rate=inner.aug_rate if inner.augment else 0.0,
-        scheduler=inner.learning_rate_scheduler, step_decay_rate=inner.step_decay_rate,
-        decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
 
 
 @dataclass(frozen=True)
@@ -174,7 +157,7 @@ def predict_queries(loop: InnerLoop, support_images: np.ndarray, query_images: n
     return np.stack(outputs)
 
 
-def evaluate_task(loop: InnerLoop, name: str, episode: Episode, schedule: AdaptationSchedule,
+def evaluate_task(loop: InnerLoop, name: str, episode: Episode, adaptation: Adaptation,
                   rng: np.random.Generator, *, transductive: bool, repetition: int = 0,
                   on_step: StepCallback | None = None,
                   after_adapt: AfterAdapt | None = None) -> TaskScore:
@@ -184,7 +167,7 @@ def evaluate_task(loop: InnerLoop, name: str, episode: Episode, schedule: Adapta
         loop: the compiled inner loop (its model holds the init to evaluate).
         name: class name.
         episode: support and query pairs.
-        schedule: the test-time adaptation schedule.
+        adaptation: the test-time adaptation.
         rng: draws mini-batches and augmentation seeds.
         transductive: see predict_queries.
         repetition: index of this sample of the class.
@@ -196,7 +179,7 @@ def evaluate_task(loop: InnerLoop, name: str, episode: Episode, schedule: Adapta
     """
     loop.full_state.save()
     try:
-        result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng,
+        result = adapt(loop, episode.support_images, episode.support_masks, adaptation, rng,
                        on_step=on_step)
         probabilities = predict_queries(loop, episode.support_images, episode.query_images,
                                         transductive)
@@ -247,7 +230,7 @@ def evaluation_plan(names: Sequence[str], *, num_samples: int, all_tasks: bool, 
 
 
 def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[str],
-             schedule: AdaptationSchedule, evaluation: EvalConfig, *, seed: int,
+             adaptation: Adaptation, evaluation: EvalConfig, *, seed: int,
              stream: int | Sequence[int], split: str, after_adapt: AfterAdapt | None = None,
              on_task: Callable[[TaskScore], None] | None = None, replicas=None) -> EvalResult:
     """Evaluate the loop's current init on a split (no side effect on any variable).
@@ -256,7 +239,7 @@ def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[st
         loop: the compiled inner loop.
         tasks: class name -> ClassData.
         names: the split's class names (sorted).
-        schedule: the test-time adaptation schedule.
+        adaptation: the test-time adaptation.
         evaluation: shots and num_query per task, transductive (predict the queries as one
             batch), eval_samples and serially_eval_all_test_tasks (evaluation_plan's num_samples
             and all_tasks).
@@ -282,7 +265,7 @@ def evaluate(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[st
         name = names[index]
         rng = np.random.default_rng(_key(seed, stream, repetition, index))
         episode = sample_episode(rng, tasks[name], shots, num_query)
-        return evaluate_task(run_loop, name, episode, schedule, rng,
+        return evaluate_task(run_loop, name, episode, adaptation, rng,
                              transductive=evaluation.transductive,
                              repetition=repetition, after_adapt=after_adapt)
 
@@ -319,8 +302,7 @@ def _row_score(name: str, repetition: int, row: np.ndarray, num_query: int) -> T
 
 
 def monitor(learner, tasks: Mapping[str, ClassData], splits: Splits, step: int, *,
-            meta: MetaConfig, evaluation: EvalConfig,
-            schedule: AdaptationSchedule) -> MonitorResult:
+            meta: MetaConfig, evaluation: EvalConfig, adaptation: Adaptation) -> MonitorResult:
     """Evaluate `meta.monitor_tasks` random train tasks and held-out tasks (no side effects).
 
     Args:
@@ -330,7 +312,7 @@ def monitor(learner, tasks: Mapping[str, ClassData], splits: Splits, step: int, 
         step: completed meta-iterations (selects the random stream).
         meta: monitor_tasks and seed.
         evaluation: shots, queries, transductive.
-        schedule: the test-time adaptation schedule.
+        adaptation: the test-time adaptation.
 
     Returns:
         MonitorResult.
@@ -340,7 +322,7 @@ def monitor(learner, tasks: Mapping[str, ClassData], splits: Splits, step: int, 
     for index, (split, names) in enumerate((("train", splits.train), (label, held_out))):
         few = dataclasses.replace(evaluation, eval_samples=min(meta.monitor_tasks, len(names)),
                                   serially_eval_all_test_tasks=False)
-        results.append(evaluate(learner.loop, tasks, names, schedule, few, seed=meta.seed,
+        results.append(evaluate(learner.loop, tasks, names, adaptation, few, seed=meta.seed,
                                 stream=(STREAM_MONITOR, step, index), split=split,
                                 replicas=getattr(learner, "replicas", None)))
     return MonitorResult(train=results[0], held_out=results[1])

@@ -32,7 +32,8 @@ from adapt.evaluate import evaluate_task
 from adapt.uho_objective import early_stopping_adapt
 from data.episodes import Episode
 from data.tasks import ClassData
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from meta.streams import STREAM_KSHOT
 from storage import atomic
 from report.plots import plot_k_shot_curves
@@ -67,12 +68,12 @@ def usable_k(k_values: Sequence[int], num_images: int, num_query: int) -> tuple[
 
 
 def _steps_for(loop: InnerLoop, name: str, images: np.ndarray, masks: np.ndarray, k: int,
-               index: int, base: AdaptationSchedule, cfg: KShotConfig,
+               index: int, base: Adaptation, cfg: KShotConfig,
                rng: np.random.Generator, transductive: bool) -> int:
     if cfg.k_shot_iter_range is not None:
         return int(cfg.k_shot_iter_range[index])
     if k < EARLY_STOPPING_FROM_K:
-        return base.iters
+        return base.steps
     num_val = int(VALIDATION_FRACTION * k)
     episode = Episode(support_images=images[:k - num_val], support_masks=masks[:k - num_val],
                       query_images=images[k - num_val:k], query_masks=masks[k - num_val:k])
@@ -83,7 +84,7 @@ def _steps_for(loop: InnerLoop, name: str, images: np.ndarray, masks: np.ndarray
 
 
 def run_k_shot_experiment(loops: Mapping[str, InnerLoop], tasks: Mapping[str, ClassData],
-                          names: Sequence[str], base: AdaptationSchedule, cfg: KShotConfig, *,
+                          names: Sequence[str], base: Adaptation, cfg: KShotConfig, *,
                           repetitions: int, seed: int, out_dir: str, transductive: bool = True
                           ) -> dict[str, dict[int, list[float]]]:
     """Adapt each model for every k on every task; write the CSV and the plot as it goes.
@@ -93,7 +94,7 @@ def run_k_shot_experiment(loops: Mapping[str, InnerLoop], tasks: Mapping[str, Cl
             baseline": ...}).
         tasks: class name -> ClassData.
         names: the classes to run (e.g. the meta-test split).
-        base: the evaluation schedule (lr, batch, aug rate; its iters is the k < 10 count).
+        base: the evaluation's adaptation (its steps are the k < 10 count).
         cfg: k values, iteration table, test images, early-stopping bound.
         repetitions: splits per class (--eval-samples).
         seed: run seed.
@@ -130,7 +131,7 @@ def run_k_shot_experiment(loops: Mapping[str, InnerLoop], tasks: Mapping[str, Cl
                                           query_images=class_data.images[test],
                                           query_masks=class_data.masks[test])
                         score = evaluate_task(loop, name, episode,
-                                              dataclasses.replace(base, iters=steps), rng,
+                                              dataclasses.replace(base, steps=steps), rng,
                                               transductive=transductive, repetition=repetition)
                         curves[label].setdefault(k, []).append(score.iou)
                         writer.writerow([label, name, repetition, k, steps, repr(score.iou)])

@@ -9,7 +9,7 @@ common/logger.py), so a number from here compares with theirs; the paper's proto
   (`data.episodes.supports_per_query`). A class of n images gives n episodes; FSS-1000's 240
   test classes of 10 images give 2,400.
 * Adaptation: each episode is one `adapt.evaluate.evaluate_task`: adapt the init on its k supports
-  with the evaluation schedule, predict the query, restore the full state. So an init is scored
+  with the evaluation's adaptation, predict the query, restore the full state. So an init is scored
   with the same inner loop as under the paper's protocol, only on other episodes.
 * Scores: mIoU = per class, sum of intersections / sum of unions over its queries, then the mean
   over classes (a class with no union at all scores 0, as HSNet's max(union, 1)); FB-IoU = the
@@ -32,7 +32,7 @@ from adapt import iou
 from adapt.evaluate import AfterAdapt, EvalResult, TaskScore, evaluate_task
 from data.episodes import episode_at, supports_per_query
 from data.tasks import ClassData
-from meta.inner import AdaptationSchedule
+from meta.adaptation import Adaptation
 from meta.streams import STREAM_HSNET
 
 PROTOCOL = "hsnet"
@@ -109,7 +109,7 @@ def check_classes(tasks: Mapping[str, ClassData], names: Sequence[str], shots: i
 
 
 def evaluate_hsnet(loop, tasks: Mapping[str, ClassData], names: Sequence[str],
-                   schedule: AdaptationSchedule, *, shots: int, transductive: bool, seed: int,
+                   adaptation: Adaptation, *, shots: int, transductive: bool, seed: int,
                    split: str, after_adapt: AfterAdapt | None = None,
                    on_task: Callable[[TaskScore], None] | None = None) -> HSNetResult:
     """Score the loop's current init with one episode per image of every class (no side effect).
@@ -118,7 +118,7 @@ def evaluate_hsnet(loop, tasks: Mapping[str, ClassData], names: Sequence[str],
         loop: the compiled inner loop (meta.inner.InnerLoop).
         tasks: class name -> ClassData.
         names: the classes to evaluate (their order fixes the random streams).
-        schedule: the test-time adaptation schedule (the paper's evaluation schedule).
+        adaptation: the test-time adaptation (the paper's evaluation's).
         shots: k supports per query.
         transductive: see adapt.evaluate.predict_queries (one query either way).
         seed: run seed.
@@ -137,7 +137,7 @@ def evaluate_hsnet(loop, tasks: Mapping[str, ClassData], names: Sequence[str],
                                       len(data), shots)
         for query, support in enumerate(supports):
             rng = np.random.default_rng([seed, STREAM_HSNET, class_index, query + 1])
-            score = evaluate_task(loop, name, episode_at(data, support, [query]), schedule, rng,
+            score = evaluate_task(loop, name, episode_at(data, support, [query]), adaptation, rng,
                                   transductive=transductive, repetition=query,
                                   after_adapt=after_adapt)
             scores.append(score)

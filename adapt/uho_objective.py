@@ -29,48 +29,52 @@ from adapt.uho import UHOResult, UpdateHyperparams, optimize_update_hyperparams
 from adapt.uho_csv import results_csv_path
 from data.episodes import Episode, sample_episode
 from data.tasks import ClassData
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from meta.streams import STREAM_UHO
-from models.layers import dropout_rate
 from storage import atomic
 from report.plots import plot_uho_search
 
 BEST_NAME = "uho_best.json"
+# The settings of an Adaptation a UHO configuration sets (update_schedule).
+UHO_SETTINGS = ("learning_rate", "dropout_rate", "batch_size", "aug_rate", "steps")
 
 
-def update_schedule(base: AdaptationSchedule, params: Mapping, steps: int) -> AdaptationSchedule:
-    """The adaptation schedule of one UHO configuration.
+def update_schedule(base: Adaptation, params: Mapping, steps: int) -> Adaptation:
+    """The adaptation of one UHO configuration.
 
     Args:
-        base: the evaluation schedule of the flags (optimizer settings, replacement).
-        params: lr, aug_rate, inner_batch_size (adapt.uho.SEARCH_KEYS).
+        base: the flags' test-time adaptation (optimizer settings, replacement).
+        params: lr, drop_rate, aug_rate, inner_batch_size (adapt.uho.SEARCH_KEYS).
         steps: inner steps.
 
     Returns:
-        base with learning_rate, batch_size, aug_rate and iters replaced.
+        base with learning_rate, dropout_rate, batch_size, aug_rate and steps replaced.
     """
     return dataclasses.replace(base, learning_rate=float(params["lr"]),
+                               dropout_rate=float(params["drop_rate"]),
                                batch_size=int(params["inner_batch_size"]),
-                               aug_rate=float(params["aug_rate"]), iters=int(steps))
+                               aug_rate=float(params["aug_rate"]), steps=int(steps))
 
 
-def apply_update_hyperparams(base: AdaptationSchedule, best: UpdateHyperparams
-                             ) -> AdaptationSchedule:
-    """The final-evaluation schedule of the UHO result (lr, steps, batch size, aug rate).
+def apply_update_hyperparams(base: Adaptation, best: UpdateHyperparams) -> Adaptation:
+    """The final evaluation's adaptation of the UHO result (lr, steps, batch size, aug rate,
+    head dropout).
 
     Args:
-        base: the flags' evaluation schedule.
-        best: UHO's choice (its drop_rate is applied with `dropout_rate`).
+        base: the flags' test-time adaptation.
+        best: UHO's choice.
 
     Returns:
-        AdaptationSchedule.
+        Adaptation.
     """
-    return update_schedule(base, {"lr": best.lr, "aug_rate": best.aug_rate,
+    return update_schedule(base, {"lr": best.lr, "drop_rate": best.drop_rate,
+                                  "aug_rate": best.aug_rate,
                                   "inner_batch_size": best.inner_batch_size}, best.steps)
 
 
 def early_stopping_adapt(loop: InnerLoop, name: str, episode: Episode,
-                         schedule: AdaptationSchedule, rng: np.random.Generator, *,
+                         adaptation: Adaptation, rng: np.random.Generator, *,
                          max_steps: int, min_steps: int = 0, patience: int = 50,
                          transductive: bool = True) -> tuple[int, float]:
     """Adapt up to max_steps, scoring the queries after every step (ml4ai/mliis
@@ -80,7 +84,7 @@ def early_stopping_adapt(loop: InnerLoop, name: str, episode: Episode,
         loop: the inner loop holding the init (left bit-identical afterwards).
         name: the task.
         episode: support and query pairs (the queries are the early-stopping set).
-        schedule: lr, batch, aug rate (its iters is replaced by max_steps).
+        adaptation: lr, batch, aug rate, dropout (its steps are replaced by max_steps).
         rng: mini-batches and augmentation seeds.
         max_steps: upper bound on steps.
         min_steps: steps that always run.
@@ -98,24 +102,23 @@ def early_stopping_adapt(loop: InnerLoop, name: str, episode: Episode,
         return stopper.update(float(np.mean(iou.iou_per_image(predicted, episode.query_masks))),
                               steps_taken)
 
-    evaluate_task(loop, name, episode, dataclasses.replace(schedule, iters=max_steps), rng,
+    evaluate_task(loop, name, episode, dataclasses.replace(adaptation, steps=max_steps), rng,
                   transductive=transductive, on_step=on_step)
     return stopper.result()
 
 
 def make_adapt_task(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequence[str],
-                    base: AdaptationSchedule, cfg: UHOConfig, evaluation: EvalConfig, *,
-                    base_drop_rate: float, seed: int, stream: int = STREAM_UHO):
+                    base: Adaptation, cfg: UHOConfig, evaluation: EvalConfig, *, seed: int,
+                    stream: int = STREAM_UHO):
     """The `adapt_task(params, task, repetition, steps)` callable adapt.uho searches with.
 
     Args:
         loop: the inner loop holding the init.
         tasks: class name -> ClassData.
         names: the val classes (their order fixes the random keys).
-        base: the flags' evaluation schedule.
+        base: the flags' test-time adaptation.
         cfg: min_steps, max_steps, patience.
         evaluation: shots and num_query (the early-stopping set) per episode, transductive.
-        base_drop_rate: the model's configured head dropout.
         seed: run seed.
         stream: random stream of these episodes.
 
@@ -129,14 +132,14 @@ def make_adapt_task(loop: InnerLoop, tasks: Mapping[str, ClassData], names: Sequ
     def adapt_task(params, task, repetition, steps):
         rng = np.random.default_rng([int(seed), int(stream), int(repetition), index[task]])
         episode = sample_episode(rng, tasks[task], shots, num_query)
-        schedule = update_schedule(base, params, steps if steps is not None else cfg.max_steps)
-        with dropout_rate(loop.model, float(params["drop_rate"]), base_drop_rate):
-            if steps is None:
-                return early_stopping_adapt(loop, task, episode, schedule, rng,
-                                            max_steps=cfg.max_steps, min_steps=cfg.min_steps,
-                                            patience=cfg.patience, transductive=transductive)
-            score = evaluate_task(loop, task, episode, schedule, rng, transductive=transductive,
-                                  repetition=repetition)
+        adaptation = update_schedule(base, params,
+                                     steps if steps is not None else cfg.max_steps)
+        if steps is None:
+            return early_stopping_adapt(loop, task, episode, adaptation, rng,
+                                        max_steps=cfg.max_steps, min_steps=cfg.min_steps,
+                                        patience=cfg.patience, transductive=transductive)
+        score = evaluate_task(loop, task, episode, adaptation, rng, transductive=transductive,
+                              repetition=repetition)
         return int(steps), score.iou
 
     return adapt_task
@@ -158,18 +161,17 @@ def _spread_adapt(replicas, adapt_task_of):
 
 
 def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence[str],
-            base: AdaptationSchedule, cfg: UHOConfig, evaluation: EvalConfig, *,
-            base_drop_rate: float, seed: int, out_dir: str, replicas=None) -> UHOResult:
+            base: Adaptation, cfg: UHOConfig, evaluation: EvalConfig, *, seed: int,
+            out_dir: str, replicas=None) -> UHOResult:
     """Search the update hyperparameters on the val classes; write CSV, plot and uho_best.json.
 
     Args:
         loop: the inner loop holding the (meta-learned) init.
         tasks: class name -> ClassData.
         val_names: the val classes.
-        base: the flags' evaluation schedule (unsearched dimensions keep its values).
+        base: the flags' test-time adaptation (unsearched dimensions keep its values).
         cfg: the UHO config (repetitions: episodes per val class and configuration).
         evaluation: shots and num_query per val episode, transductive.
-        base_drop_rate: the model's configured head dropout.
         seed: run seed.
         out_dir: the checkpoint directory (results file, plot, best config).
         replicas: a single-process `devices.distribute.Replicas` (--distribute mirrored): each
@@ -190,12 +192,11 @@ def run_uho(loop: InnerLoop, tasks: Mapping[str, ClassData], val_names: Sequence
     csv_path = results_csv_path(out_dir, cfg.results_csv_name, evaluation.shots)
 
     def adapt_task_of(run_loop):
-        return make_adapt_task(run_loop, tasks, val_names, base, cfg, evaluation,
-                               base_drop_rate=base_drop_rate, seed=seed)
+        return make_adapt_task(run_loop, tasks, val_names, base, cfg, evaluation, seed=seed)
     adapt_many = None if replicas is None else _spread_adapt(replicas, adapt_task_of)
     result = optimize_update_hyperparams(
         adapt_task_of(loop), list(val_names), cfg,
-        {"lr": base.learning_rate, "drop_rate": base_drop_rate, "aug_rate": base.aug_rate,
+        {"lr": base.learning_rate, "drop_rate": base.dropout_rate, "aug_rate": base.aug_rate,
          "inner_batch_size": base.batch_size}, csv_path, repetitions=cfg.repetitions, seed=seed,
         adapt_many=adapt_many)
     median_mode = cfg.eval_tasks_with_median_early_stopping_iterations

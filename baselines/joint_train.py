@@ -30,6 +30,7 @@ import numpy as np
 from data.episodes import mini_batch_indices
 from errors import DivergenceError
 from data.tasks import ClassData, pool_classes
+from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from meta.streams import STREAM_TRAINING
 from storage import checkpoint
@@ -75,20 +76,19 @@ def _resume(loop: InnerLoop, run_dir: str, rng: np.random.Generator) -> int:
 
 
 def joint_train(loop: InnerLoop, tasks: Mapping[str, ClassData], train_names: Sequence[str], *,
-                epochs: int, batch_size: int, learning_rate: float, aug_rate: float, seed: int,
-                run_dir: str, config_json: str, keep: int = 2,
-                stop_after: int | None = None) -> list[float]:
+                training: Adaptation, epochs: int, run_dir: str, config_json: str,
+                keep: int = 2, stop_after: int | None = None) -> list[float]:
     """Train the loop's model on the pooled classes; checkpoint after every epoch.
 
     Args:
         loop: the inner loop of the model (its optimizer and compiled step are used).
         tasks: class name -> ClassData.
         train_names: the meta-train classes.
+        training: how each step trains (meta-training's inner adaptation): pairs per step
+            (batch_size), the initial learning rate (it decays linearly per epoch), aug_rate,
+            dropout_rate, and the seed of the batch order and augmentation (resumable: the RNG
+            is checkpointed).
         epochs: passes over the pooled pairs.
-        batch_size: pairs per step.
-        learning_rate: initial learning rate (decays linearly per epoch).
-        aug_rate: probability an example is augmented.
-        seed: seeds batch order and augmentation (resumable: the RNG is checkpointed).
         run_dir: --checkpoint directory.
         config_json: the run's resolved config.
         keep: checkpoints kept.
@@ -102,8 +102,11 @@ def joint_train(loop: InnerLoop, tasks: Mapping[str, ClassData], train_names: Se
     """
     if epochs < 1:
         raise ValueError(f"--joint_train_epochs must be >= 1. Received: {epochs}")
+    batch_size, learning_rate, aug_rate = \
+        training.batch_size, training.learning_rate, training.aug_rate
     images, masks = pool_classes(tasks, train_names)
-    rng = np.random.default_rng([int(seed), STREAM_TRAINING])
+    loop.set_dropout_rate(training.dropout_rate)
+    rng = np.random.default_rng([int(training.seed), STREAM_TRAINING])
     start = _resume(loop, run_dir, rng)
     steps_per_epoch = max(1, len(images) // batch_size)
     logging.info(f"Joint training on {len(images)} pairs of {len(train_names)} classes: "

@@ -17,8 +17,10 @@ step. Both learning rates decay by `gamma` every `step_size` epochs of `num_batc
 (`meta_learning_rate`, fed to `meta.train.meta_train` as its step-size schedule), so task
 sampling, the periodic monitor, checkpoints and logs are the ones Reptile/FOMAML use.
 
-Evaluation is EfficientLab's (`adapt.evaluate`): the head adapts for `update_step` SGD steps at
-`base_lr` on all support shots per step (`mtl_schedule`), then the queries are scored.
+Adaptation, in meta-training's tasks and at evaluation alike, is the run's `Adaptation`: for the
+MTL phases `meta.adaptation.head_adaptation` (the head alone, `update_step` full-batch SGD steps at
+`base_lr`, no augmentation), built once by args.py and recorded in config.json. Evaluation is
+EfficientLab's (`adapt.evaluate`) with it.
 """
 from __future__ import annotations
 
@@ -29,27 +31,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adapt.config import EvalConfig
 from baselines.config import MTLConfig
 from data.episodes import sample_episode
 from data.tasks import ClassData
-from meta.config import InnerConfig, MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop, adapt
+from meta.adaptation import Adaptation
+from meta.config import MetaConfig
+from meta.inner import InnerLoop, adapt
 from meta.state import Snapshot
-from models.mtl import head_variables
-
-
-def mtl_schedule(mtl: MTLConfig, shots: int) -> AdaptationSchedule:
-    """The head's adaptation: `update_step` full-batch SGD steps at `base_lr`, no augmentation.
-
-    Args:
-        mtl: the MTL config (base_lr, update_step).
-        shots: support pairs per task (every step uses all of them, as the original).
-
-    Returns:
-        AdaptationSchedule.
-    """
-    return AdaptationSchedule(learning_rate=mtl.base_lr, iters=mtl.update_step, batch_size=shots)
 
 
 def meta_learning_rate(step: int, *, initial: float, num_batch: int, step_size: int,
@@ -67,21 +55,6 @@ def meta_learning_rate(step: int, *, initial: float, num_batch: int, step_size: 
         the learning rate as a Python float.
     """
     return float(initial * gamma ** ((step // num_batch) // step_size))
-
-
-def head_inner_loop(model: keras.Model, loss_fn, mtl: MTLConfig) -> InnerLoop:
-    """The shared compiled inner loop, adapting only the head with plain SGD at `base_lr`.
-
-    Args:
-        model: an MTL U-Net (or a plain U-Net: the pre-trained baseline) with `final_layer_weights`.
-        loss_fn: models.losses.make_loss(...) of the model.
-        mtl: the MTL config.
-
-    Returns:
-        InnerLoop whose variables are head_variables(model).
-    """
-    return InnerLoop(model, loss_fn, sgd=True, learning_rate=mtl.base_lr,
-                     variables=head_variables(model), augmentation=None)  # the seed never augments
 
 
 def mtl_meta_config(mtl: MTLConfig, meta: MetaConfig) -> MetaConfig:
@@ -104,47 +77,26 @@ def mtl_meta_config(mtl: MTLConfig, meta: MetaConfig) -> MetaConfig:
                                meta_step_size_final=mtl.meta_lr1)
 
 
-def mtl_evaluation_configs(mtl: MTLConfig, inner: InnerConfig, evaluation: EvalConfig, *,
-                           shots: int, num_query: int) -> tuple[InnerConfig, EvalConfig]:
-    """Inner/eval configs that make the shared evaluation adapt the head the MTL way.
-
-    With these, `meta.inner.evaluation_schedule(inner, evaluation)` equals
-    `mtl_schedule(mtl, shots)` (SGD at base_lr, update_step full-batch steps, no augmentation),
-    and the shared evaluation draws `shots` + `num_query` pairs per task.
-
-    Args:
-        mtl: the MTL config.
-        inner: the run's InnerConfig.
-        evaluation: the run's EvalConfig (samples, transductive, outputs are kept).
-        shots: support pairs per task (--teshot at meta-test, --shot when monitoring).
-        num_query: query pairs per task (--test_query / --val_query).
-
-    Returns:
-        (InnerConfig, EvalConfig).
-    """
-    inner = dataclasses.replace(inner, sgd=True, learning_rate=mtl.base_lr, augment=False,
-                                learning_rate_scheduler="fixed", replacement=False,
-                                weight_decay=1.0)
-    evaluation = dataclasses.replace(evaluation, shots=shots, num_query=num_query,
-                                     eval_iters=mtl.update_step, eval_batch_size=shots)
-    return inner, evaluation
-
-
 class MTLLearner:
     """Per task: adapt the head on the support set, then one outer step from the query loss.
 
     Has the interface `meta.train.meta_train` drives (`loop`, `meta_step(tasks, rng, lr)`).
 
     Args:
-        loop: head_inner_loop(model, ...) of an MTL U-Net in "meta_transfer" mode.
-        mtl: the MTL config (shot, train_query, update_step, base_lr, meta_lr1, meta_lr2).
+        loop: the inner loop of an MTL U-Net in "meta_transfer" mode, built for `adaptation`.
+        mtl: the MTL config (shot, train_query, meta_lr1, meta_lr2).
+        adaptation: the head's adaptation (`meta.adaptation.head_adaptation`).
     """
 
-    def __init__(self, loop: InnerLoop, mtl: MTLConfig):
+    def __init__(self, loop: InnerLoop, mtl: MTLConfig, adaptation: Adaptation):
+        if not adaptation.head_only:
+            raise ValueError("MTL meta-training adapts the head alone: pass an adaptation with "
+                             "head_only (meta.adaptation.head_adaptation).")
+        loop.check(adaptation)
         self.loop = loop
         self.model = loop.model
         self.mtl = mtl
-        self.schedule = mtl_schedule(mtl, mtl.shot)
+        self.adaptation = adaptation
         self.head = list(loop.variables)
         head_ids = {id(v) for v in self.head}
         # Scale/shift and batch-norm gamma/beta: everything trainable outside the head. Frozen
@@ -211,7 +163,7 @@ class MTLLearner:
         """
         episode = sample_episode(rng, class_data, self.mtl.shot, self.mtl.train_query)
         self.head_init.save()
-        inner = adapt(self.loop, episode.support_images, episode.support_masks, self.schedule,
+        inner = adapt(self.loop, episode.support_images, episode.support_masks, self.adaptation,
                       rng)
         loss = self._outer_step(tf.constant(episode.query_images, tf.float32),
                                 tf.constant(episode.query_masks, tf.float32),

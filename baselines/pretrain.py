@@ -38,12 +38,12 @@ import tensorflow as tf
 from adapt.config import EvalConfig
 from adapt.evaluate import evaluate
 from baselines.config import MTLConfig
-from baselines.mtl import head_inner_loop, mtl_schedule
 from data.augment import augment_batch
 from data.splits import Splits
 from data.tasks import ClassData, pool_classes
 from errors import DivergenceError
-from meta.inner import gradient_step
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop, gradient_step
 from meta.streams import STREAM_PRETRAIN
 from models.build import build_model
 from models.config import ModelConfig
@@ -195,9 +195,9 @@ def _save_best(run_dir: str, model: keras.Model, epoch: int, val_miou: float,
 
 
 def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassData],
-              splits: Splits, *, mtl: MTLConfig, monitor_tasks: int, aug_rate: float, seed: int,
-              rng: np.random.Generator, run_dir: str, config_json: str,
-              stop_after: int | None = None) -> PretrainResult:
+              splits: Splits, *, mtl: MTLConfig, adaptation: Adaptation, monitor_tasks: int,
+              aug_rate: float, seed: int, rng: np.random.Generator, run_dir: str,
+              config_json: str, stop_after: int | None = None) -> PretrainResult:
     """Train the plain U-Net on the pooled meta-train classes, keeping the best val weights.
 
     Args:
@@ -206,8 +206,9 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
         tasks: class name -> ClassData.
         splits: class splits: trains on splits.train, selects on splits.val.
         mtl: pre_max_epoch, pre_batch_size, pre_lr, pre_gamma, pre_step_size,
-            pre_custom_weight_decay, pre_custom_momentum; shot, val_query, update_step, base_lr
-            for the val episodes.
+            pre_custom_weight_decay, pre_custom_momentum; shot, val_query for the val episodes.
+        adaptation: the head's adaptation on the val episodes
+            (`meta.adaptation.head_adaptation`); its dropout rate is the training's too.
         monitor_tasks: val episodes per epoch.
         aug_rate: augmentation probability of the training batches (0 = none).
         seed: run seed (val episodes).
@@ -229,11 +230,12 @@ def pre_train(model: keras.Model, loss_fn: Callable, tasks: Mapping[str, ClassDa
     images, masks = pool_classes(tasks, splits.train)
     step = PretrainStep(model, loss_fn, momentum=mtl.pre_custom_momentum,
                         weight_decay=mtl.pre_custom_weight_decay)
-    val_loop = head_inner_loop(model, loss_fn, mtl)
-    schedule = mtl_schedule(mtl, mtl.shot)
+    val_loop = InnerLoop(model, loss_fn, adaptation)
+    val_loop.set_dropout_rate(adaptation.dropout_rate)  # the training steps' (each val episode
+    # restores the full state, this rate included)
 
     def validate() -> tuple[float, float]:
-        result = evaluate(val_loop, tasks, splits.val, schedule,
+        result = evaluate(val_loop, tasks, splits.val, adaptation,
                           EvalConfig(shots=mtl.shot, num_query=mtl.val_query, transductive=False,
                                      eval_samples=monitor_tasks,
                                      serially_eval_all_test_tasks=False),

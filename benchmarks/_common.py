@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from data.tasks import ClassData
+from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from models.build import build_model
 from models.config import LossConfig, ModelConfig
@@ -22,11 +23,15 @@ def fake_class(name: str, size: int, n: int, rng: np.random.Generator) -> ClassD
     return ClassData(name=name, images=images, masks=masks)
 
 
+PAPER_SGD = Adaptation(sgd=True, learning_rate=5e-4)  # the paper's optimizer (ml4ai/mliis run.sh)
+
+
 def b0_loop(image_size: int) -> InnerLoop:
-    """EfficientLab-B0 `--rsd 2 4` in an SGD inner loop (lr 5e-4) on the paper's bce_dice loss."""
+    """EfficientLab-B0 `--rsd 2 4` in an SGD inner loop (lr 5e-4) on the paper's bce_dice loss,
+    able to augment."""
     model = build_model(ModelConfig(image_size=image_size, rsd=(2, 4)))
-    return InnerLoop(model, make_loss(LossConfig(loss_name="bce_dice"), model), sgd=True,
-                     learning_rate=5e-4)
+    return InnerLoop(model, make_loss(LossConfig(loss_name="bce_dice"), model), PAPER_SGD,
+                     augment=True)
 
 
 def load() -> str:

@@ -12,6 +12,7 @@ and the headroom (delivered / consumed; target >= 10x); writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -25,11 +26,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
+from benchmarks._common import PAPER_SGD, b0_loop, fake_class, load, write_json  # noqa: E402
 from data.augment import augment_batch  # noqa: E402
 from data.episodes import sample_episode  # noqa: E402
-from meta.inner import AdaptationSchedule, draw_batches, run_steps, \
-    support_tensors  # noqa: E402
+from meta.inner import draw_batches, run_steps, support_tensors  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -45,8 +45,7 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     loop = b0_loop(a.image_size)
-    schedule = AdaptationSchedule(learning_rate=5e-4, iters=a.inner_iters,
-                                  batch_size=a.inner_batch, aug_rate=0.0)
+    schedule = dataclasses.replace(PAPER_SGD, steps=a.inner_iters, batch_size=a.inner_batch)
     cls = fake_class("c", a.image_size, 60, rng)
     augment = tf.function(lambda x, m, i, s: augment_batch(tf.gather(x, i), tf.gather(m, i),
                                                            0.5, s))

@@ -12,6 +12,7 @@ predict, score, restore per task), split into the adaptation steps and the rest 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -26,8 +27,7 @@ import numpy as np  # noqa: E402
 
 from adapt.config import EvalConfig  # noqa: E402
 from adapt.evaluate import evaluate  # noqa: E402
-from benchmarks._common import b0_loop, fake_class, load, write_json  # noqa: E402
-from meta.inner import AdaptationSchedule  # noqa: E402
+from benchmarks._common import PAPER_SGD, b0_loop, fake_class, load, write_json  # noqa: E402
 from report import timing  # noqa: E402
 
 PAPER_TASKS, PAPER_STEPS = 240 * 2, 59
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     loop = b0_loop(a.image_size)
-    schedule = AdaptationSchedule(learning_rate=5e-4, iters=a.eval_iters, batch_size=8)
+    schedule = dataclasses.replace(PAPER_SGD, steps=a.eval_iters, batch_size=8)
     tasks = {f"c{i}": fake_class(f"c{i}", a.image_size, 12, rng) for i in range(a.tasks)}
     names = sorted(tasks)
 

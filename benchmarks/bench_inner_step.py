@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import fake_class, load, write_json  # noqa: E402
-from meta.inner import AdaptationSchedule, InnerLoop, draw_batches, run_steps, \
-    support_tensors  # noqa: E402
+from meta.adaptation import Adaptation  # noqa: E402
+from meta.inner import InnerLoop, draw_batches, run_steps, support_tensors  # noqa: E402
 from models.build import build_model  # noqa: E402
 from models.config import LossConfig, ModelConfig  # noqa: E402
 from models.losses import make_loss  # noqa: E402
@@ -46,16 +46,15 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    model = build_model(ModelConfig(image_size=a.image_size, rsd=(2, 4),
-                                    final_layer_dropout_rate=0.0))
+    model = build_model(ModelConfig(image_size=a.image_size, rsd=(2, 4)))
     loss_fn = make_loss(LossConfig(loss_name="bce_dice"), model)
     lr = 5e-4
-    loop = InnerLoop(model, loss_fn, sgd=True, learning_rate=lr)
+    schedule = Adaptation(sgd=True, learning_rate=lr, steps=a.steps, batch_size=a.batch)
+    loop = InnerLoop(model, loss_fn, schedule)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss=loss_fn,
                   jit_compile=False)
     task = fake_class("c", a.image_size, max(10, a.batch), rng)
     x, m = support_tensors(task.images, task.masks)
-    schedule = AdaptationSchedule(learning_rate=lr, iters=a.steps, batch_size=a.batch)
     indices, seeds = draw_batches(rng, len(task.images), schedule)
     batch_x = tf.gather(x, indices[0])
     batch_y = tf.one_hot(tf.cast(tf.gather(m, indices[0]), tf.int32), 2)

@@ -31,7 +31,8 @@ from data.episodes import sample_episode  # noqa: E402
 from data.tasks import ClassData  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.config import MetaConfig  # noqa: E402
-from meta.inner import AdaptationSchedule, InnerLoop, support_tensors  # noqa: E402
+from meta.adaptation import Adaptation  # noqa: E402
+from meta.inner import InnerLoop, support_tensors  # noqa: E402
 from models.build import build_model  # noqa: E402
 from models.config import LossConfig, ModelConfig  # noqa: E402
 from models.losses import make_loss  # noqa: E402
@@ -64,12 +65,12 @@ def main(argv=None) -> None:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     size = a.image_size
-    model_cfg = ModelConfig(image_size=size, rsd=(2, 4), final_layer_dropout_rate=0.5)
-    model = build_model(model_cfg)
+    model = build_model(ModelConfig(image_size=size, rsd=(2, 4)))
     loss = make_loss(LossConfig(loss_name="bce_dice", l2=True), model)
-    loop = InnerLoop(model, loss, sgd=True, learning_rate=5e-4, augmentation=a.augmentation)
-    schedule = AdaptationSchedule(learning_rate=5e-4, iters=a.inner_iters,
-                                  batch_size=a.inner_batch, aug_rate=0.5)
+    schedule = Adaptation(sgd=True, learning_rate=5e-4, steps=a.inner_iters,
+                          batch_size=a.inner_batch, aug_rate=0.5, augmentation=a.augmentation,
+                          dropout_rate=0.5)
+    loop = InnerLoop(model, loss, schedule)
     tasks = [_fake_class(f"c{i}", size, 10, rng) for i in range(a.meta_batch)]
     x, m = support_tensors(tasks[0].images, tasks[0].masks)
     idx = np.arange(a.inner_batch, dtype=np.int32) % 10
@@ -83,9 +84,11 @@ def main(argv=None) -> None:
     rows = [("inner step, first call (trace + run)", first),
             (f"inner step, batch {a.inner_batch}, augment 0.5", step_ms),
             (f"inner step, batch {a.inner_batch}, no augmentation", step_noaug_ms)]
-    for name, meta in (("Reptile", MetaConfig(algorithm="reptile", train_shots=10)),
-                       ("FOMAML*", MetaConfig(algorithm="fomaml", train_shots=10, foml_tail=5))):
-        learner = MetaLearner(loop, meta, schedule)
+    for name, meta in (("Reptile", MetaConfig(algorithm="reptile", train_shots=10,
+                                              inner=schedule)),
+                       ("FOMAML*", MetaConfig(algorithm="fomaml", train_shots=10, foml_tail=5,
+                                              inner=schedule))):
+        learner = MetaLearner(loop, meta)
         learner.meta_step(tasks, rng, 0.1)  # warm-up: traces snapshots and the outer update
         ms = _time(lambda: learner.meta_step(tasks, rng, 0.1), a.meta_iterations)
         overhead = (ms - a.meta_batch * a.inner_iters * step_ms) / a.meta_batch

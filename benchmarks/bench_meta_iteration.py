@@ -21,6 +21,7 @@ the same cores, so only that share, not a speedup, is meaningful here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -38,7 +39,8 @@ from devices.distribute import DistributedMetaLearner, Replicas, configure_devic
     make_strategy  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.config import MetaConfig  # noqa: E402
-from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
+from meta.adaptation import Adaptation  # noqa: E402
+from meta.inner import InnerLoop  # noqa: E402
 from models.build import build_model  # noqa: E402
 from models.config import LossConfig, ModelConfig  # noqa: E402
 from models.losses import make_loss  # noqa: E402
@@ -84,11 +86,13 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
 
+    paper = Adaptation(sgd=True, learning_rate=5e-4, batch_size=a.inner_batch, aug_rate=0.5,
+                       dropout_rate=0.5)
+
     def make_loop():
-        model = build_model(ModelConfig(image_size=a.image_size, rsd=(2, 4),
-                                        final_layer_dropout_rate=0.5))
+        model = build_model(ModelConfig(image_size=a.image_size, rsd=(2, 4)))
         return InnerLoop(model, make_loss(LossConfig(loss_name="bce_dice", l2=True), model),
-                         sgd=True, learning_rate=5e-4)
+                         paper)
     loop = make_loop()
     replicas = Replicas(make_strategy("mirrored", a.num_replicas), loop, make_loop) \
         if a.num_replicas > 1 else None
@@ -100,13 +104,13 @@ def main(argv=None) -> dict:
     print(f"  {'algorithm':9s} {'steps':>5s} {'iter s':>7s} {'warm-up s':>9s}  "
           f"share of timed meta-iterations (%):{header}  {'non-inner %':>11s}")
     for iters in a.inner_iters:
-        schedule = AdaptationSchedule(learning_rate=5e-4, iters=iters,
-                                      batch_size=a.inner_batch, aug_rate=0.5)
-        for name, meta in (("Reptile", MetaConfig(algorithm="reptile", train_shots=10)),
+        schedule = dataclasses.replace(paper, steps=iters)
+        for name, meta in (("Reptile", MetaConfig(algorithm="reptile", train_shots=10,
+                                                  inner=schedule)),
                            ("FOMAML*", MetaConfig(algorithm="fomaml", train_shots=10,
-                                                  foml_tail=5))):
-            learner = MetaLearner(loop, meta, schedule) if replicas is None else \
-                DistributedMetaLearner(replicas, meta, schedule)
+                                                  foml_tail=5, inner=schedule))):
+            learner = MetaLearner(loop, meta) if replicas is None else \
+                DistributedMetaLearner(replicas, meta)
             local = 1 if replicas is None else len(replicas.loops)
             warm = _measure(learner, tasks, rng, 1, local)
             timed = _measure(learner, tasks, rng, a.meta_iterations, local)

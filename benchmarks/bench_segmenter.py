@@ -27,15 +27,13 @@ from benchmarks._common import load, write_json  # noqa: E402
 from models.build import build_model  # noqa: E402
 from segmenter import from_checkpoint  # noqa: E402
 from segmenter.api import Segmenter, make_loop  # noqa: E402
-from segmenter.settings import from_config  # noqa: E402
+from segmenter.settings import from_values  # noqa: E402
 
 
 def _random_init(size: int, folder: str) -> str:
     """A B0 init at `size` with the demo's schedule, saved as fine-tuned weights."""
-    settings = from_config({"model": {"image_size": size, "rsd": [2, 4]},
-                            "loss": {"loss_name": "bce_dice"},
-                            "inner": {"learning_rate": 0.001},
-                            "eval": {"eval_iters": 20, "eval_batch_size": 8}}, "benchmark")
+    settings = from_values({"image_size": size, "rsd": (2, 4), "loss_name": "bce_dice",
+                            "learning_rate": 0.001, "steps": 20, "batch_size": 8}, {})
     seg = Segmenter(make_loop(build_model(settings.model), settings), settings)
     return seg.save(folder)
 

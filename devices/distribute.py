@@ -38,7 +38,7 @@ from data.tasks import ClassData
 from devices.cluster import stop_on_sigterm, tf_config_cluster, wait_for_workers
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.inner import InnerLoop
 from meta.streams import ONE_STREAM
 from report.timing import section
 
@@ -252,7 +252,8 @@ class Replicas:
 
 
 class DistributedMetaLearner:
-    """`MetaLearner` over replicas: the same interface (loop, outer_optimizer, meta_step).
+    """`MetaLearner` over replicas: the same interface (loop, outer_optimizer, meta_step), through
+    each replica's learner's public face (theta, run_task, settle_seeds, direction_sum, apply).
 
     Each replica flattens the direction of each of its tasks into that task's slot of one vector
     (zeros in the other slots); the all-reduce sums the vectors, which adds only zeros to each
@@ -261,11 +262,10 @@ class DistributedMetaLearner:
 
     Args:
         replicas: the replicas and their inner loops.
-        meta: the meta config.
-        schedule: the training inner-loop schedule.
+        meta: the meta config (its `inner` is every task's adaptation).
     """
 
-    def __init__(self, replicas: Replicas, meta: MetaConfig, schedule: AdaptationSchedule):
+    def __init__(self, replicas: Replicas, meta: MetaConfig):
         if meta.task_streams == ONE_STREAM:
             raise ValueError("This run draws every task from one random stream (a run written "
                              "without --distribute by an earlier version), which only one device "
@@ -275,11 +275,10 @@ class DistributedMetaLearner:
         self.learners = []
         for device, loop in zip(replicas.devices, replicas.loops):
             with tf.device(device):
-                self.learners.append(MetaLearner(loop, meta, schedule))
+                self.learners.append(MetaLearner(loop, meta))
         main = self.learners[0]
-        self.loop, self.schedule = main.loop, main.schedule
-        self.outer_optimizer, self.start, self.before_last = \
-            main.outer_optimizer, main.start, main.before_last
+        self.loop, self.adaptation = main.loop, main.adaptation
+        self.outer_optimizer, self.theta = main.outer_optimizer, main.theta
         self._size = sum(int(np.prod(v.shape)) for v in main.loop.variables)
         self._flatten = [tf.function(_flatten) for _ in self.learners]
         self._unpack = [tf.function(_unpack_graph(lrn, self._size)) for lrn in self.learners]
@@ -307,8 +306,7 @@ class DistributedMetaLearner:
 
         def work(i):
             learner, first = self.learners[i], self.replicas.global_ids[i]
-            with section("snapshots"):
-                learner.start.save()
+            learner.theta.save()
             slots = [None] * len(tasks)
             loss_sum, count = 0.0, 0
             for k in range(first, len(tasks), num):
@@ -326,11 +324,10 @@ class DistributedMetaLearner:
                                      tf.constant(1.0 if first == 0 else 0.0))
         total = self.replicas.all_reduce_sum(self.replicas.map_local(work))
         losses = None
-        with section("meta_update"):
-            for learner, unpack in zip(self.learners, self._unpack):
+        for learner, unpack in zip(self.learners, self._unpack):
+            with section("meta_update"):
                 losses = unpack(total, len(tasks)).numpy()
-                learner.outer_optimizer.learning_rate.assign(meta_step_size)
-                learner._apply_mean(tf.constant(len(tasks), tf.float32))
+            learner.apply(len(tasks), meta_step_size)
         return float(losses[0] / losses[1])
 
 
@@ -360,7 +357,7 @@ def _unpack_graph(learner: MetaLearner, size: int):
     statistics, replica 0's other float state; returns (loss sum, step count)."""
     statistics = _moving_statistics(learner.loop.model)
     other = _other_float_state(learner.loop.model)
-    targets = list(learner._sum)
+    targets = list(learner.direction_sum)
 
     def unpack(vector, num_tasks):
         for k in range(num_tasks):  # the order a single device adds them in

@@ -26,40 +26,36 @@ import tensorflow as tf
 
 from data.episodes import sample_episode
 from data.tasks import ClassData
+from meta import weights
+from meta.adaptation import Adaptation
 from meta.config import MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
-    support_tensors
+from meta.inner import InnerLoop, adapt, draw_batches, run_steps, support_tensors
 from meta.state import Snapshot
 from meta.streams import ONE_STREAM, task_seeds
 from report.timing import section
 
-# direction(loop, class_data, schedule, rng, *, start, before_last) -> (d, losses)
+# direction(loop, images, masks, adaptation, rng, theta) -> (d, per-step losses)
 Direction = Callable[..., tuple[list[tf.Tensor], np.ndarray]]
 
 
-def reptile_direction(loop: InnerLoop, class_data: ClassData, schedule: AdaptationSchedule,
-                      rng: np.random.Generator, *, train_shots: int, start: Snapshot,
-                      before_last: Snapshot | None = None) -> tuple[list[tf.Tensor], np.ndarray]:
-    """Adapt on `train_shots` random pairs of the class; return phi - theta.
+def reptile_direction(loop: InnerLoop, images: np.ndarray, masks: np.ndarray,
+                      adaptation: Adaptation, rng: np.random.Generator,
+                      theta: Snapshot) -> tuple[list[tf.Tensor], np.ndarray]:
+    """Adapt on the task's pairs; return phi - theta.
 
     Args:
         loop: the compiled inner loop (its variables hold theta on entry).
-        class_data: the task's class.
-        schedule: inner-loop schedule (iters, batch, lr schedule, aug rate).
-        rng: draws the pairs, mini-batches and augmentation seeds.
-        train_shots: pairs sampled for the task.
-        start: snapshot holding theta (values read, not restored here).
-        before_last: unused (same signature as fomaml_direction).
+        images: (k,S,S,3) the task's pairs' images.
+        masks: (k,S,S) their masks.
+        adaptation: the inner loop's steps, batch, learning-rate schedule, augmentation.
+        rng: draws the mini-batches and augmentation seeds.
+        theta: the snapshot holding theta (read, not restored here).
 
     Returns:
         (d = phi - theta per variable, per-step losses).
     """
-    del before_last
-    with section("sampling"):
-        episode = sample_episode(rng, class_data, train_shots, 0)
-    result = adapt(loop, episode.support_images, episode.support_masks, schedule, rng)
-    with section("directions"):
-        return start.difference(), result.losses
+    result = adapt(loop, images, masks, adaptation, rng)
+    return theta.difference(), result.losses
 
 
 def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
@@ -87,75 +83,64 @@ def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
     return order[:num_pairs - tail_shots], order[num_pairs - tail_shots:]
 
 
-def fomaml_direction(loop: InnerLoop, class_data: ClassData, schedule: AdaptationSchedule,
-                     rng: np.random.Generator, *, train_shots: int, start: Snapshot,
+def fomaml_direction(loop: InnerLoop, images: np.ndarray, masks: np.ndarray,
+                     adaptation: Adaptation, rng: np.random.Generator, theta: Snapshot, *,
                      before_last: Snapshot, tail_shots: int | None = None,
                      tail_with_replacement: bool = False) -> tuple[list[tf.Tensor], np.ndarray]:
-    """Adapt for schedule.iters steps; return the last step's update (FOMAML / FOMAML*).
+    """Adapt for adaptation.steps steps; return the last step's update (FOMAML / FOMAML*).
 
     Args:
         loop: the compiled inner loop.
-        class_data: the task's class.
-        schedule: inner-loop schedule.
-        rng: draws pairs, split, mini-batches and augmentation seeds.
-        train_shots: pairs sampled for the task.
-        start: snapshot of theta (unused here; the caller restores it).
-        before_last: scratch snapshot that receives the weights before the last step.
+        images, masks: the task's pairs.
+        adaptation: the inner loop's schedule.
+        rng: draws the split, mini-batches and augmentation seeds.
+        theta: unused (the learner restores it).
+        before_last: this direction's own snapshot of the weights before the last step.
         tail_shots: T for FOMAML*; None is plain FOMAML (the last step is an ordinary batch).
         tail_with_replacement: --sample_foml_train_val_with_replacement.
 
     Returns:
         (d = phi_after - phi_before of the last step, per-step losses).
     """
-    del start
-    with section("sampling"):
-        episode = sample_episode(rng, class_data, train_shots, 0)
-    images, masks = episode.support_images, episode.support_masks
-    with section("snapshots"):
-        loop.reset_optimizer()
+    del theta
+    last_step = adaptation.steps - 1
+    loop.reset_optimizer()
     if tail_shots is None:
         x, m = support_tensors(images, masks)
-        with section("sampling"):
-            indices, seeds = draw_batches(rng, len(images), schedule)
-        head = run_steps(loop, x, m, indices[:-1], seeds[:-1], schedule)
-        with section("snapshots"):
-            before_last.save()
-        last = run_steps(loop, x, m, indices[-1:], seeds[-1:], schedule,
-                         first_step=schedule.iters - 1)
+        indices, seeds = draw_batches(rng, len(images), adaptation)
+        head = run_steps(loop, x, m, indices[:-1], seeds[:-1], adaptation)
+        before_last.save()
+        last = run_steps(loop, x, m, indices[-1:], seeds[-1:], adaptation, first_step=last_step)
     else:
-        with section("sampling"):
-            train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
+        train, tail = split_tail(rng, len(images), tail_shots, tail_with_replacement)
         x, m = support_tensors(images[train], masks[train])
-        with section("sampling"):
-            indices, seeds = draw_batches(rng, len(train), schedule, schedule.iters - 1)
-        head = run_steps(loop, x, m, indices, seeds, schedule)
-        with section("snapshots"):
-            before_last.save()
+        indices, seeds = draw_batches(rng, len(train), adaptation, last_step)
+        head = run_steps(loop, x, m, indices, seeds, adaptation)
+        before_last.save()
         tail_x, tail_m = support_tensors(images[tail], masks[tail])
-        with section("sampling"):
-            tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
+        tail_seed = rng.integers(0, 2**31 - 1, size=(1, 2)).astype(np.int32)
         # The whole tail is one batch and is not augmented (ml4ai/mliis
         # meta_learners/supervised_reptile/supervised_reptile/reptile.py).
         last = run_steps(loop, tail_x, tail_m, np.arange(len(tail), dtype=np.int32)[None],
-                         tail_seed, schedule, first_step=schedule.iters - 1, aug_rate=0.0)
-    with section("directions"):
-        direction = before_last.difference()
-    return direction, np.concatenate([head.losses, last.losses])
+                         tail_seed, adaptation, first_step=last_step, aug_rate=0.0)
+    return before_last.difference(), np.concatenate([head.losses, last.losses])
 
 
-def make_direction(meta: MetaConfig) -> Direction:
-    """The per-task update direction of the configured algorithm.
+def make_direction(meta: MetaConfig, loop: InnerLoop) -> Direction:
+    """The per-task update direction of the configured algorithm, owning its snapshots.
 
     Args:
-        meta: algorithm ("reptile" | "fomaml"), train_shots, foml_tail, replacement flag.
+        meta: algorithm ("reptile" | "fomaml"), foml_tail, its replacement flag.
+        loop: the inner loop the direction adapts.
 
     Returns:
         a `Direction` callable with the algorithm's settings bound.
     """
     if meta.algorithm == "reptile":
-        return partial(reptile_direction, train_shots=meta.train_shots)
+        return reptile_direction
     if meta.algorithm == "fomaml":
-        return partial(fomaml_direction, train_shots=meta.train_shots, tail_shots=meta.foml_tail,
+        return partial(fomaml_direction, tail_shots=meta.foml_tail,
+                       before_last=Snapshot(loop.variables, name="before_last_step"),
                        tail_with_replacement=meta.sample_foml_train_val_with_replacement)
     raise ValueError(f"algorithm must be 'reptile' or 'fomaml'. Received: {meta.algorithm!r}")
 
@@ -165,29 +150,30 @@ class MetaLearner:
 
     Args:
         loop: the compiled inner loop; its `variables` are the meta-learned variables.
-        meta: the meta config (algorithm and its settings).
-        schedule: the inner-loop schedule used for every training task.
+        meta: the meta config (algorithm, train_shots, and `inner`, every task's adaptation).
     """
 
-    def __init__(self, loop: InnerLoop, meta: MetaConfig, schedule: AdaptationSchedule):
-        if meta.algorithm == "fomaml" and schedule.iters < 1:
-            raise ValueError("FOMAML needs --inner-iters >= 1.")
-        if meta.foml_tail is not None and schedule.iters < 2:
+    def __init__(self, loop: InnerLoop, meta: MetaConfig):
+        adaptation = meta.inner
+        if meta.foml_tail is not None and adaptation.steps < 2:
             raise ValueError(f"FOMAML* runs inner_iters - 1 steps on the train part and one on "
-                             f"the tail; it needs --inner-iters >= 2. Received: {schedule.iters}")
+                             f"the tail; it needs --inner-iters >= 2. Received: {adaptation.steps}")
+        if meta.algorithm == "fomaml" and adaptation.steps < 1:
+            raise ValueError("FOMAML needs --inner-iters >= 1.")
+        loop.check(adaptation)
         self.loop = loop
-        self.schedule = schedule
-        self.direction = make_direction(meta)
-        self.start = Snapshot(loop.variables, name="theta")
-        self.before_last = Snapshot(loop.variables, name="before_last_step")
+        self.adaptation = adaptation
+        self.train_shots = meta.train_shots
+        self.direction = make_direction(meta, loop)
+        self.theta = Snapshot(loop.variables, name="theta")
         self.outer_optimizer = keras.optimizers.SGD(learning_rate=meta.meta_step_size)
         self.outer_optimizer.build(loop.variables)
         with tf.init_scope():
-            self._sum = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
-                                     name=f"direction_sum_{i}")
-                         for i, v in enumerate(loop.variables)]
+            self.direction_sum = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                              name=f"direction_sum_{i}")
+                                  for i, v in enumerate(loop.variables)]
         self._accumulate = tf.function(self._accumulate_graph)
-        self._apply_mean = tf.function(self._apply_mean_graph)
+        self._apply = tf.function(self._apply_graph)
         self.task_streams = meta.task_streams
         self._reseed = tf.function(_reseed_graph(_seed_states(loop.model)))
 
@@ -198,15 +184,27 @@ class MetaLearner:
                 "outer_optimizer": list(self.outer_optimizer.variables)}
 
     def _accumulate_graph(self, direction):
-        for total, d in zip(self._sum, direction):
+        for total, d in zip(self.direction_sum, direction):
             total.assign_add(d)
 
-    def _apply_mean_graph(self, num_tasks):
+    def _apply_graph(self, num_tasks, meta_step_size):
         # theta <- theta + epsilon * mean(d): the pseudo-gradient -mean(d) through outer SGD.
-        pseudo_gradients = [total * (-1.0 / num_tasks) for total in self._sum]
-        self.outer_optimizer.apply(pseudo_gradients, self.loop.variables)
-        for total in self._sum:
+        self.outer_optimizer.learning_rate.assign(meta_step_size)
+        self.outer_optimizer.apply(weights.scale(self.direction_sum, -1.0 / num_tasks),
+                                   self.loop.variables)
+        for total in self.direction_sum:
             total.assign(tf.zeros_like(total))
+
+    def accumulate(self, direction: Sequence[tf.Tensor]) -> None:
+        """Add one task's direction to the meta-batch's sum (in the order tasks are summed)."""
+        with section("directions"):
+            self._accumulate(direction)
+
+    def apply(self, num_tasks: int, meta_step_size: float) -> None:
+        """theta <- theta + meta_step_size * (sum of directions) / num_tasks; the sum restarts."""
+        with section("meta_update"):
+            self._apply(tf.constant(num_tasks, tf.float32),
+                        tf.constant(meta_step_size, tf.float32))
 
     def task_generators(self, rng: np.random.Generator, num_tasks: int
                         ) -> tuple[np.ndarray | None, list[np.random.Generator]]:
@@ -221,12 +219,13 @@ class MetaLearner:
         """
         if self.task_streams == ONE_STREAM:
             return None, [rng] * num_tasks
-        seeds = task_seeds(rng, num_tasks)
-        return seeds, [np.random.default_rng(seed.tolist()) for seed in seeds]
+        with section("sampling"):
+            seeds = task_seeds(rng, num_tasks)
+            return seeds, [np.random.default_rng(seed.tolist()) for seed in seeds]
 
     def run_task(self, class_data: ClassData, rng: np.random.Generator,
                  seed: np.ndarray | None) -> tuple[list[tf.Tensor], np.ndarray]:
-        """Adapt one task from theta (held by `start`), then restore theta.
+        """Draw a task of the class, adapt from theta (held by `theta`), restore theta.
 
         Args:
             class_data: the task's class.
@@ -237,13 +236,14 @@ class MetaLearner:
         Returns:
             (the task's direction, its per-step losses).
         """
-        if seed is not None:
-            with section("sampling"):
+        with section("sampling"):
+            if seed is not None:
                 self._reseed(tf.constant(seed))
-        direction, losses = self.direction(self.loop, class_data, self.schedule, rng,
-                                           start=self.start, before_last=self.before_last)
-        with section("snapshots"):
-            self.start.restore()  # model state only: BN statistics carry over
+            episode = sample_episode(rng, class_data, self.train_shots, 0)
+        direction, losses = self.direction(self.loop, episode.support_images,
+                                           episode.support_masks, self.adaptation, rng,
+                                           self.theta)
+        self.theta.restore()  # model state only: BN statistics carry over
         return direction, losses
 
     def settle_seeds(self, seeds: np.ndarray | None) -> None:
@@ -264,21 +264,16 @@ class MetaLearner:
         Returns:
             mean inner-loop loss over all steps of all tasks.
         """
-        with section("snapshots"):
-            self.start.save()
-        with section("sampling"):
-            seeds, generators = self.task_generators(rng, len(tasks))
+        self.theta.save()
+        seeds, generators = self.task_generators(rng, len(tasks))
         losses = []
         for k, class_data in enumerate(tasks):  # summed in slot order, as on any placement
             direction, task_losses = self.run_task(class_data, generators[k],
                                                    None if seeds is None else seeds[k])
-            with section("directions"):
-                self._accumulate(direction)
+            self.accumulate(direction)
             losses.append(task_losses)
         self.settle_seeds(seeds)
-        with section("meta_update"):
-            self.outer_optimizer.learning_rate.assign(meta_step_size)
-            self._apply_mean(tf.constant(len(tasks), tf.float32))
+        self.apply(len(tasks), meta_step_size)
         return float(np.mean(np.concatenate(losses)))
 
 

@@ -1,16 +1,14 @@
-"""Frozen configs of the meta-learning core: the inner loop and the outer loop.
+"""The frozen config of meta-training's outer loop; its inner loop is a `meta.adaptation.Adaptation`.
 
-`args.py` fills these once from the command line; library code takes them (or plain
-kwargs) and never sees argparse. Field names follow the paper's words.
+`args.py` fills it once from the command line; library code takes it (or plain kwargs) and
+never sees argparse. Field names follow the paper's words.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from meta.adaptation import Adaptation
 from meta.streams import PER_TASK, TASK_STREAMS
-
-LR_SCHEDULERS = ("fixed", "constant", "step_decay", "step", "cosine_anneal")
-AUGMENTATIONS = ("paper", "metaseg")  # data.augmentations.AUGMENTATIONS
 
 
 def ensure(condition: bool, message: str) -> None:
@@ -19,46 +17,9 @@ def ensure(condition: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class InnerConfig:
-    """How one task is adapted: the inner loop (meta-training) or test-time adaptation."""
-
-    # plain SGD; otherwise Adam with beta1 = 0 (ml4ai/mliis meta_learners/args.py)
-    sgd: bool = False
-    learning_rate: float = 1e-3
-    inner_batch_size: int = 8
-    inner_iters: int = 8
-    augment: bool = False
-    aug_rate: float = 0.5
-    augmentation: str = "paper"  # the paper's transforms (data/paper_augment.py) or data/augment.py
-    learning_rate_scheduler: str = "fixed"
-    step_decay_rate: float = 0.5
-    decay_after_n_steps: int = 5
-    replacement: bool = False  # mini-batches drawn with replacement
-    weight_decay: float = 1.0  # multiplicative shrink before every inner step; 1 = off
-
-    def __post_init__(self):
-        ensure(self.learning_rate > 0,
-               f"--learning-rate must be > 0. Received: {self.learning_rate}")
-        ensure(self.inner_batch_size >= 1,
-               f"--inner-batch must be >= 1. Received: {self.inner_batch_size}")
-        ensure(self.inner_iters >= 1,
-               f"--inner-iters must be >= 1. Received: {self.inner_iters}")
-        ensure(0.0 <= self.aug_rate <= 1.0,
-               f"--aug_rate must be in [0, 1]. Received: {self.aug_rate}")
-        ensure(self.augmentation in AUGMENTATIONS,
-               f"--augmentation must be one of {AUGMENTATIONS}. Received: {self.augmentation!r}")
-        ensure(self.learning_rate_scheduler in LR_SCHEDULERS,
-               f"--learning_rate_scheduler must be one of {LR_SCHEDULERS}. "
-               f"Received: {self.learning_rate_scheduler!r}")
-        ensure(self.decay_after_n_steps >= 1,
-               f"--decay_after_n_steps must be >= 1. Received: {self.decay_after_n_steps}")
-        ensure(0.0 < self.weight_decay <= 1.0,
-               f"--weight-decay must be in (0, 1]. Received: {self.weight_decay}")
-
-
-@dataclass(frozen=True)
 class MetaConfig:
-    """The outer loop: which algorithm, how many tasks, how big a meta-step."""
+    """The outer loop: which algorithm, how many tasks, how big a meta-step; `inner` is how each
+    task adapts (--inner-iters steps of --inner-batch, the adaptation flags' optimizer)."""
 
     algorithm: str = "reptile"  # reptile | fomaml (FOMAML* when foml_tail is set)
     train_shots: int = 5
@@ -73,10 +34,15 @@ class MetaConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     task_streams: str = PER_TASK  # meta.streams: how a meta-batch's tasks draw their randomness
+    inner: Adaptation = field(default_factory=lambda: Adaptation(steps=8, batch_size=8))
 
     def __post_init__(self):
         ensure(self.algorithm in ("reptile", "fomaml"),
                f"algorithm must be 'reptile' or 'fomaml'. Received: {self.algorithm!r}")
+        ensure(self.inner.steps >= 1,
+               f"--inner-iters must be >= 1. Received: {self.inner.steps}")
+        ensure(self.inner.batch_size is not None,
+               "meta-training draws mini-batches of --inner-batch pairs; it cannot be None")
         ensure(self.train_shots >= 1,
                f"--train-shots must be >= 1. Received: {self.train_shots}")
         if self.foml_tail is not None:

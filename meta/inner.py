@@ -1,24 +1,24 @@
 """The compiled inner loop: one optimizer and one traced train step per model, reused by every task.
 
-`InnerLoop(model, loss_fn, ...)` builds, once:
+`InnerLoop(model, loss_fn, adaptation)` builds, once, what an `meta.adaptation.Adaptation` fixes
+(`LOOP_SETTINGS`: SGD or Adam, weight decay, the augmentation's graph, the adapted variables):
 * the inner optimizer (SGD, or Adam with beta1 = 0; ml4ai/mliis meta_learners/args.py), whose
-slots and
-  `iterations` are reset per task by `reset_optimizer()` (assign, no rebuild);
+  slots and `iterations` are reset per task by `reset_optimizer()` (assign, no rebuild);
 * `train_step(images, masks, indices, learning_rate, aug_rate, seed)`: one `tf.function` with an
   input signature whose batch dimension is None, so 10-shot training tasks, 5-shot evaluation
   tasks and the FOMAML* tail batch all share a single trace. The mini-batch is gathered and
-  augmented (the `augmentation` named at construction; stateless, keyed by `seed`) in the graph; the
-  learning rate is assigned to the optimizer inside the graph; the dropout rate is a model
-  variable (`models.layers.set_dropout_rate`). Changing any of them never retraces;
+  augmented (stateless, keyed by `seed`) in the graph; the learning rate is assigned to the
+  optimizer inside the graph; the dropout rate is a model variable (`models.layers`). Changing
+  any of them never retraces;
+* `train_steps(...)`: a task's steps in one compiled call, a graph loop over the precomputed
+  mini-batch indices, seeds and learning rates that runs the same step graph as `train_step`
+  and returns every step's loss (one trace for every number of steps);
 * `predict(images)`: the model in inference mode (BN moving statistics), also traced once;
 * `full_state`: a `meta.state.Snapshot` of the model's and the inner optimizer's variables.
 
-* `train_steps(...)`: a task's steps in one compiled call, a graph loop over the precomputed
-  mini-batch indices, seeds and learning rates that runs the same step graph as `train_step`
-  and returns every step's loss (one trace for every number of steps).
-
-`adapt()` runs a task's k steps; `on_step(steps_taken, loss) -> stop?` lets callers score every
-step (UHO early stopping); with a callback the steps run one `train_step` call at a time. The adapted variables can be a subset (`variables=`; e.g. the MTL head).
+`adapt(loop, images, masks, adaptation, rng)` runs a task's steps with the adaptation's
+schedule; `on_step(steps_taken, loss) -> stop?` lets callers score every step (UHO early
+stopping), and then the steps run one `train_step` call at a time.
 """
 from __future__ import annotations
 
@@ -31,62 +31,15 @@ import tensorflow as tf
 
 from data.augmentations import augmentation_fn
 from data.episodes import mini_batch_indices
-from meta.config import InnerConfig
-from meta.schedules import inner_learning_rate
+from meta.adaptation import Adaptation
 from meta.state import Snapshot, full_state
+from models.layers import dropout_rate_variables
+from models.mtl import head_variables
 from report.timing import section
 
 # on_step(steps_taken, loss) -> True to stop early
 StepCallback = Callable[[int, float], bool]
 _SEED_HIGH = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class AdaptationSchedule:
-    """How one task is adapted: the inner loop of meta-training or test-time adaptation.
-
-    Attributes:
-        learning_rate: lr0 of the inner optimizer.
-        iters: number of inner steps.
-        batch_size: mini-batch size (mini-batches continue across reshuffles of the support).
-        aug_rate: probability that an example is augmented; 0 disables augmentation.
-        scheduler: fixed | constant | step_decay | step | cosine_anneal.
-        step_decay_rate: factor of the step schedule.
-        decay_after_n_steps: period of the step schedule.
-        replacement: draw each mini-batch independently (reference `--replacement`).
-    """
-
-    learning_rate: float
-    iters: int
-    batch_size: int
-    aug_rate: float = 0.0
-    scheduler: str = "fixed"
-    step_decay_rate: float = 0.5
-    decay_after_n_steps: int = 5
-    replacement: bool = False
-
-    def learning_rate_at(self, step: int) -> float:
-        """The learning rate of 0-based inner step `step` (T = iters for cosine annealing)."""
-        return inner_learning_rate(step, learning_rate=self.learning_rate,
-                                   scheduler=self.scheduler, total_steps=self.iters,
-                                   step_decay_rate=self.step_decay_rate,
-                                   decay_after_n_steps=self.decay_after_n_steps)
-
-
-def training_schedule(inner: InnerConfig) -> AdaptationSchedule:
-    """The meta-training inner loop's schedule from --learning-rate, --inner-iters, ...
-
-    Args:
-        inner: the inner-loop config.
-
-    Returns:
-        AdaptationSchedule with iters = inner_iters, batch = inner_batch_size.
-    """
-    return AdaptationSchedule(
-        learning_rate=inner.learning_rate, iters=inner.inner_iters,
-        batch_size=inner.inner_batch_size, aug_rate=inner.aug_rate if inner.augment else 0.0,
-        scheduler=inner.learning_rate_scheduler, step_decay_rate=inner.step_decay_rate,
-        decay_after_n_steps=inner.decay_after_n_steps, replacement=inner.replacement)
 
 
 def make_inner_optimizer(sgd: bool, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -104,6 +57,21 @@ def make_inner_optimizer(sgd: bool, learning_rate: float) -> keras.optimizers.Op
         return keras.optimizers.SGD(learning_rate=learning_rate)
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.0, beta_2=0.999,
                                  epsilon=1e-8)
+
+
+def adapted_variables(model: keras.Model, adaptation: Adaptation) -> list:
+    """The variables an adaptation changes: the head's alone (head_only), or every trainable one.
+
+    Args:
+        model: a model from models.build.build_model.
+        adaptation: the adaptation.
+
+    Returns:
+        list of variables.
+    """
+    if adaptation.head_only:
+        return head_variables(model)
+    return list(model.trainable_variables)
 
 
 def gradient_step(model: keras.Model, loss_fn: Callable, variables: Sequence,
@@ -148,34 +116,34 @@ class InnerLoop:
     Args:
         model: Keras model mapping float32 (N,S,S,3) images in [0,255] to (N,S,S,2) probabilities.
         loss_fn: fn(y_true one-hot (N,S,S,2), y_pred) -> scalar (models.losses.make_loss).
-        sgd: inner optimizer is SGD (else Adam with beta1 = 0).
-        learning_rate: default inner learning rate.
-        weight_decay: multiply every adapted variable by this before each step (1 = off).
-        variables: the variables the inner loop adapts (default: all trainable variables).
-        augmentation: the batch augmentation's name (--augmentation: paper | metaseg), or None
-            for a loop that never augments: its step then holds no augmentation graph, which
-            spares every trace that branch (over a second for the paper's on CPU).
+        adaptation: what the loop is built for: its LOOP_SETTINGS (optimizer, weight decay,
+            augmentation, adapted variables); every adaptation run on it must agree on them.
+        augment: build the augmentation's graph (default: when adaptation.aug_rate > 0). A loop
+            that never augments holds no augmentation graph, which spares every trace that
+            branch (over a second for the paper's on CPU); UHO, which searches the rate, asks
+            for it.
         jit_compile: compile the steps and the prediction with XLA (GPU; slower on CPU).
         loss_scale: multiply the loss by this before the gradient and divide the gradients
             after (float16 compute); a step whose scaled gradients are not finite changes no
             weight. None = no scaling.
     """
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, sgd: bool = True,
-                 learning_rate: float = 1e-3, weight_decay: float = 1.0,
-                 variables: Sequence | None = None, augmentation: str | None = "paper",
-                 jit_compile: bool = False, loss_scale: float | None = None):
+    def __init__(self, model: keras.Model, loss_fn: Callable, adaptation: Adaptation, *,
+                 augment: bool | None = None, jit_compile: bool = False,
+                 loss_scale: float | None = None):
         self.model = model
-        self.augment = augmentation_fn(augmentation) if augmentation is not None else None
-        self.loss_scale = loss_scale
         self.loss_fn = loss_fn
-        self.weight_decay = float(weight_decay)
-        self.variables = list(variables) if variables is not None else \
-            list(model.trainable_variables)
+        self.settings = adaptation.loop_settings()
+        augment = adaptation.aug_rate > 0 if augment is None else augment
+        self.augment = augmentation_fn(adaptation.augmentation) if augment else None
+        self.loss_scale = loss_scale
+        self.weight_decay = float(adaptation.weight_decay)
+        self.variables = adapted_variables(model, adaptation)
         if not self.variables:
             raise ValueError("InnerLoop needs at least one variable to adapt; the model has no "
                              "trainable variables.")
-        self.optimizer = make_inner_optimizer(sgd, learning_rate)
+        self._dropout_rates = dropout_rate_variables(model)
+        self.optimizer = make_inner_optimizer(adaptation.sgd, adaptation.learning_rate)
         self.optimizer.build(self.variables)
         lr_var = self.optimizer.learning_rate
         self._reset_vars = [v for v in self.optimizer.variables if v is not lr_var]
@@ -229,9 +197,35 @@ class InnerLoop:
             v.assign(tf.zeros_like(v))
 
     # --- public API ----------------------------------------------------------------------
+    def check(self, adaptation: Adaptation) -> None:
+        """Refuse an adaptation whose LOOP_SETTINGS differ from the loop's (it needs a new loop).
+
+        Raises:
+            ValueError: naming the settings, or augmentation asked of a loop built without it.
+        """
+        wanted = adaptation.loop_settings()
+        if adaptation.aug_rate == 0.0:  # the augmentation graph is not run
+            wanted["augmentation"] = self.settings["augmentation"]
+        elif self.augment is None:
+            raise ValueError(f"this inner loop was built without augmentation but was asked for "
+                             f"aug_rate={adaptation.aug_rate}; build it with augment=True.")
+        differ = {k: (self.settings[k], v) for k, v in wanted.items() if self.settings[k] != v}
+        if differ:
+            raise ValueError(f"this inner loop was built for other settings ({differ}, built vs "
+                             f"asked); build an InnerLoop for this adaptation.")
+
+    def set_dropout_rate(self, rate: float) -> None:
+        """Set the head dropout of the model (a variable: no compiled step retraces)."""
+        if not self._dropout_rates and rate > 0:
+            raise ValueError(f"dropout_rate {rate} asked of model {self.model.name!r}, which has "
+                             f"no VariableDropout layer.")
+        for variable in self._dropout_rates:
+            variable.assign(float(rate))
+
     def reset_optimizer(self) -> None:
         """Zero the inner optimizer's slots and iteration count (a fresh optimizer per task)."""
-        self._reset()
+        with section("snapshots"):
+            self._reset()
 
     def train_step(self, images: tf.Tensor, masks: tf.Tensor, indices, learning_rate: float,
                    aug_rate: float, seed) -> tf.Tensor:
@@ -249,10 +243,11 @@ class InnerLoop:
             the scalar loss tensor before the update.
         """
         self._check_aug_rate(aug_rate)
-        return self._train_step(images, masks, tf.convert_to_tensor(indices, tf.int32),
-                                tf.constant(learning_rate, tf.float32),
-                                tf.constant(aug_rate, tf.float32),
-                                tf.convert_to_tensor(seed, tf.int32))
+        with section("inner_steps"):
+            return self._train_step(images, masks, tf.convert_to_tensor(indices, tf.int32),
+                                    tf.constant(learning_rate, tf.float32),
+                                    tf.constant(aug_rate, tf.float32),
+                                    tf.convert_to_tensor(seed, tf.int32))
 
     def train_steps(self, images: tf.Tensor, masks: tf.Tensor, indices, learning_rates,
                     aug_rate: float, seeds) -> tf.Tensor:
@@ -269,16 +264,16 @@ class InnerLoop:
             float32 (steps,) tensor: each step's loss before its update.
         """
         self._check_aug_rate(aug_rate)
-        return self._train_steps(images, masks, tf.convert_to_tensor(indices, tf.int32),
-                                 tf.convert_to_tensor(learning_rates, tf.float32),
-                                 tf.constant(aug_rate, tf.float32),
-                                 tf.convert_to_tensor(seeds, tf.int32))
+        with section("inner_steps"):
+            return self._train_steps(images, masks, tf.convert_to_tensor(indices, tf.int32),
+                                     tf.convert_to_tensor(learning_rates, tf.float32),
+                                     tf.constant(aug_rate, tf.float32),
+                                     tf.convert_to_tensor(seeds, tf.int32))
 
     def _check_aug_rate(self, aug_rate: float) -> None:
         if self.augment is None and aug_rate > 0.0:
-            raise ValueError(f"this inner loop was built without augmentation (augmentation=None) "
-                             f"but was asked for aug_rate={aug_rate}; build it with the "
-                             f"augmentation's name.")
+            raise ValueError(f"this inner loop was built without augmentation but was asked for "
+                             f"aug_rate={aug_rate}; build it with augment=True.")
 
     def predict(self, images) -> tf.Tensor:
         """Foreground/background probabilities in inference mode.
@@ -306,7 +301,7 @@ class AdaptResult:
     """Outcome of one task's adaptation.
 
     Attributes:
-        steps_taken: inner steps run (fewer than schedule.iters when on_step stopped early).
+        steps_taken: inner steps run (fewer than adaptation.steps when on_step stopped early).
         losses: float32 (steps_taken,) loss of each step.
     """
 
@@ -329,80 +324,75 @@ def support_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[tf.Tensor, t
                 tf.convert_to_tensor(np.asarray(masks, np.float32)))
 
 
-def draw_batches(rng: np.random.Generator, num_examples: int,
-                 schedule: AdaptationSchedule, num_steps: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def draw_batches(rng: np.random.Generator, num_examples: int, adaptation: Adaptation,
+                 num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The mini-batch indices and augmentation seeds of an adaptation, drawn from `rng`.
 
     Args:
         rng: the run's generator.
         num_examples: support size.
-        schedule: batch size, replacement.
-        num_steps: steps to draw (default schedule.iters).
+        adaptation: batch size and replacement.
+        num_steps: steps to draw (default adaptation.steps).
 
     Returns:
         (indices int32 (steps, batch), seeds int32 (steps, 2)).
     """
     with section("sampling"):
-        return _draw_batches(rng, num_examples, schedule, num_steps)
-
-
-def _draw_batches(rng, num_examples, schedule, num_steps):
-    steps = schedule.iters if num_steps is None else num_steps
-    indices = mini_batch_indices(rng, num_examples, schedule.batch_size, steps,
-                                 replacement=schedule.replacement).astype(np.int32)
-    seeds = rng.integers(0, _SEED_HIGH, size=(steps, 2), dtype=np.int64).astype(np.int32)
+        steps = adaptation.steps if num_steps is None else num_steps
+        indices = mini_batch_indices(rng, num_examples, adaptation.batch_for(num_examples), steps,
+                                     replacement=adaptation.replacement).astype(np.int32)
+        seeds = rng.integers(0, _SEED_HIGH, size=(steps, 2), dtype=np.int64).astype(np.int32)
     return indices, seeds
 
 
 def run_steps(loop: InnerLoop, images: tf.Tensor, masks: tf.Tensor, indices: np.ndarray,
-              seeds: np.ndarray, schedule: AdaptationSchedule, *, first_step: int = 0,
+              seeds: np.ndarray, adaptation: Adaptation, *, first_step: int = 0,
               aug_rate: float | None = None, on_step: StepCallback | None = None
               ) -> AdaptResult:
-    """Run len(indices) inner steps (no optimizer reset), step t at schedule lr(first_step + t).
+    """Run len(indices) inner steps (no optimizer reset), step t at the lr of first_step + t.
 
     Args:
         loop: the compiled inner loop.
         images, masks: support tensors (support_tensors()).
         indices: (steps, batch) mini-batch indices.
         seeds: (steps, 2) augmentation seeds.
-        schedule: learning-rate schedule and augmentation rate.
+        adaptation: learning-rate schedule, augmentation rate, dropout.
         first_step: index of the first step within the whole adaptation (for the lr schedule).
-        aug_rate: overrides schedule.aug_rate (the FOMAML* tail step passes 0).
+        aug_rate: overrides adaptation.aug_rate (the FOMAML* tail step passes 0).
         on_step: called after every step with (steps taken so far, loss); True stops.
 
     Returns:
         AdaptResult.
     """
-    rate = schedule.aug_rate if aug_rate is None else aug_rate
+    rate = adaptation.aug_rate if aug_rate is None else aug_rate
+    loop.set_dropout_rate(adaptation.dropout_rate)
+    if on_step is None and len(indices):
+        rates = [adaptation.learning_rate_at(first_step + t) for t in range(len(indices))]
+        values = loop.train_steps(images, masks, indices, rates, rate, seeds).numpy()
+        return AdaptResult(steps_taken=len(values), losses=values)
+    # A callback sees every step before the next one runs, so its steps run one by one.
     losses = []
-    with section("inner_steps"):
-        if on_step is None and len(indices):
-            rates = [schedule.learning_rate_at(first_step + t) for t in range(len(indices))]
-            values = loop.train_steps(images, masks, indices, rates, rate, seeds).numpy()
-            return AdaptResult(steps_taken=len(values), losses=values)
-        # A callback sees every step before the next one runs, so its steps run one by one.
-        for t in range(len(indices)):
-            loss = loop.train_step(images, masks, indices[t],
-                                   schedule.learning_rate_at(first_step + t), rate, seeds[t])
-            losses.append(loss)
-            if on_step is not None and on_step(first_step + t + 1, float(loss)):
-                break
-        values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
+    for t in range(len(indices)):
+        loss = loop.train_step(images, masks, indices[t],
+                               adaptation.learning_rate_at(first_step + t), rate, seeds[t])
+        losses.append(loss)
+        if on_step is not None and on_step(first_step + t + 1, float(loss)):
+            break
+    values = tf.stack(losses).numpy() if losses else np.zeros(0, np.float32)
     return AdaptResult(steps_taken=len(losses), losses=values)
 
 
-def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: AdaptationSchedule,
+def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, adaptation: Adaptation,
           rng: np.random.Generator, *, on_step: StepCallback | None = None,
           progress: Callable[[int, int], None] | None = None,
           progress_chunks: int = 10) -> AdaptResult:
     """Fine-tune the loop's variables on one task's support set (fresh optimizer state).
 
     Args:
-        loop: the compiled inner loop.
+        loop: the compiled inner loop (built for the adaptation's LOOP_SETTINGS).
         images: (k,S,S,3) support images (uint8 or float in 0..255).
         masks: (k,S,S) support masks in {0,1}.
-        schedule: the adaptation schedule.
+        adaptation: steps, batch size, learning-rate schedule, augmentation, dropout.
         rng: draws the mini-batches and augmentation seeds.
         on_step: optional (steps_taken, loss) -> stop callback, e.g. UHO early stopping.
         progress: optional (steps done, steps in all) callback: the fused steps then run in
@@ -413,17 +403,17 @@ def adapt(loop: InnerLoop, images: np.ndarray, masks: np.ndarray, schedule: Adap
     Returns:
         AdaptResult.
     """
+    loop.check(adaptation)
     x, m = support_tensors(images, masks)
-    indices, seeds = draw_batches(rng, len(x), schedule)
-    with section("snapshots"):
-        loop.reset_optimizer()
+    indices, seeds = draw_batches(rng, len(x), adaptation)
+    loop.reset_optimizer()
     if progress is None or on_step is not None or not len(indices):
-        return run_steps(loop, x, m, indices, seeds, schedule, on_step=on_step)
+        return run_steps(loop, x, m, indices, seeds, adaptation, on_step=on_step)
     chunk = -(-len(indices) // max(1, progress_chunks))
     losses = []
     for start in range(0, len(indices), chunk):
         part = run_steps(loop, x, m, indices[start:start + chunk], seeds[start:start + chunk],
-                         schedule, first_step=start)
+                         adaptation, first_step=start)
         losses.append(part.losses)
         progress(start + part.steps_taken, len(indices))
     values = np.concatenate(losses)

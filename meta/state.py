@@ -20,6 +20,9 @@ from typing import Iterable, Sequence
 import keras
 import tensorflow as tf
 
+from meta import weights
+from report.timing import section
+
 
 def _tf_variable(v) -> tf.Variable:
     """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
@@ -89,19 +92,22 @@ class Snapshot:
             target.assign(copy)
 
     def _difference_graph(self):
-        return [target - copy for copy, target in zip(self._copies, self._targets)]
+        return weights.subtract(self._targets, self._copies)
 
     def save(self) -> None:
         """Copy the current values of the variables into the snapshot."""
-        self._save()
+        with section("snapshots"):
+            self._save()
 
     def restore(self) -> None:
         """Copy the snapshot back into the variables."""
-        self._restore()
+        with section("snapshots"):
+            self._restore()
 
     def difference(self) -> list[tf.Tensor]:
         """Current values minus the saved ones, per variable, in one compiled call."""
-        return self._difference()
+        with section("directions"):
+            return self._difference()
 
     @property
     def values(self) -> list[tf.Variable]:

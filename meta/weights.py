@@ -3,7 +3,8 @@
 Every function takes and returns plain lists of tensors (one entry per variable, in the same
 order), so the meta-algorithms read like the paper's formulas and each operation is tested
 alone (as openai/supervised-reptile `supervised_reptile/variables.py`). Inputs may be tensors,
-variables or arrays.
+variables or arrays. `phi - theta` (`meta.state.Snapshot.difference`) is `subtract`; the
+meta-update's pseudo-gradient `-mean(d)` (`meta.algorithms.MetaLearner`) is `scale`.
 """
 from __future__ import annotations
 
@@ -19,20 +20,6 @@ def _check_same_length(*lists: Weights) -> None:
     if len(lengths) != 1:
         raise ValueError(f"Weight lists must have the same length. Received lengths: "
                          f"{[len(w) for w in lists]}")
-
-
-def add(a: Weights, b: Weights) -> list[tf.Tensor]:
-    """Element-wise a + b.
-
-    Args:
-        a: list of tensors.
-        b: list of tensors with the same shapes as a.
-
-    Returns:
-        list of tensors a[i] + b[i].
-    """
-    _check_same_length(a, b)
-    return [tf.convert_to_tensor(x) + tf.convert_to_tensor(y) for x, y in zip(a, b)]
 
 
 def subtract(a: Weights, b: Weights) -> list[tf.Tensor]:
@@ -60,19 +47,3 @@ def scale(a: Weights, factor) -> list[tf.Tensor]:
         list of tensors factor * a[i] (dtype of a[i]).
     """
     return [tf.convert_to_tensor(x) * tf.cast(factor, tf.convert_to_tensor(x).dtype) for x in a]
-
-
-def average(lists: Sequence[Weights]) -> list[tf.Tensor]:
-    """Element-wise mean over several weight lists (e.g. the adapted weights of a meta-batch).
-
-    Args:
-        lists: n >= 1 weight lists of the same structure.
-
-    Returns:
-        list of tensors mean_k lists[k][i].
-    """
-    if not lists:
-        raise ValueError("average() needs at least one weight list. Received: []")
-    _check_same_length(*lists)
-    return [tf.add_n([tf.convert_to_tensor(w[i]) for w in lists]) / len(lists)
-            for i in range(len(lists[0]))]

@@ -25,7 +25,6 @@ class ModelConfig:
     spatial_pyramid_pooling: bool = False
     skip_decoding: bool = False
     disable_rsd_residual_connections: bool = False
-    final_layer_dropout_rate: float = 0.0
     align_corners: bool = True  # TF1 align_corners=True bilinear resizes (paper parity)
     n_unet_encoding_stacks: int = 4
     start_num_feature_maps_power: int = 5
@@ -43,9 +42,6 @@ class ModelConfig:
                f"--image_size must be a multiple of 16 and >= 32. Received: {self.image_size}")
         _check(all(r in (1, 2, 3, 4) for r in self.rsd) and len(set(self.rsd)) == len(self.rsd),
                f"--rsd takes distinct reductions from 1..4. Received: {self.rsd}")
-        _check(0.0 <= self.final_layer_dropout_rate < 1.0,
-               f"--final_layer_dropout_rate must be in [0, 1). "
-               f"Received: {self.final_layer_dropout_rate}")
         _check(1 <= self.n_unet_encoding_stacks <= 6,
                f"--n_unet_encoding_stacks must be in 1..6. Received: {self.n_unet_encoding_stacks}")
         _check(1 <= self.start_num_feature_maps_power <= 8,

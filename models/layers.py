@@ -3,15 +3,15 @@
 * `ResizeBilinear`: bilinear resize to a fixed size, with TF1's `align_corners=True` sampling
   (the reference's decoder upsampling and final resize), written as two gathers in keras.ops, or
   half-pixel centres (`keras.ops.image.resize`) with `align_corners=False`.
-* `VariableDropout`: dropout whose rate is a non-trainable variable read at call time. UHO and the
-  test-time search change the rate between calls (`set_dropout_rate`) without rebuilding the model
-  or retracing a compiled step; in the reference the rate was a placeholder with a default.
+* `VariableDropout`: dropout whose rate is a non-trainable variable read at call time. Every
+  adaptation sets it (`meta.inner`, from its `dropout_rate`; `dropout_rate_variables`) without
+  rebuilding the model or retracing a compiled step; in the reference the rate was a placeholder
+  with a default.
 * `TrainingBatchNormalization`: batch norm that always uses batch statistics (the reference's
   `--skip_decoding` path, whose BN is in training mode even at prediction).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import keras
@@ -142,12 +142,15 @@ def leaf_layers(model: keras.Model):
     return out
 
 
-def _head_dropouts(model: keras.Model) -> list[VariableDropout]:
-    found = [layer for layer in leaf_layers(model) if isinstance(layer, VariableDropout)]
-    if not found:
-        raise ValueError(f"Model {model.name!r} has no VariableDropout layer "
-                         f"({HEAD_DROPOUT_NAME!r}); build it with models.build.build_model.")
-    return found
+def dropout_rate_variables(model: keras.Model) -> list:
+    """The rate variables of the model's VariableDropout layers ([] for a model without one).
+
+    Args:
+        model: a Keras model.
+    Returns:
+        the non-trainable rate variables; assigning one changes the rate of the next call.
+    """
+    return [layer.rate for layer in leaf_layers(model) if isinstance(layer, VariableDropout)]
 
 
 def set_dropout_rate(model: keras.Model, rate: float) -> None:
@@ -160,29 +163,12 @@ def set_dropout_rate(model: keras.Model, rate: float) -> None:
         ValueError: a rate outside [0, 1), or a model without a VariableDropout layer.
     """
     _check_rate(rate)
-    for layer in _head_dropouts(model):
-        layer.rate.assign(float(rate))
-
-
-@contextlib.contextmanager
-def dropout_rate(model, rate: float, base_rate: float):
-    """Run a block with the head dropout at `rate`, then put `base_rate` back.
-
-    The rate is a model variable read at call time, so no compiled step retraces.
-
-    Args:
-        model: a model built by models.build_model.
-        rate: dropout during the block.
-        base_rate: the model's configured rate (restored afterwards).
-    """
-    if rate == base_rate:
-        yield
-        return
-    set_dropout_rate(model, rate)
-    try:
-        yield
-    finally:
-        set_dropout_rate(model, base_rate)
+    variables = dropout_rate_variables(model)
+    if not variables:
+        raise ValueError(f"Model {model.name!r} has no VariableDropout layer "
+                         f"({HEAD_DROPOUT_NAME!r}); build it with models.build.build_model.")
+    for variable in variables:
+        variable.assign(float(rate))
 
 
 def segmentation_head(x, cfg, kernel_initializer="glorot_uniform"):
@@ -190,13 +176,13 @@ def segmentation_head(x, cfg, kernel_initializer="glorot_uniform"):
 
     Args:
         x: decoder features (N, h, w, C).
-        cfg: ModelConfig (image_size, final_layer_dropout_rate, align_corners, num_classes).
+        cfg: ModelConfig (image_size, align_corners, num_classes).
         kernel_initializer: of the 1x1 conv `final_layer_weights` (its bias starts at 0).
     Returns:
         float32 (N, S, S, num_classes) probabilities; with 2 channels, 0 is background and 1
         foreground; K channels for multi-class pre-training.
     """
-    x = VariableDropout(cfg.final_layer_dropout_rate, name=HEAD_DROPOUT_NAME)(x)
+    x = VariableDropout(0.0, name=HEAD_DROPOUT_NAME)(x)  # every adaptation sets its rate
     x = layers.Conv2D(cfg.num_classes, 1, kernel_initializer=kernel_initializer,
                       name="final_layer_weights")(x)
     x = ResizeBilinear((cfg.image_size, cfg.image_size), align_corners=cfg.align_corners,

@@ -44,8 +44,7 @@ def build_unet(cfg: ModelConfig, mtl: bool = False) -> keras.Model:
     """A U-Net (or MTL U-Net) with the shared 2-channel softmax head.
 
     Args:
-        cfg: model config (image_size, n_unet_encoding_stacks, start_num_feature_maps_power,
-            final_layer_dropout_rate).
+        cfg: model config (image_size, n_unet_encoding_stacks, start_num_feature_maps_power).
         mtl: build scale-and-shift convolutions (--model_name mtl_unet), in "meta_transfer" mode.
     Returns:
         keras.Model "unet" / "mtl_unet": (None, S, S, 3) in [0, 255] -> (None, S, S, 2) softmax.

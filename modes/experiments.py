@@ -2,8 +2,8 @@
 
 * `optimize_update_hyperparams_step`: UHO on the val classes (adapt/uho*.py), and
   `meta_fine_tune_on_train_val` (`--meta_fine_tune_steps_on_train_val S`);
-* `final_schedule`: the adaptation schedule and head dropout of the final evaluation (UHO's
-  choice, every searched dimension, or the flags');
+* `final_adaptation`: the final evaluation's adaptation (UHO's choice, every searched
+  dimension, or the flags');
 * `evaluation_hooks`: prediction PNGs and per-task fine-tuned checkpoints;
 * `k_shot_step`: `--run_k_shot_learning_curves_experiment`;
 * `joint_train_step`: `--joint_train`.
@@ -19,7 +19,7 @@ from functools import partial
 
 import numpy as np
 
-from adapt.evaluate import evaluation_schedule, monitor
+from adapt.evaluate import monitor
 from adapt.fine_tuned import DEFAULT_DIR_NAME, combine_hooks, make_checkpoint_saver
 from adapt.kshot import run_k_shot_experiment
 from adapt.uho import UHOResult, UpdateHyperparams
@@ -29,27 +29,24 @@ from baselines.joint_train import joint_train
 from data.splits import Splits
 from devices.precision import LOSS_SCALE_FLOAT16, use_jit
 from meta.algorithms import MetaLearner
-from meta.inner import AdaptationSchedule, InnerLoop, training_schedule
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from meta.streams import STREAM_META_FINE_TUNE, recorded_task_streams
 from meta.train import meta_train
-from models.layers import dropout_rate
 from models.losses import make_loss
 from storage import checkpoint
 
 META_FINE_TUNE_DIR = "fine-tuned_on_train_val_with_optimized_update_hyperparams"
 
 
-def _may_augment(cfg: Config) -> bool:
-    """Whether any adaptation of the run augments: --augment, or UHO searching --aug_rate."""
-    return cfg.inner.augment or cfg.run.optimize_update_hyperparms_on_val_set
-
-
 def make_inner_loop(cfg: Config, model) -> InnerLoop:
-    """The flags' inner loop around a built model: loss, SGD or Adam, lr, weight decay,
-    augmentation, XLA."""
-    return InnerLoop(model, make_loss(cfg.loss, model), sgd=cfg.inner.sgd,
-                     learning_rate=cfg.inner.learning_rate, weight_decay=cfg.inner.weight_decay,
-                     augmentation=cfg.inner.augmentation if _may_augment(cfg) else None,
+    """The run's inner loop around a built model: its loss and adaptation (meta-training's inner
+    loop shares the adaptation's optimizer), XLA, float16 loss scaling. It holds the
+    augmentation's graph when any adaptation of the run augments: --augment, or UHO searching
+    --aug_rate."""
+    augment = cfg.adapt.aug_rate > 0 or cfg.meta.inner.aug_rate > 0 or \
+        cfg.run.optimize_update_hyperparms_on_val_set
+    return InnerLoop(model, make_loss(cfg.loss, model), cfg.adapt, augment=augment,
                      jit_compile=use_jit(cfg.device.jit_compile),
                      loss_scale=LOSS_SCALE_FLOAT16 if cfg.device.mixed_precision == "float16"
                      else None)
@@ -76,9 +73,8 @@ def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits
           f" x {cfg.uho.uho_outer_iters} round(s), early stopping within "
           f"[{cfg.uho.min_steps}, {cfg.uho.max_steps}] steps, patience {cfg.uho.patience}",
           flush=True)
-    result = run_uho(loop, tasks, splits.val, evaluation_schedule(cfg.inner, cfg.eval), cfg.uho,
-                     cfg.eval, base_drop_rate=cfg.model.final_layer_dropout_rate,
-                     seed=cfg.meta.seed, out_dir=out_dir, replicas=replicas)
+    result = run_uho(loop, tasks, splits.val, cfg.adapt, cfg.uho, cfg.eval, seed=cfg.meta.seed,
+                     out_dir=out_dir, replicas=replicas)
     best = result.best
     print(f"UHO chose lr={best.lr:.4g}, steps={best.steps}, drop_rate={best.drop_rate:.3g}, "
           f"aug_rate={best.aug_rate:.3g}, inner_batch_size={best.inner_batch_size} "
@@ -87,20 +83,17 @@ def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits
     return result
 
 
-def final_schedule(cfg: Config, uho: UHOResult | None) -> tuple[AdaptationSchedule, float]:
-    """The final evaluation's schedule and head dropout.
+def final_adaptation(cfg: Config, uho: UHOResult | None) -> Adaptation:
+    """The final evaluation's adaptation: UHO's choice, or the flags'.
 
     Args:
         cfg: the run config.
-        uho: UHO's result, or None for the flags' schedule.
+        uho: UHO's result, or None for the flags' adaptation.
 
     Returns:
-        (schedule, dropout rate during adaptation).
+        Adaptation.
     """
-    base = evaluation_schedule(cfg.inner, cfg.eval)
-    if uho is None:
-        return base, cfg.model.final_layer_dropout_rate
-    return apply_update_hyperparams(base, uho.best), uho.best.drop_rate
+    return cfg.adapt if uho is None else apply_update_hyperparams(cfg.adapt, uho.best)
 
 
 def meta_fine_tune_on_train_val(cfg: Config, loop: InnerLoop, tasks, splits: Splits,
@@ -123,29 +116,28 @@ def meta_fine_tune_on_train_val(cfg: Config, loop: InnerLoop, tasks, splits: Spl
     """
     iterations = cfg.uho.meta_fine_tune_steps_on_train_val
     min_iters = 2 if cfg.meta.foml_tail is not None else 1
-    schedule = dataclasses.replace(training_schedule(cfg.inner), learning_rate=best.lr,
-                                   iters=max(best.steps, min_iters),
-                                   batch_size=best.inner_batch_size, aug_rate=best.aug_rate)
+    inner = dataclasses.replace(cfg.meta.inner, learning_rate=best.lr,
+                                steps=max(best.steps, min_iters),
+                                batch_size=best.inner_batch_size, aug_rate=best.aug_rate)
     run_dir = os.path.join(out_dir, META_FINE_TUNE_DIR)
     resumed = checkpoint.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     meta = dataclasses.replace(cfg.meta, meta_iters=iterations,
                                meta_step_size=cfg.meta.meta_step_size_final,
                                eval_interval=min(cfg.meta.eval_interval, iterations),
                                task_streams=recorded_task_streams(checkpoint.read_config(resumed))
-                               if resumed else cfg.meta.task_streams)
-    learner = MetaLearner(loop, meta, schedule)
+                               if resumed else cfg.meta.task_streams, inner=inner)
+    learner = MetaLearner(loop, meta)
     groups = learner.checkpoint_groups()
     rng = np.random.default_rng([cfg.meta.seed, STREAM_META_FINE_TUNE])
     state = checkpoint.resume(run_dir, groups, rng)
     start = 0 if state is None else int(state["step"])
     print(f"Meta-fine-tuning on {len(splits.train) + len(splits.val)} train + val classes for "
           f"{iterations} meta-iterations (from {start}) with lr={best.lr:.4g}, "
-          f"inner_iters={schedule.iters}, meta-step {meta.meta_step_size:g}", flush=True)
+          f"inner_iters={inner.steps}, meta-step {meta.meta_step_size:g}", flush=True)
     merged = Splits(train=tuple(sorted(splits.train + splits.val)), val=splits.val,
                     test=splits.test)
-    eval_schedule = apply_update_hyperparams(evaluation_schedule(cfg.inner, cfg.eval), best)
     watch = partial(monitor, learner, tasks, merged, meta=meta, evaluation=cfg.eval,
-                    schedule=eval_schedule)
+                    adaptation=apply_update_hyperparams(cfg.adapt, best))
     meta_train(learner, tasks, merged, meta=meta, monitor=watch, rng=rng, run_dir=run_dir,
                config_json=cfg.to_json(), checkpoint_groups=groups, start_step=start)
 
@@ -166,7 +158,7 @@ def uho_comparison(cfg: Config, uho: UHOResult, result, fixed) -> dict:
     print(f"Same {result.split} episodes: UHO schedule (lr={best.lr:.4g}, steps={best.steps}, "
           f"batch={best.inner_batch_size}, aug_rate={best.aug_rate:.3g}, "
           f"drop_rate={best.drop_rate:.3g}) mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} vs "
-          f"fixed schedule (lr={cfg.inner.learning_rate:.4g}, steps={cfg.eval.eval_iters}) mIoU "
+          f"fixed schedule (lr={cfg.adapt.learning_rate:.4g}, steps={cfg.adapt.steps}) mIoU "
           f"{fixed.mean_iou:.4f} +/- {fixed.ci95:.4f}", flush=True)
     return {**dataclasses.asdict(best), "mean_val_iou": uho.best_mean_iou,
             "num_configs": uho.num_configs, "uho_schedule_mean_iou": result.mean_iou,
@@ -220,11 +212,9 @@ def k_shot_step(cfg: Config, loop: InnerLoop, tasks, names, out_dir: str,
         baseline = make_inner_loop(cfg, model)
         checkpoint.load_checkpoint(cfg.kshot.baseline_checkpoint, {"model": list(model.variables)})
         loops["joint-training baseline"] = baseline
-    schedule, drop_rate = final_schedule(cfg, uho)
-    with dropout_rate(loop.model, drop_rate, cfg.model.final_layer_dropout_rate):
-        curves = run_k_shot_experiment(loops, tasks, names, schedule, cfg.kshot,
-                                       repetitions=cfg.eval.eval_samples, seed=cfg.meta.seed,
-                                       out_dir=out_dir, transductive=cfg.eval.transductive)
+    curves = run_k_shot_experiment(loops, tasks, names, final_adaptation(cfg, uho), cfg.kshot,
+                                   repetitions=cfg.eval.eval_samples, seed=cfg.meta.seed,
+                                   out_dir=out_dir, transductive=cfg.eval.transductive)
     for label, per_k in curves.items():
         print(f"k-shot {label}: " + ", ".join(f"k={k}: {np.mean(v):.4f}"
                                                for k, v in sorted(per_k.items())), flush=True)
@@ -236,13 +226,13 @@ def joint_train_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits, out_di
     """--joint_train: supervised training on the pooled meta-train classes (resumable).
 
     Args:
-        cfg: the run config (--joint_train_epochs, --inner-batch, --learning-rate, --augment).
+        cfg: the run config (--joint_train_epochs; meta-training's inner adaptation: --inner-batch,
+            --learning-rate, --augment, --final_layer_dropout_rate, --seed).
         loop: the inner loop of the model to train.
         tasks: class name -> ClassData.
         splits: the class splits (train is pooled).
         out_dir: the checkpoint directory.
     """
-    joint_train(loop, tasks, splits.train, epochs=cfg.run.joint_train_epochs,
-                batch_size=cfg.inner.inner_batch_size, learning_rate=cfg.inner.learning_rate,
-                aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0, seed=cfg.meta.seed,
-                run_dir=out_dir, config_json=cfg.to_json(), keep=cfg.meta.keep_checkpoints)
+    joint_train(loop, tasks, splits.train, training=cfg.meta.inner,
+                epochs=cfg.run.joint_train_epochs, run_dir=out_dir, config_json=cfg.to_json(),
+                keep=cfg.meta.keep_checkpoints)

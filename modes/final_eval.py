@@ -14,12 +14,11 @@ import time
 from functools import partial
 
 from adapt import protocol_hsnet
-from adapt.evaluate import EvalResult, evaluate, evaluation_schedule
+from adapt.evaluate import EvalResult, evaluate
 from args import Config
 from meta.inner import InnerLoop
 from meta.streams import STREAM_TEST, STREAM_TRAIN
 from meta.train import held_out_split
-from models.layers import dropout_rate
 from modes import experiments, mtl, own_images
 from modes.prepare import Run
 from storage import atomic
@@ -80,11 +79,11 @@ def _after_adapt(cfg: Config):
 
 def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, stream: int,
                      num_samples: int, all_tasks: bool, desc: str, after_adapt=None,
-                     schedule=None, protocol: str = "paper", replicas=None) -> EvalResult:
+                     adaptation=None, protocol: str = "paper", replicas=None) -> EvalResult:
     """One evaluation of the current init with a progress bar.
 
     Args:
-        cfg: run config (shots, queries, schedule, seed).
+        cfg: run config (shots, queries, adaptation, seed).
         loop: the inner loop.
         tasks: class name -> ClassData.
         names: classes of the split.
@@ -94,7 +93,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
         all_tasks: every repetition covers every class.
         desc: progress-bar label.
         after_adapt: per-task hook.
-        schedule: adaptation schedule (default: the flags' evaluation schedule).
+        adaptation: the test-time adaptation (default: the run's, cfg.adapt).
         protocol: "paper", or "hsnet": every image of `names` a query once (stream, num_samples
             and all_tasks unused; adapt/protocol_hsnet.py).
         replicas: spread the tasks over these replicas (--distribute).
@@ -102,10 +101,11 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
     Returns:
         EvalResult (HSNetResult for "hsnet").
     """
+    adaptation = adaptation or cfg.adapt
     if protocol == protocol_hsnet.PROTOCOL:
         progress = Progress(protocol_hsnet.num_queries(tasks, names), desc)
         result = protocol_hsnet.evaluate_hsnet(
-            loop, tasks, names, schedule or evaluation_schedule(cfg.inner, cfg.eval),
+            loop, tasks, names, adaptation,
             shots=cfg.eval.shots, transductive=cfg.eval.transductive, seed=cfg.meta.seed,
             split=split, after_adapt=after_adapt, on_task=lambda s: progress.update(iou=s.iou))
         progress.close()
@@ -114,8 +114,7 @@ def final_evaluation(cfg: Config, loop: InnerLoop, tasks, names, *, split: str, 
     progress = Progress(total, desc)
     evaluation = dataclasses.replace(cfg.eval, eval_samples=num_samples,
                                      serially_eval_all_test_tasks=all_tasks)
-    result = evaluate(loop, tasks, names, schedule or evaluation_schedule(cfg.inner, cfg.eval),
-                      evaluation, seed=cfg.meta.seed, stream=stream, split=split,
+    result = evaluate(loop, tasks, names, adaptation, evaluation, seed=cfg.meta.seed, stream=stream, split=split,
                       after_adapt=after_adapt, replicas=replicas,
                       on_task=lambda s: progress.update(iou=s.iou))
     progress.close()
@@ -171,22 +170,21 @@ def evaluate_init(run: Run, loop: InnerLoop, uho, *, start_step: int, replicas=N
                   initial_weights=None) -> int:
     """A few random train tasks, then the meta-test (or val) classes, and the comparisons."""
     cfg, model, eval_split = run.cfg, loop.model, run.eval_split
-    schedule, drop_rate = experiments.final_schedule(cfg, uho)
+    adaptation = experiments.final_adaptation(cfg, uho)
     evaluate_held_out = partial(final_evaluation, cfg, tasks=run.tasks, names=run.eval_names,
                                 split=eval_split, stream=STREAM_TEST,
                                 num_samples=cfg.eval.eval_samples,
                                 all_tasks=cfg.eval.serially_eval_all_test_tasks,
                                 protocol=cfg.eval.protocol, replicas=replicas)
-    with dropout_rate(model, drop_rate, cfg.model.final_layer_dropout_rate):
-        train_result = final_evaluation(
-            cfg, loop, run.tasks, run.splits.train, split="train", stream=STREAM_TRAIN,
-            num_samples=cfg.eval.eval_samples, all_tasks=False, desc="eval train tasks",
-            schedule=schedule, replicas=replicas,
-            after_adapt=experiments.evaluation_hooks(cfg, model, "train", run.out_dir))
-        result = evaluate_held_out(
-            loop, desc=f"eval {eval_split} tasks", schedule=schedule,
-            after_adapt=experiments.evaluation_hooks(cfg, model, eval_split, run.out_dir,
-                                                     _after_adapt(cfg)))
+    train_result = final_evaluation(
+        cfg, loop, run.tasks, run.splits.train, split="train", stream=STREAM_TRAIN,
+        num_samples=cfg.eval.eval_samples, all_tasks=False, desc="eval train tasks",
+        adaptation=adaptation, replicas=replicas,
+        after_adapt=experiments.evaluation_hooks(cfg, model, "train", run.out_dir))
+    result = evaluate_held_out(
+        loop, desc=f"eval {eval_split} tasks", adaptation=adaptation,
+        after_adapt=experiments.evaluation_hooks(cfg, model, eval_split, run.out_dir,
+                                                 _after_adapt(cfg)))
     report(train_result, "meta-train")
     report(result, f"meta-{eval_split}")
     print(f"Mean IoU over all meta-{eval_split} tasks: {result.mean_iou}", flush=True)
@@ -216,14 +214,14 @@ def _comparisons(run: Run, loop: InnerLoop, uho, result: EvalResult, evaluate_he
             v.assign(value)
         random_result = evaluate_held_out(loop, desc="eval random init")
         results["random_init"] = random_result.summary()
-        print(f"Same adaptation ({cfg.eval.eval_iters} steps, {cfg.eval.shots}-shot) on the same "
+        print(f"Same adaptation ({cfg.adapt.steps} steps, {cfg.eval.shots}-shot) on the same "
               f"{eval_split} episodes: meta-learned init mIoU {result.mean_iou:.4f} "
               f"+/- {result.ci95:.4f} vs random init {random_result.mean_iou:.4f} "
               f"+/- {random_result.ci95:.4f}", flush=True)
     if cfg.run.mtl and cfg.mtl.init_weights:  # MTL: the pre-trained U-Net adapted the same way
         base = evaluate_held_out(mtl.pretrained_loop(cfg), desc="eval pre-trained U-Net")
         results["pretrained_fine_tuned"] = base.summary()
-        print(f"Same adaptation ({cfg.mtl.update_step} head steps, {cfg.mtl.teshot}-shot) on the "
+        print(f"Same adaptation ({cfg.adapt.steps} head steps, {cfg.eval.shots}-shot) on the "
               f"same {eval_split} episodes: MTL mIoU {result.mean_iou:.4f} +/- {result.ci95:.4f} "
               f"vs pre-trained U-Net {base.mean_iou:.4f} +/- {base.ci95:.4f}", flush=True)
     return results

@@ -32,20 +32,20 @@ import numpy as np
 
 from adapt.evaluate import monitor
 from args import Config
-from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
-                      mtl_meta_config, mtl_schedule)
+from baselines.mtl import MTLLearner, meta_learning_rate, mtl_meta_config
 from baselines.pretrain import load_pre_trained, pre_train
 from data.splits import Splits
 from meta.inner import InnerLoop
 from meta.train import held_out_split, meta_train
 from models.build import build_model
+from models.layers import set_dropout_rate
 from models.losses import make_loss
 from models.mtl import load_pretrained_unet, set_mtl_mode
 from modes.mtl_checks import check_resumable, pretrained_weights_path, read_classes, \
     write_classes
-from storage import checkpoint
 from report.logs import CSV_NAME, PLOT_NAME, plot_training_curves, read_log
 from report.plots import plot_phase_curves
+from storage import checkpoint
 
 def phase_dir(cfg: Config) -> str:
     """Where a phase writes: `<--checkpoint>/<--phase>`."""
@@ -114,9 +114,9 @@ def pre_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     model = build_model(_unet_config(cfg))
     _start_from(cfg, model, out_dir)
     result = pre_train(model, make_loss(cfg.loss, model), tasks, splits, mtl=cfg.mtl,
-                       monitor_tasks=cfg.meta.monitor_tasks,
-                       aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0,
-                       seed=cfg.meta.seed, rng=rng, run_dir=out_dir, config_json=cfg.to_json())
+                       adaptation=cfg.adapt, monitor_tasks=cfg.meta.monitor_tasks,
+                       aug_rate=cfg.meta.inner.aug_rate, seed=cfg.meta.seed, rng=rng,
+                       run_dir=out_dir, config_json=cfg.to_json())
     plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME))
     plot_phase(cfg, out_dir)
     print(f"Pre-training done: best val mIoU {result.best_val_miou:.4f} after epoch "
@@ -164,11 +164,12 @@ def pre_train_multiclass_phase(cfg: Config, out_dir: str, rng: np.random.Generat
           f"{constant:.4f}", flush=True)
     write_classes(out_dir, (), (), Splits((), (), ()))
     model = build_model(_unet_config(cfg))
+    set_dropout_rate(model, cfg.meta.inner.dropout_rate)
     loss_fn = make_multiclass_loss(cfg.loss, model)
     _start_from(cfg, model, out_dir)
     result = pre_train_multiclass(model, loss_fn, data, mtl=cfg.mtl,
-                                  aug_rate=cfg.inner.aug_rate if cfg.inner.augment else 0.0,
-                                  rng=rng, run_dir=out_dir, config_json=cfg.to_json())
+                                  aug_rate=cfg.meta.inner.aug_rate, rng=rng, run_dir=out_dir,
+                                  config_json=cfg.to_json())
     plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME))
     plot_phase(cfg, out_dir)
     print(f"Pre-training done: best val mIoU over {k} classes {result.best_val_miou:.4f} after "
@@ -213,9 +214,8 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     _print_split("meta_train", splits, f"tasks from meta-train, monitored on meta-{label}")
     model = build_model(cfg.model)
     set_mtl_mode(model, "meta_transfer")
-    loss_fn = make_loss(cfg.loss, model)
-    loop = head_inner_loop(model, loss_fn, cfg.mtl)
-    learner = MTLLearner(loop, cfg.mtl)
+    loop = InnerLoop(model, make_loss(cfg.loss, model), cfg.adapt)
+    learner = MTLLearner(loop, cfg.mtl, cfg.adapt)
     groups = learner.checkpoint_groups()
     meta = mtl_meta_config(cfg.mtl, cfg.meta)
     # rerunning the command resumes: model, optimizers, then the RNG (check_phase compared
@@ -232,13 +232,11 @@ def meta_train_phase(cfg: Config, tasks, splits: Splits, out_dir: str,
     frozen = [v.numpy() for v in _base_kernels(model)]
     lr_at = partial(meta_learning_rate, initial=cfg.mtl.meta_lr1, num_batch=cfg.mtl.num_batch,
                     step_size=cfg.mtl.step_size, gamma=cfg.mtl.gamma)
-    monitor_inner, monitor_eval = mtl_evaluation_configs(cfg.mtl, cfg.inner, cfg.eval,
-                                                         shots=cfg.mtl.shot,
-                                                         num_query=cfg.mtl.val_query)
-    del monitor_inner  # the monitor's schedule is mtl_schedule(mtl, shot)
+    # The monitor's tasks are meta-training's: --shot supports, --val_query queries.
+    monitor_eval = dataclasses.replace(cfg.eval, shots=cfg.mtl.shot, num_query=cfg.mtl.val_query)
     if start_step < meta.meta_iters:
         watch = partial(monitor, learner, tasks, splits, meta=meta, evaluation=monitor_eval,
-                        schedule=mtl_schedule(cfg.mtl, cfg.mtl.shot))
+                        adaptation=cfg.adapt)
         meta_train(learner, tasks, splits, meta=meta, monitor=watch, rng=rng, run_dir=out_dir,
                    config_json=cfg.to_json(), checkpoint_groups=groups, start_step=start_step,
                    meta_step_size_at=lr_at)
@@ -272,7 +270,7 @@ def meta_eval_setup(cfg: Config, splits: Splits, eval_names, eval_split: str
                                       f"classes, never trained or selected on")
     model = build_model(cfg.model)
     set_mtl_mode(model, "meta_transfer")
-    loop = head_inner_loop(model, make_loss(cfg.loss, model), cfg.mtl)
+    loop = InnerLoop(model, make_loss(cfg.loss, model), cfg.adapt)
     state = checkpoint.load_checkpoint(cfg.mtl.eval_weights, {"model": list(model.variables)})
     print(f"Restored the MTL U-Net from {cfg.mtl.eval_weights} (task {state['step']})",
           flush=True)
@@ -280,10 +278,11 @@ def meta_eval_setup(cfg: Config, splits: Splits, eval_names, eval_split: str
 
 
 def eval_config(cfg: Config) -> Config:
-    """cfg whose evaluation flags describe the MTL adaptation (run_metasegnet's final evaluation)."""
-    inner, evaluation = mtl_evaluation_configs(cfg.mtl, cfg.inner, cfg.eval, shots=cfg.mtl.teshot,
-                                               num_query=cfg.mtl.test_query)
-    return dataclasses.replace(cfg, inner=inner, eval=evaluation,
+    """cfg of run_metasegnet's final evaluation of an MTL U-Net: --teshot supports and
+    --test_query queries per task; its adaptation, cfg.adapt, is MTL's head adaptation as it is."""
+    evaluation = dataclasses.replace(cfg.eval, shots=cfg.mtl.teshot,
+                                     num_query=cfg.mtl.test_query)
+    return dataclasses.replace(cfg, eval=evaluation,
                                run=dataclasses.replace(cfg.run, pretrained=True))
 
 
@@ -297,4 +296,4 @@ def pretrained_loop(cfg: Config) -> InnerLoop:
         InnerLoop on the plain U-Net's head.
     """
     unet = load_pretrained(cfg)
-    return head_inner_loop(unet, make_loss(cfg.loss, unet), cfg.mtl)
+    return InnerLoop(unet, make_loss(cfg.loss, unet), cfg.adapt)

@@ -11,6 +11,7 @@ import os
 from args import Config
 from baselines.pretrain import BEST_WEIGHTS
 from data.splits import Splits
+from meta.settings import read_config
 from storage import atomic, checkpoint
 
 CLASSES_NAME = "classes.json"
@@ -109,15 +110,17 @@ def check_resumable(cfg: Config, path: str) -> None:
         cfg: the run config.
         path: the checkpoint the phase would resume.
     """
+    # The head dropout was a model setting when older versions wrote these checkpoints.
     if cfg.mtl.phase == "pre_train":
-        sections = ["data", "model", "loss", "mtl", "inner.augment", "inner.aug_rate",
-                    "meta.seed", "meta.monitor_tasks"]
+        sections = ["data", "model", "loss", "mtl", "meta.inner.aug_rate",
+                    "meta.inner.dropout_rate", "meta.seed", "meta.monitor_tasks"]
         ignore = PRE_TRAIN_MAY_CHANGE
     else:
-        sections, ignore = ["data", "model", "loss", "mtl"], RESUME_MAY_CHANGE
+        sections = ["data", "model", "loss", "mtl", "adapt.dropout_rate"]
+        ignore = RESUME_MAY_CHANGE
     problems = checkpoint.config_differences(
-        checkpoint.read_config(path), json.loads(cfg.to_json()), sections, ignore=ignore,
-        files=PATH_FIELDS)
+        read_config(checkpoint.read_config(path)), json.loads(cfg.to_json()), sections,
+        ignore=ignore, files=PATH_FIELDS)
     if problems:
         raise ValueError(f"Cannot resume {path}: its config differs from this run's:\n  "
                          + "\n  ".join(problems) + "\nRerun with the checkpoint's flags (its "

@@ -7,17 +7,18 @@ init's architecture is refused before any model is built.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 from adapt.own_images import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs
 from adapt.uho import UHOResult
-from args import Config
+from adapt.uho_objective import UHO_SETTINGS
+from args import Config, build_parser
 from errors import UserError
 from data.user_task import UserTask, load_user_task
 from meta.inner import InnerLoop
-from modes.experiments import final_schedule
+from meta.settings import SETTINGS, lookup
+from modes.experiments import final_adaptation
 from segmenter import settings as settings_lib
 from segmenter.api import Segmenter, build, resolve_init
 from segmenter.folder import segment_folder
@@ -25,67 +26,28 @@ from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import lock
 
-# flag dest -> (setting, the flag as typed, its value in the Config)
-FLAG_SETTINGS = {
-    "model_name": ("model_name", "--model_name", lambda c: c.model.model_name),
-    "image_size": ("image_size", "--image_size", lambda c: c.model.image_size),
-    "feature_extractor_name": ("feature_extractor_name", "--feature_extractor_name",
-                               lambda c: c.model.feature_extractor_name),
-    "rsd": ("rsd", "--rsd", lambda c: c.model.rsd),
-    "spatial_pyramid_pooling": ("spatial_pyramid_pooling", "--spatial_pyramid_pooling",
-                                lambda c: c.model.spatial_pyramid_pooling),
-    "skip_decoding": ("skip_decoding", "--skip_decoding", lambda c: c.model.skip_decoding),
-    "disable_rsd_residual_connections": ("disable_rsd_residual_connections",
-                                         "--disable_rsd_residual_connections",
-                                         lambda c: c.model.disable_rsd_residual_connections),
-    "n_unet_encoding_stacks": ("n_unet_encoding_stacks", "--n_unet_encoding_stacks",
-                               lambda c: c.model.n_unet_encoding_stacks),
-    "start_num_feature_maps_power": ("start_num_feature_maps_power",
-                                     "--start_num_feature_maps_power",
-                                     lambda c: c.model.start_num_feature_maps_power),
-    "no_align_corners": ("align_corners", "--no_align_corners", lambda c: c.model.align_corners),
-    "final_layer_dropout_rate": ("dropout_rate", "--final_layer_dropout_rate",
-                                 lambda c: c.model.final_layer_dropout_rate),
-    "loss_name": ("loss_name", "--loss_name", lambda c: c.loss.loss_name),
-    "label_smoothing": ("label_smoothing", "--label_smoothing", lambda c: c.loss.label_smoothing),
-    "l2": ("l2", "--l2", lambda c: c.loss.l2),
-    "l1": ("l1", "--l1", lambda c: c.loss.l1),
-    "darc1": ("darc1", "--darc1", lambda c: c.loss.darc1),
-    "sgd": ("sgd", "--sgd", lambda c: c.inner.sgd),
-    "learning_rate": ("learning_rate", "--learning-rate", lambda c: c.inner.learning_rate),
-    "learning_rate_scheduler": ("scheduler", "--learning_rate_scheduler",
-                                lambda c: c.inner.learning_rate_scheduler),
-    "step_decay_rate": ("step_decay_rate", "--step_decay_rate",
-                        lambda c: c.inner.step_decay_rate),
-    "decay_after_n_steps": ("decay_after_n_steps", "--decay_after_n_steps",
-                            lambda c: c.inner.decay_after_n_steps),
-    "replacement": ("replacement", "--replacement", lambda c: c.inner.replacement),
-    "weight_decay": ("weight_decay", "--weight-decay", lambda c: c.inner.weight_decay),
-    "augment": ("aug_rate", "--augment", lambda c: c.inner.aug_rate),
-    "aug_rate": ("aug_rate", "--aug_rate", lambda c: c.inner.aug_rate),
-    "augmentation": ("augmentation", "--augmentation", lambda c: c.inner.augmentation),
-    "eval_iters": ("steps", "--eval-iters", lambda c: c.eval.eval_iters),
-    "eval_batch": ("batch_size", "--eval-batch", lambda c: c.eval.eval_batch_size),
-    "seed": ("seed", "--seed", lambda c: c.meta.seed),
-    "base_lr": ("learning_rate", "--base_lr", lambda c: c.mtl.base_lr),
-    "update_step": ("steps", "--update_step", lambda c: c.mtl.update_step),
-}
-
-
 def flag_overrides(cfg: Config) -> tuple[dict, dict]:
-    """The settings the typed flags override, and each setting's flag (for messages).
+    """The settings the typed flags override (`meta.settings.SETTINGS`), and each one's flag.
+
+    A typed --augment overrides aug_rate (with --aug_rate's value) as --aug_rate does.
 
     Args:
-        cfg: the run config (its `run.given_flags`).
+        cfg: the run config (its `run.given_flags`, the values from its sections).
 
     Returns:
         (setting -> value, setting -> flag).
     """
+    dests = {option: action.dest for action in build_parser()._actions
+             for option in action.option_strings}
+    given = set(cfg.run.given_flags) | ({dests["--aug_rate"]} if "augment" in
+                                        cfg.run.given_flags else set())
+    config = json.loads(cfg.to_json())
     overrides, labels = {}, {}
-    for dest in cfg.run.given_flags:
-        if dest in FLAG_SETTINGS:
-            setting, flag, value = FLAG_SETTINGS[dest]
-            overrides[setting], labels[setting] = value(cfg), flag
+    for name, (flags, path) in SETTINGS.items():
+        if flags and any(dests[f] in given for f in flags):
+            value = lookup(config, path)
+            overrides[name] = tuple(value) if name == "rsd" else value
+            labels[name] = flags[0]
     return overrides, labels
 
 
@@ -169,13 +131,9 @@ def fine_tune_after_uho(cfg: Config, loop: InnerLoop, uho: UHOResult | None) -> 
     """
     task = load_user_folder(cfg)
     lock.hold(cfg.run.fine_tune_task, "--fine-tune-task")
-    schedule, drop_rate = final_schedule(cfg, uho)
-    overrides = {"learning_rate": schedule.learning_rate, "steps": schedule.iters,
-                 "batch_size": schedule.batch_size, "aug_rate": schedule.aug_rate,
-                 "dropout_rate": drop_rate} if uho is not None else {}
-    settings = settings_lib.from_config(json.loads(cfg.to_json()), "the command line", overrides,
-                                        "UHO")
-    settings = dataclasses.replace(settings, model=dataclasses.replace(
-        settings.model, final_layer_dropout_rate=cfg.model.final_layer_dropout_rate))
+    adaptation = final_adaptation(cfg, uho)
+    sources = {name: "UHO" if uho is not None and name in UHO_SETTINGS else "the command line"
+               for name in SETTINGS}
+    settings = Settings(model=cfg.model, loss=cfg.loss, adapt=adaptation, sources=sources)
     init = find_init(cfg.run.checkpoint) if os.path.exists(cfg.run.checkpoint) else None
     return _run_folder(cfg, Segmenter(loop, settings, init), task)

@@ -9,32 +9,40 @@ import numpy as np
 
 from args import Config
 from meta.algorithms import MetaLearner
+from meta.settings import ARCHITECTURE, read_config
 from meta.streams import ONE_STREAM, recorded_task_streams
 from modes.setup import RunError
 from storage import checkpoint, tf1_checkpoint
 
-# Fields whose change makes a checkpoint's weights meaningless for this model.
-MODEL_STRUCTURE = ("model_name", "image_size", "feature_extractor_name", "rsd",
-                   "spatial_pyramid_pooling", "skip_decoding", "disable_rsd_residual_connections",
-                   "n_unet_encoding_stacks", "start_num_feature_maps_power")
-# Settings a resumed meta-training run may change without breaking the trajectory's meaning.
+# Settings a resumed meta-training run may change without breaking the trajectory's meaning (the
+# head dropout of the inner loop included, as when it was a model setting).
 RESUME_MAY_CHANGE = ("meta.meta_iters", "meta.eval_interval", "meta.monitor_tasks",
-                     "meta.keep_checkpoints", "model.restore_efficient_net_weights_from")
+                     "meta.keep_checkpoints", "model.restore_efficient_net_weights_from",
+                     "meta.inner.dropout_rate")
 
 
 def check_compatible(path: str, cfg: Config, *, resume: bool) -> None:
-    saved = checkpoint.read_config(path)
+    """Refuse a checkpoint whose architecture differs from this run's, or, to resume it, whose
+    meta-training settings differ (config.json of any version, `meta.settings.read_config`).
+
+    Args:
+        path: the checkpoint.
+        cfg: this run's config.
+        resume: compare what meta-training's trajectory depends on too.
+
+    Raises:
+        RunError: listing every difference and the fix.
+    """
+    saved = read_config(checkpoint.read_config(path))
     current = json.loads(cfg.to_json())
-    problems = checkpoint.config_differences(
-        {"model": {k: saved.get("model", {}).get(k) for k in MODEL_STRUCTURE}},
-        {"model": {k: current["model"].get(k) for k in MODEL_STRUCTURE}}, ["model"])
+    problems = checkpoint.config_differences(saved, current,
+                                             [f"model.{name}" for name in ARCHITECTURE])
     if resume:
-        # Runs from before --augmentation used metaseg's; without --augment the choice is moot.
-        saved.get("inner", {}).setdefault("augmentation", "metaseg")
         saved.setdefault("meta", {}).setdefault("task_streams", recorded_task_streams(saved))
-        moot = () if cfg.inner.augment else ("inner.augmentation",)
+        # Without augmentation the transforms' choice is moot.
+        moot = () if cfg.meta.inner.aug_rate > 0 else ("meta.inner.augmentation",)
         problems += checkpoint.config_differences(
-            saved, current, ["loss", "inner", "meta", "data.test_tasks_file",
+            saved, current, ["loss", "meta", "data.test_tasks_file",
                              "data.num_test_tasks", "data.num_val_tasks", "data.seed"],
             ignore=RESUME_MAY_CHANGE + moot, files=("data.test_tasks_file",))
     if problems:
@@ -142,8 +150,7 @@ def restore(cfg: Config, model, learner: MetaLearner, rng: np.random.Generator) 
         completed meta-iterations (0 for a fresh run).
     """
     run_dir = cfg.run.checkpoint
-    # The head dropout rate is a model variable, but the flags decide it
-    # (--final_layer_dropout_rate).
+    # The head dropout rate is a model variable, but every adaptation sets it.
     skip = ("final_dropout/rate",) + (
         ("final_layer_weights",) if cfg.run.do_not_restore_final_layer_weights else ())
     if cfg.run.pretrained:

@@ -28,12 +28,12 @@ from baselines.pretrain import load_pre_trained
 from errors import UserError
 from data.user_task import resize_image, resize_mask
 from devices.precision import use_jit
-from meta.inner import AdaptationSchedule, InnerLoop, adapt
+from meta.adaptation import FIELDS, LOOP_SETTINGS
+from meta.inner import InnerLoop, adapt
 from meta.state import Snapshot, full_state
 from models.build import build_model
-from models.layers import dropout_rate
 from models.losses import make_loss
-from models.mtl import head_variables, set_mtl_mode
+from models.mtl import set_mtl_mode
 from segmenter import settings as settings_lib
 from segmenter.images import as_list, as_pair, as_rgb
 from segmenter.inits import Init, find_init
@@ -45,10 +45,9 @@ from storage.tf1_checkpoint import restore_tf1_checkpoint
 
 PREDICT_BATCH = 8
 LONG_LIST = 4 * PREDICT_BATCH  # predict shows a progress bar from this many images on
-# Settings `configure` may change: they need no new graph (the loss, optimizer type, adapted
-# variables and augmentation graph are built into the compiled step).
-RECONFIGURABLE = ("learning_rate", "steps", "batch_size", "scheduler", "step_decay_rate",
-                  "decay_after_n_steps", "replacement", "dropout_rate", "seed", "aug_rate")
+# Settings `configure` may change: the adaptation's, but those built into the compiled step
+# (meta.adaptation.LOOP_SETTINGS: optimizer type, weight decay, augmentation, adapted variables).
+RECONFIGURABLE = tuple(name for name in FIELDS if name not in LOOP_SETTINGS)
 
 
 def mask_warnings(masks) -> list[str]:
@@ -81,11 +80,7 @@ def make_loop(model: keras.Model, settings: Settings) -> InnerLoop:
     Returns:
         InnerLoop (adapting only the head when settings.adapt.head_only).
     """
-    a = settings.adapt
-    return InnerLoop(model, make_loss(settings.loss, model), sgd=a.sgd,
-                     learning_rate=a.learning_rate, weight_decay=a.weight_decay,
-                     variables=head_variables(model) if a.head_only else None,
-                     augmentation=a.augmentation if a.aug_rate > 0 else None,
+    return InnerLoop(model, make_loss(settings.loss, model), settings.adapt,
                      jit_compile=use_jit("auto"))
 
 
@@ -157,10 +152,8 @@ class Segmenter:
         size = self.image_size
         mask = np.zeros((1, size, size), np.uint8)
         mask[:, : size // 2] = 1
-        a = self.settings.adapt
-        schedule = AdaptationSchedule(learning_rate=a.learning_rate, iters=1, batch_size=1,
-                                      aug_rate=a.aug_rate)
-        adapt(self.loop, np.zeros((1, size, size, 3), np.uint8), mask, schedule,
+        one_step = dataclasses.replace(self.settings.adapt, steps=1, batch_size=1)
+        adapt(self.loop, np.zeros((1, size, size, 3), np.uint8), mask, one_step,
               np.random.default_rng(0))
         self.loop.predict(np.zeros((1, size, size, 3), np.uint8))
         self.reset()
@@ -200,15 +193,10 @@ class Segmenter:
         size = self.image_size
         x = np.stack([resize_image(image, size) for image, _ in pairs])
         y = np.stack([resize_mask(mask, size, size) for _, mask in pairs])
-        a = self.settings.adapt
-        schedule = AdaptationSchedule(
-            learning_rate=a.learning_rate, iters=a.steps, batch_size=a.batch_size or len(x),
-            aug_rate=a.aug_rate, scheduler=a.scheduler, step_decay_rate=a.step_decay_rate,
-            decay_after_n_steps=a.decay_after_n_steps, replacement=a.replacement)
+        adaptation = self.settings.adapt
         self.reset()
-        rng = np.random.default_rng([int(a.seed), len(x)])
-        with dropout_rate(self.model, a.dropout_rate, self.settings.model.final_layer_dropout_rate):
-            result = adapt(self.loop, x, y, schedule, rng, progress=progress)
+        rng = np.random.default_rng([int(adaptation.seed), len(x)])
+        result = adapt(self.loop, x, y, adaptation, rng, progress=progress)
         self.steps_taken, self.num_examples = int(result.steps_taken), len(x)
         return np.asarray(result.losses, np.float32)
 
@@ -300,7 +288,7 @@ def _load_model(init: Init, settings: Settings) -> keras.Model:
         return model
     if cfg.model_name == "mtl_unet":  # meta-trained (or adapted from such) in this mode
         set_mtl_mode(model, "meta_transfer")
-    # The head dropout rate is a model variable, but the settings decide it.
+    # The head dropout rate is a model variable, but the adaptation sets it.
     checkpoint.load_checkpoint(init.weights, {"model": list(model.variables)},
                                skip=("final_dropout/rate",))
     return model

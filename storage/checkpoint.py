@@ -342,32 +342,39 @@ def resume(run_dir: str, groups: Mapping[str, Sequence], rng: np.random.Generato
 
 def config_differences(saved: Mapping, current: Mapping, sections: Sequence[str],
                        ignore: Sequence[str] = (), files: Sequence[str] = ()) -> list[str]:
-    """Fields of the given config sections whose values differ.
+    """Settings of the given config sections whose values differ, nested sections included.
 
     Args:
         saved: config dict of the checkpoint (config.json).
         current: config dict of this run (json.loads(config.to_json())).
-        sections: top-level sections to compare, e.g. ("model", "loss"), or single fields
-            ("meta.seed").
-        ignore: "section.field" names allowed to differ.
-        files: "section.field" names holding paths: equal when they name the same file or
-            folder, or files with the same bytes, however the paths are written.
+        sections: sections to compare, e.g. ("model", "loss"), or dotted paths to a nested
+            section or a single setting ("meta.inner", "meta.seed").
+        ignore: dotted paths allowed to differ.
+        files: dotted paths holding paths: equal when they name the same file or folder, or
+            files with the same bytes, however the paths are written.
 
     Returns:
-        lines "section.field: checkpoint X, this run Y".
+        lines "path: checkpoint X, this run Y".
     """
     out = []
-    for section in sections:
-        section, _, only = section.partition(".")
-        a, b = saved.get(section, {}), current.get(section, {})
-        for field in [only] if only else sorted(set(a) | set(b)):
-            name = f"{section}.{field}"
-            if name in ignore or a.get(field) == b.get(field):
-                continue
-            if name in files and same_file(a.get(field), b.get(field)):
-                continue
-            out.append(f"{name}: checkpoint {a.get(field)!r}, this run {b.get(field)!r}")
+    for path in sections:
+        a, b = _at(saved, path), _at(current, path)
+        if isinstance(a, Mapping) or isinstance(b, Mapping):
+            keys = set(a if isinstance(a, Mapping) else {}) | set(b if isinstance(b, Mapping)
+                                                                  else {})
+            out += config_differences(saved, current, [f"{path}.{k}" for k in sorted(keys)],
+                                      ignore, files)
+        elif path not in ignore and a != b and not (path in files and same_file(a, b)):
+            out.append(f"{path}: checkpoint {a!r}, this run {b!r}")
     return out
+
+
+def _at(config: Mapping, path: str):
+    """The value at a dotted path (None where a key is missing)."""
+    value = config
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
 
 
 def same_file(a, b) -> bool:

@@ -17,15 +17,16 @@ PAPER_LINE = PAPER_LINE_FLAGS + ["--checkpoint", "ckpt_dir", "--data-dir", "shar
 def test_paper_line_parses_into_the_paper_settings():
     cfg = parse_args(PAPER_LINE)
     assert cfg.model.rsd == (2, 4) and cfg.model.image_size == 224
-    assert cfg.model.final_layer_dropout_rate == 0.5
     assert cfg.loss.loss_name == "bce_dice" and cfg.loss.l2
-    assert cfg.inner.sgd and cfg.inner.learning_rate == 0.0005
-    assert cfg.inner.inner_batch_size == 8 and cfg.inner.inner_iters == 59
-    assert cfg.inner.augment and cfg.inner.aug_rate == 0.5 and cfg.inner.augmentation == "paper"
+    for adaptation in (cfg.adapt, cfg.meta.inner):  # the inner loop's and evaluation's alike
+        assert adaptation.sgd and adaptation.learning_rate == 0.0005
+        assert adaptation.dropout_rate == 0.5 and adaptation.batch_size == 8
+        assert adaptation.aug_rate == 0.5 and adaptation.augmentation == "paper"
+        assert adaptation.steps == 59 and adaptation.seed == 0
     assert cfg.meta.algorithm == "fomaml" and cfg.meta.foml_tail == 5
     assert cfg.meta.train_shots == 10 and cfg.meta.meta_batch_size == 5
     assert cfg.meta.meta_step_size == 0.1 and cfg.meta.meta_step_size_final == 0.00001
-    assert cfg.eval.shots == 5 and cfg.eval.eval_iters == 59 and cfg.eval.transductive
+    assert cfg.eval.shots == 5 and cfg.eval.transductive
     assert cfg.eval.serially_eval_all_test_tasks and cfg.eval.eval_samples == 2
     assert cfg.run.pretrained and cfg.run.checkpoint == "ckpt_dir"
     assert cfg.data.data_dir == "shard_dir" and cfg.data.fss_1000
@@ -38,7 +39,7 @@ def test_defaults_are_reptile_and_no_predictions(monkeypatch):
     cfg = parse_args([])
     assert cfg.meta.algorithm == "reptile" and cfg.meta.foml_tail is None
     assert cfg.eval.predictions_dir is None
-    assert parse_args(["--augmentation", "metaseg"]).inner.augmentation == "metaseg"
+    assert parse_args(["--augmentation", "metaseg"]).adapt.augmentation == "metaseg"
 
 
 @pytest.mark.parametrize("value,enabled", [("1", True), ("yes", True), ("0", False), ("", False)])
@@ -54,7 +55,9 @@ def test_save_predictions_zero_means_off(monkeypatch, value, enabled):
     (["--optimize_update_hyperparms_on_val_set"], "--num_val_tasks >= 1"),
     (["--phase", "pre_train", "--model_name", "unet"], "needs --model_name mtl_unet"),
     (["--rsd", "5"], "--rsd takes reductions 1..4"),
-    (["--aug_rate", "1.5"], "--aug_rate must be in [0, 1]"),
+    (["--augment", "--aug_rate", "1.5"], "--aug_rate must be a finite number in [0, 1]"),
+    (["--aug_rate", "0.3"], "--aug_rate 0.3 augments only with --augment"),
+    (["--eval-iters", "-1"], "--eval-iters must be a whole number >= 0"),
     (["--augmentation", "numpy"], "--augmentation: invalid choice"),
     (["--inner-iters", "0"], "--inner-iters must be >= 1"),
 ])

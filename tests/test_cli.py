@@ -93,7 +93,8 @@ def test_end_to_end_run_writes_every_output(shards, finished_run, capsys):
     assert results["mean_iou"] == pytest.approx(float(line[0].split(": ")[1]))
     assert "random_init" in results and "class_accumulated_iou" in results
     assert results["config"]["meta"]["foml_tail"] == 2
-    assert json.load(open(os.path.join(finished_run, "config.json")))["inner"]["sgd"] is True
+    config = json.load(open(os.path.join(finished_run, "config.json")))
+    assert config["adapt"]["sgd"] is True and config["meta"]["inner"]["sgd"] is True
 
 
 def test_interrupted_run_resumes_to_identical_weights(shards, finished_run, tmp_path, monkeypatch,
@@ -170,7 +171,7 @@ def test_resume_compares_the_test_list_as_a_file_not_as_a_path(tmp_path, monkeyp
                                            (["--augment", "--augmentation", "metaseg"], False)])
 def test_runs_from_before_the_augmentation_flag_resume_as_metaseg(tmp_path, flags, refused):
     from args import parse_args
-    saved = json.loads(parse_args(flags).to_json())
+    saved = _older_layout(json.loads(parse_args(flags).to_json()))
     del saved["inner"]["augmentation"]  # a config.json written before the flag existed
     (tmp_path / "state.json").write_text("{}")
     (tmp_path / "config.json").write_text(json.dumps(saved))
@@ -180,6 +181,23 @@ def test_runs_from_before_the_augmentation_flag_resume_as_metaseg(tmp_path, flag
             restore.check_compatible(str(tmp_path), cfg, resume=True)
     else:
         restore.check_compatible(str(tmp_path), cfg, resume=True)
+
+
+def _older_layout(config):
+    """A config.json as versions before the one adaptation type wrote it (inner, eval.eval_*,
+    model.final_layer_dropout_rate)."""
+    adapt, inner = config.pop("adapt"), config["meta"].pop("inner")
+    config["inner"] = {"sgd": inner["sgd"], "learning_rate": inner["learning_rate"],
+                       "inner_batch_size": inner["batch_size"], "inner_iters": inner["steps"],
+                       "augment": inner["aug_rate"] > 0, "aug_rate": inner["aug_rate"] or 0.5,
+                       "augmentation": inner["augmentation"],
+                       "learning_rate_scheduler": inner["scheduler"],
+                       "step_decay_rate": inner["step_decay_rate"],
+                       "decay_after_n_steps": inner["decay_after_n_steps"],
+                       "replacement": inner["replacement"], "weight_decay": inner["weight_decay"]}
+    config["eval"].update(eval_iters=adapt["steps"], eval_batch_size=adapt["batch_size"])
+    config["model"]["final_layer_dropout_rate"] = adapt["dropout_rate"]
+    return config
 
 
 def test_pretrained_keeps_the_training_runs_results(finished_run):
@@ -196,7 +214,7 @@ def test_pretrained_keeps_the_training_runs_results(finished_run):
 def test_refused_resume_leaves_config_json_untouched(shards, finished_run, capsys):
     before = open(os.path.join(finished_run, "config.json")).read()
     assert run_metasegnet.main(_argv(shards, finished_run, "--learning-rate", "0.02")) == 2
-    assert "inner.learning_rate: checkpoint 0.01, this run 0.02" in capsys.readouterr().err
+    assert "meta.inner.learning_rate: checkpoint 0.01, this run 0.02" in capsys.readouterr().err
     assert open(os.path.join(finished_run, "config.json")).read() == before
 
 

@@ -96,7 +96,6 @@ def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
     starts from holds their weights and BN statistics; optimizers and iteration count are fresh."""
     from args import parse_args
     from meta.algorithms import MetaLearner
-    from meta.inner import training_schedule
     from storage.tf1_checkpoint import open_tf1_checkpoint
     import modes.experiments
     from modes import restore
@@ -106,7 +105,7 @@ def test_meta_training_continues_from_a_tf1_checkpoint(tmp_path, capsys):
                       "--checkpoint", str(tmp_path / "run"), "--meta-iters", "3",
                       "--continue_training_from_checkpoint", str(tmp_path / "tf1")])
     loop = modes.experiments.make_inner_loop(cfg, build_model(cfg.model))
-    learner = MetaLearner(loop, cfg.meta, training_schedule(cfg.inner))
+    learner = MetaLearner(loop, cfg.meta)
     rng = np.random.default_rng(0)
     rng_state = rng.bit_generator.state
     assert restore.restore(cfg, loop.model, learner, rng) == 0  # meta-iteration 0

@@ -50,7 +50,7 @@ def test_three_phases_write_their_outputs(three_phases):
     assert results["split"] == "test" and results["num_classes"] == 2
     assert results["meta_iterations"] == 4
     assert results["pretrained_fine_tuned"]["num_task_samples"] == results["num_task_samples"]
-    assert results["config"]["eval"]["shots"] == 2 and results["config"]["eval"]["eval_iters"] == 2
+    assert results["config"]["eval"]["shots"] == 2 and results["config"]["adapt"]["steps"] == 2
     with open(run_dir / "meta_train" / CLASSES_NAME) as f:
         seen = json.load(f)
     evaluated = set(results["per_task"])

@@ -20,6 +20,7 @@ import pytest
 
 # The library imports of this file: everything else goes through the command line.
 from args import parse_args
+from meta.settings import read_config
 from models.build import build_model
 from storage.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_state
 
@@ -161,7 +162,7 @@ def test_fixture_checkpoint_loads_into_a_fresh_model(tmp_path):
     shutil.copytree(FIXTURE, run)
     cfg = parse_args([*FLAGS, "--meta-iters", str(FIXTURE_STEP)])
     recorded = _json(os.path.join(FIXTURE, "config.json"))
-    assert json.loads(cfg.to_json())["model"] == recorded["model"]
+    assert json.loads(cfg.to_json())["model"] == read_config(recorded)["model"]
     path = latest_checkpoint(run)
     on_disk = _npz_members(os.path.join(path, "variables.npz"))
     listed = _json(os.path.join(path, "state.json"))["variables"]

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from data.user_task import load_user_task
+from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from segmenter import settings as settings_lib
 from segmenter.api import Segmenter
@@ -36,11 +37,10 @@ def _user_folder(root, sizes):
 
 def _tiny_segmenter(seed=0):
     """The tiny test net with 40 Adam steps at lr 0.05 on batches of 4."""
-    loop = InnerLoop(tiny_model(seed=seed, dropout=0.0), cross_entropy, sgd=False,
-                     learning_rate=0.01, augmentation=None)
-    settings = settings_lib.from_config(
-        {"model": {"image_size": SIZE, "model_name": "unet"}, "inner": {"learning_rate": 0.05},
-         "eval": {"eval_iters": 40, "eval_batch_size": 4}}, "the test")
+    settings = settings_lib.from_values(
+        {"image_size": SIZE, "model_name": "unet", "learning_rate": 0.05, "steps": 40,
+         "batch_size": 4}, {"steps": "the test"})
+    loop = InnerLoop(tiny_model(seed=seed, dropout=0.0), cross_entropy, settings.adapt)
     return Segmenter(loop, settings)
 
 
@@ -118,9 +118,10 @@ def init_checkpoint(tmp_path_factory):
     run = str(root / "run")
     cfg = parse_args(CLI_FLAGS + ["--checkpoint", run])
     model = build_model(cfg.model)
-    loop = InnerLoop(model, make_loss(cfg.loss, model), sgd=False, learning_rate=0.001)
-    joint_train(loop, tasks, sorted(tasks), epochs=4, batch_size=8, learning_rate=0.003,
-                aug_rate=0.0, seed=0, run_dir=str(root / "joint"), config_json=cfg.to_json())
+    loop = InnerLoop(model, make_loss(cfg.loss, model), cfg.adapt)
+    joint_train(loop, tasks, sorted(tasks), epochs=4,
+                training=Adaptation(batch_size=8, learning_rate=0.003, seed=0),
+                run_dir=str(root / "joint"), config_json=cfg.to_json())
     # ~80 steps leave the moving statistics (momentum 0.99) far from the data's; a long
     # training run would settle them, training-mode passes at momentum 0.9 do so in 40 batches.
     import keras

@@ -9,7 +9,8 @@ from adapt import iou
 from adapt.config import EvalConfig
 from adapt.evaluate import evaluate, predict_queries
 from adapt.fine_tuned import combine_hooks, fine_tuned_dir, load_fine_tuned, make_checkpoint_saver
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 
@@ -19,7 +20,7 @@ def tasks():
 
 
 def test_fine_tuned_checkpoints_reload_to_their_iou(tasks, tmp_path):
-    loop = InnerLoop(tiny_model(seed=0), cross_entropy, sgd=False, learning_rate=0.01)
+    loop = InnerLoop(tiny_model(seed=0), cross_entropy, Adaptation(learning_rate=0.01))
     episodes = {}
 
     def remember(name, repetition, episode, predicted, score):
@@ -28,7 +29,7 @@ def test_fine_tuned_checkpoints_reload_to_their_iou(tasks, tmp_path):
     root = str(tmp_path / "fine_tuned")
     hook = combine_hooks(None, remember,
                          make_checkpoint_saver(loop.model, root, "test", json.dumps({})))
-    schedule = AdaptationSchedule(learning_rate=0.05, iters=4, batch_size=3)
+    schedule = Adaptation(learning_rate=0.05, steps=4, batch_size=3)
     result = evaluate(loop, tasks, sorted(tasks), schedule,
                       EvalConfig(shots=3, num_query=4, transductive=True, eval_samples=2,
                                  serially_eval_all_test_tasks=True),
@@ -36,7 +37,7 @@ def test_fine_tuned_checkpoints_reload_to_their_iou(tasks, tmp_path):
     assert len(result.scores) == 4
     init = [np.array(v.numpy()) for v in loop.model.variables]
 
-    fresh = InnerLoop(tiny_model(seed=7), cross_entropy, sgd=False, learning_rate=0.01)
+    fresh = InnerLoop(tiny_model(seed=7), cross_entropy, Adaptation(learning_rate=0.01))
     for score in result.scores:
         path = fine_tuned_dir(root, "test", score.name, score.repetition)
         assert os.path.isfile(os.path.join(path, "LAST"))

@@ -7,7 +7,8 @@ import pytest
 
 from adapt.config import KShotConfig
 from adapt.kshot import run_k_shot_experiment, usable_k
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 
@@ -21,10 +22,10 @@ def test_usable_k_caps_by_class_size():
 
 def test_k_shot_curves_same_data_for_every_model(tmp_path):
     tasks = toy_tasks(2, n=16)
-    meta = InnerLoop(tiny_model(seed=0), cross_entropy, sgd=False, learning_rate=0.01)
-    twin = InnerLoop(tiny_model(seed=0), cross_entropy, sgd=False, learning_rate=0.01)
+    meta = InnerLoop(tiny_model(seed=0), cross_entropy, Adaptation(learning_rate=0.01))
+    twin = InnerLoop(tiny_model(seed=0), cross_entropy, Adaptation(learning_rate=0.01))
     cfg = KShotConfig(k_values=(1, 2, 10, 50), num_query=4, max_steps=4, patience=1)
-    base = AdaptationSchedule(learning_rate=0.05, iters=3, batch_size=4)
+    base = Adaptation(learning_rate=0.05, steps=3, batch_size=4)
     curves = run_k_shot_experiment({"meta-learned": meta, "same init": twin}, tasks,
                                    sorted(tasks), base, cfg, repetitions=1, seed=0,
                                    out_dir=str(tmp_path))

@@ -11,7 +11,7 @@ from adapt.protocol_hsnet import HSNetResult, check_classes, evaluate_hsnet, num
 from args import parse_args
 from data.episodes import supports_per_query
 from data.tasks import ClassData
-from meta.inner import AdaptationSchedule
+from meta.adaptation import Adaptation
 from models.losses import pixel_cross_entropy
 
 
@@ -39,6 +39,12 @@ class FakeLoop:
         self.adapted_on = []  # per train step: ids of the support images it was given
         self.predicted = []  # per predict call: ids of the images
         self.loss_fn = lambda y_true, y_pred: ops.mean(pixel_cross_entropy(y_true, y_pred))
+
+    def check(self, adaptation):
+        pass
+
+    def set_dropout_rate(self, rate):
+        pass
 
     def reset_optimizer(self):
         pass
@@ -77,7 +83,7 @@ def _classes(masks_by_class, size):
     return tasks
 
 
-SCHEDULE = AdaptationSchedule(learning_rate=0.1, iters=2, batch_size=2)
+SCHEDULE = Adaptation(learning_rate=0.1, steps=2, batch_size=2)
 
 
 def _episodes(loop):
@@ -115,7 +121,7 @@ def test_fss1000_size_gives_2400_queries_each_image_once():
     tasks = _classes({f"class{c:03d}": np.zeros((10, 1)) for c in range(240)}, size=1)
     loop = FakeLoop({j: np.zeros((1, 1)) for j in range(2400)})
     result = evaluate_hsnet(loop, tasks, sorted(tasks),
-                            AdaptationSchedule(learning_rate=0.1, iters=0, batch_size=5),
+                            Adaptation(learning_rate=0.1, steps=0, batch_size=5),
                             shots=5, transductive=True, seed=0, split="test")
     assert num_queries(tasks, sorted(tasks)) == 2400 == result.num_queries
     queried = [ids[0] for ids in loop.predicted]

@@ -1,21 +1,24 @@
 """UHO on the real inner loop: early stopping scores every step, leaves the init untouched,
 and the best step count reproduces its IoU when re-run as a fixed schedule."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from adapt.config import EvalConfig, UHOConfig
 from adapt.uho_csv import read_rows
 from adapt.uho_objective import apply_update_hyperparams, make_adapt_task, run_uho
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from meta.state import full_state
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
-BASE = AdaptationSchedule(learning_rate=0.01, iters=5, batch_size=4, aug_rate=0.0)
+BASE = Adaptation(learning_rate=0.01, steps=5, batch_size=4, aug_rate=0.0)
 
 
 @pytest.fixture(scope="module")
 def loop():
-    return InnerLoop(tiny_model(dropout=0.0), cross_entropy, sgd=False, learning_rate=0.01)
+    return InnerLoop(tiny_model(dropout=0.0), cross_entropy, BASE, augment=True)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,7 @@ def _state(loop):
 def test_early_stopping_best_steps_reproduce_their_iou(loop, tasks):
     cfg = UHOConfig(max_steps=12, patience=3)
     adapt_task = make_adapt_task(loop, tasks, sorted(tasks), BASE, cfg,
-                                 EvalConfig(shots=3, num_query=4, transductive=True),
-                                 base_drop_rate=0.0, seed=0)
+                                 EvalConfig(shots=3, num_query=4, transductive=True), seed=0)
     params = {"lr": 0.05, "drop_rate": 0.0, "aug_rate": 0.0, "inner_batch_size": 3}
     before = _state(loop)
     steps, best_iou = adapt_task(params, "class1", 0, None)
@@ -50,15 +52,17 @@ def test_run_uho_writes_outputs_and_applies_every_dimension(loop, tasks, tmp_pat
     cfg = UHOConfig(num_configs_to_sample=3, lr_range=(1e-3, 0.1), aug_rate_range=(0.0, 0.5),
                     batch_size_range=(2, 4), max_steps=4, patience=2, repetitions=1)
     evaluation = EvalConfig(shots=3, num_query=3, transductive=True)
-    result = run_uho(loop, tasks, ["class0", "class2"], BASE, cfg, evaluation, base_drop_rate=0.0,
-                     seed=0, out_dir=str(tmp_path))
+    result = run_uho(loop, tasks, ["class0", "class2"], BASE, cfg, evaluation, seed=0,
+                     out_dir=str(tmp_path))
     csv_path = tmp_path / "val-set_hyper_param_search_results_3-shot.csv"
     assert len(read_rows(str(csv_path))) == 3 * 2
     assert (tmp_path / "val-set_hyper_param_search_results_3-shot.png").stat().st_size > 1000
     assert (tmp_path / "uho_best.json").exists()
-    schedule = apply_update_hyperparams(BASE, result.best)
-    assert (schedule.learning_rate, schedule.iters, schedule.batch_size, schedule.aug_rate) == (
-        result.best.lr, result.best.steps, result.best.inner_batch_size, result.best.aug_rate)
+    adaptation = apply_update_hyperparams(BASE, result.best)
+    assert (adaptation.learning_rate, adaptation.steps, adaptation.batch_size, adaptation.aug_rate,
+            adaptation.dropout_rate) == (result.best.lr, result.best.steps,
+                                         result.best.inner_batch_size, result.best.aug_rate,
+                                         result.best.drop_rate)
     with pytest.raises(ValueError, match="learning_rate_scheduler"):
-        run_uho(loop, tasks, ["class0"], AdaptationSchedule(0.01, 5, 4, scheduler="cosine_anneal"),
-                cfg, evaluation, base_drop_rate=0.0, seed=0, out_dir=str(tmp_path))
+        run_uho(loop, tasks, ["class0"], dataclasses.replace(BASE, scheduler="cosine_anneal"),
+                cfg, evaluation, seed=0, out_dir=str(tmp_path))

@@ -12,10 +12,12 @@ from storage import checkpoint
 from adapt import iou
 from adapt.evaluate import evaluate
 from baselines.joint_train import epoch_learning_rate, joint_train
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
-KWARGS = dict(batch_size=4, learning_rate=0.01, aug_rate=0.3, seed=0, config_json=json.dumps({}))
+KWARGS = dict(training=Adaptation(batch_size=4, learning_rate=0.01, aug_rate=0.3, seed=0,
+                                  dropout_rate=0.2), config_json=json.dumps({}))
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def tasks():
 
 
 def _loop(seed):
-    return InnerLoop(tiny_model(seed=seed), cross_entropy, sgd=False, learning_rate=0.01)
+    return InnerLoop(tiny_model(seed=seed), cross_entropy, Adaptation(learning_rate=0.01),
+                     augment=True)
 
 
 def _pooled_iou(loop, tasks):
@@ -66,7 +69,7 @@ def test_joint_training_learns_resumes_and_loads(tasks, tmp_path):
     evaluator = _loop(5)
     checkpoint.load_checkpoint(run, {"model": list(evaluator.model.variables)})
     assert _pooled_iou(evaluator, tasks) == pytest.approx(_pooled_iou(loop, tasks), abs=1e-6)
-    result = evaluate(evaluator, tasks, sorted(tasks), AdaptationSchedule(0.01, 2, 4),
+    result = evaluate(evaluator, tasks, sorted(tasks), Adaptation(learning_rate=0.01, steps=2, batch_size=4),
                       EvalConfig(shots=3, num_query=3, transductive=True, eval_samples=1,
                                  serially_eval_all_test_tasks=True),
                       seed=0, stream=1, split="test")

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adapt.config import EvalConfig
-from adapt.evaluate import evaluation_schedule
 from baselines.config import MTLConfig
-from baselines.mtl import (MTLLearner, head_inner_loop, meta_learning_rate, mtl_evaluation_configs,
-                      mtl_meta_config, mtl_schedule)
+from baselines.mtl import MTLLearner, meta_learning_rate, mtl_meta_config
 from data.episodes import sample_episode
-from meta.config import InnerConfig, MetaConfig
-from meta.inner import adapt
+from meta.adaptation import Adaptation, head_adaptation
+from meta.config import MetaConfig
+from meta.inner import InnerLoop, adapt
 from models.build import build_model
 from models.config import LossConfig, ModelConfig
 from models.losses import make_loss
@@ -25,6 +23,7 @@ SIZE = 32
 UNET = ModelConfig(model_name="unet", image_size=SIZE, n_unet_encoding_stacks=2,
                    start_num_feature_maps_power=2, seed=1)
 MTL = MTLConfig(update_step=3, shot=3, train_query=2, base_lr=0.05, meta_lr1=1e-3, meta_lr2=1e-2)
+HEAD = head_adaptation(Adaptation(), learning_rate=MTL.base_lr, steps=MTL.update_step)
 
 
 def _values(variables):
@@ -40,8 +39,8 @@ def setup():
     set_mtl_mode(model, "meta_transfer")
     load_pretrained_unet(model, unet)
     loss_fn = make_loss(LossConfig(), model)
-    loop = head_inner_loop(model, loss_fn, MTL)
-    learner = MTLLearner(loop, MTL)
+    loop = InnerLoop(model, loss_fn, HEAD)
+    learner = MTLLearner(loop, MTL, HEAD)
     return tasks, unet, model, loop, learner
 
 
@@ -89,7 +88,7 @@ def test_inner_loop_adapts_only_the_head(restored):
     before = _values(model.trainable_variables + _base_kernels(model))
     episode = sample_episode(np.random.default_rng(0), tasks["class0"], MTL.shot, 0)
     result = adapt(loop, episode.support_images, episode.support_masks,
-                   mtl_schedule(MTL, MTL.shot), np.random.default_rng(1))
+                   HEAD, np.random.default_rng(1))
     assert result.steps_taken == MTL.update_step
     after = _values(model.trainable_variables + _base_kernels(model))
     changed = {p for p in before if not np.array_equal(before[p], after[p])}
@@ -105,7 +104,7 @@ def test_outer_step_is_first_order_mtl(restored):
     """Second computation: eager head-only SGD on the support, then the query gradient at the
     adapted head moves scale/shift/BN (Adam, meta_lr1) and the head *init* (Adam, meta_lr2)."""
     tasks, _, model, loop, _ = restored
-    learner = MTLLearner(loop, MTL)  # fresh Adam state: the first step has a closed form
+    learner = MTLLearner(loop, MTL, HEAD)  # fresh Adam state: the first step has a closed form
     head, meta_vars = learner.head, learner.meta_variables
     init = _values(model.trainable_variables + _base_kernels(model))
     episode = sample_episode(np.random.default_rng(7), tasks["class1"], MTL.shot, MTL.train_query)
@@ -166,12 +165,21 @@ def test_step_lr_decays_both_rates_per_epoch():
     assert lr[:6] == [1.0] * 6 and lr[6:12] == [0.5] * 6 and lr[12:] == [0.25] * 2
 
 
-def test_configs_for_the_shared_loops():
+def test_the_phases_adapt_the_head_as_they_record_it():
+    """--phase runs' adaptation (cfg.adapt, in config.json) is the head's, as the meta-training
+    tasks, the monitor and meta_eval run it; the outer loop runs one task per step."""
+    from args import parse_args
+    from modes.mtl import eval_config
+    cfg = parse_args(["--model_name", "mtl_unet", "--phase", "meta_eval", "--data-dir", "x",
+                      "--update_step", "7", "--base_lr", "0.02", "--teshot", "5",
+                      "--test_query", "4", "--final_layer_dropout_rate", "0.1", "--augment"])
+    a = cfg.adapt
+    assert (a.head_only, a.sgd, a.learning_rate, a.steps, a.batch_size, a.aug_rate,
+            a.dropout_rate, a.scheduler) == (True, True, 0.02, 7, None, 0.0, 0.1, "fixed")
+    assert cfg.meta.inner.aug_rate == 0.5 and not cfg.meta.inner.head_only  # pre-training's
+    evaluated = eval_config(cfg)
+    assert evaluated.adapt == a and (evaluated.eval.shots, evaluated.eval.num_query) == (5, 4)
     mtl = MTLConfig(update_step=7, base_lr=0.02, max_epoch=3, num_batch=4, teshot=5)
-    inner, evaluation = mtl_evaluation_configs(mtl, InnerConfig(augment=True), EvalConfig(),
-                                               shots=mtl.teshot, num_query=4)
-    assert evaluation_schedule(inner, evaluation) == mtl_schedule(mtl, 5)
-    assert (evaluation.shots, evaluation.num_query, inner.sgd) == (5, 4, True)
     meta = mtl_meta_config(mtl, MetaConfig(monitor_tasks=3))
     assert (meta.meta_iters, meta.meta_batch_size, meta.eval_interval, meta.monitor_tasks) == \
         (12, 1, 4, 3)

@@ -10,11 +10,12 @@ import tensorflow as tf
 from adapt.config import EvalConfig
 from adapt.evaluate import evaluate
 from baselines.config import MTLConfig
-from baselines.mtl import head_inner_loop, mtl_schedule
 from baselines.pretrain import (BEST_INFO, BEST_WEIGHTS, PretrainStep, pre_train,
                            pre_train_learning_rate)
 from data.splits import Splits
 from data.tasks import pool_classes
+from meta.adaptation import Adaptation, head_adaptation
+from meta.inner import InnerLoop
 from meta.streams import STREAM_PRETRAIN
 from storage import checkpoint
 from report.logs import CSV_NAME, read_log
@@ -22,6 +23,7 @@ from tests.fixtures.meta_fixtures import SIZE, cross_entropy, tiny_model, toy_ta
 
 MTL = MTLConfig(pre_max_epoch=3, pre_batch_size=8, pre_lr=0.05, pre_step_size=2, pre_gamma=0.5,
                 update_step=2, shot=2, val_query=2, base_lr=0.05)
+HEAD = head_adaptation(Adaptation(), learning_rate=MTL.base_lr, steps=MTL.update_step)
 SPLITS = Splits(train=("class0", "class1", "class2"), val=("class3", "class4"), test=("class5",))
 
 
@@ -32,7 +34,8 @@ def tasks():
 
 def _run(tasks, run_dir, stop_after, splits=SPLITS):
     model = tiny_model(dropout=0.0)
-    result = pre_train(model, cross_entropy, tasks, splits, mtl=MTL, monitor_tasks=2,
+    result = pre_train(model, cross_entropy, tasks, splits, mtl=MTL, adaptation=HEAD,
+                       monitor_tasks=2,
                        aug_rate=0.5, seed=0, rng=np.random.default_rng([0, 0]),
                        run_dir=str(run_dir), config_json="{}", stop_after=stop_after)
     return model, result
@@ -93,8 +96,7 @@ def test_keeps_best_val_weights_and_resumes_exactly(tasks, tmp_path):
     # the file holds that epoch's weights: evaluating it again reproduces the logged val mIoU
     fresh = tiny_model(dropout=0.0)
     fresh.load_weights(os.path.join(tmp_path / "straight", BEST_WEIGHTS))
-    again = evaluate(head_inner_loop(fresh, cross_entropy, MTL), tasks, SPLITS.val,
-                     mtl_schedule(MTL, MTL.shot),
+    again = evaluate(InnerLoop(fresh, cross_entropy, HEAD), tasks, SPLITS.val, HEAD,
                      EvalConfig(shots=MTL.shot, num_query=MTL.val_query, transductive=False,
                                 eval_samples=2, serially_eval_all_test_tasks=False),
                      seed=0, stream=STREAM_PRETRAIN, split="val")

@@ -38,19 +38,21 @@ from data.splits import Splits  # noqa: E402
 from devices.distribute import DistributedMetaLearner, Replicas, make_strategy  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.config import MetaConfig  # noqa: E402
-from meta.inner import AdaptationSchedule, InnerLoop  # noqa: E402
+from meta.adaptation import Adaptation  # noqa: E402
+from meta.inner import InnerLoop  # noqa: E402
 from meta.train import meta_train  # noqa: E402
 from storage import checkpoint  # noqa: E402
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks  # noqa: E402
 
-SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=3, batch_size=3, aug_rate=0.5)
+SCHEDULE = Adaptation(learning_rate=0.05, steps=3, batch_size=3, aug_rate=0.5, sgd=True,
+                      dropout_rate=0.2)
 META = MetaConfig(algorithm="fomaml", train_shots=6, foml_tail=2, meta_batch_size=4,
                   meta_step_size=0.5, meta_step_size_final=0.5, meta_iters=3, eval_interval=2,
-                  monitor_tasks=2, seed=0)
+                  monitor_tasks=2, seed=0, inner=SCHEDULE)
 
 
 def make_loop() -> InnerLoop:
-    return InnerLoop(tiny_model(dropout=0.2), cross_entropy, sgd=True, learning_rate=0.05)
+    return InnerLoop(tiny_model(), cross_entropy, SCHEDULE)
 
 
 def trainable(loop: InnerLoop) -> list[np.ndarray]:
@@ -68,21 +70,21 @@ def batch_norm_mean(tasks, names) -> dict[str, np.ndarray]:
     batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
     replicas = Replicas(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), make_loop(),
                         make_loop)
-    DistributedMetaLearner(replicas, META, SCHEDULE).meta_step(batch, rng, 0.5)
+    DistributedMetaLearner(replicas, META).meta_step(batch, rng, 0.5)
     rng = np.random.default_rng(1)
     rng.integers(0, len(names), size=4)
-    plain = MetaLearner(make_loop(), META, SCHEDULE)
+    plain = MetaLearner(make_loop(), META)
     seeds, generators = plain.task_generators(rng, 4)
     plain.loop.full_state.save()
     chains = []
     for first in (0, 1):  # replica r runs tasks r and r + 2, from the same start
         plain.loop.full_state.restore()
-        plain.start.save()
+        plain.theta.save()
         for k in (first, first + 2):
             plain.run_task(batch[k], generators[k], seeds[k])
         chains.append(moving_statistics(plain.loop))
     plain.loop.full_state.restore()
-    plain.start.save()
+    plain.theta.save()
     for k in range(4):  # one device: one chain through the 4 tasks
         plain.run_task(batch[k], generators[k], seeds[k])
     return {"bn_two": moving_statistics(replicas.loops[0]),
@@ -95,7 +97,7 @@ def logical(out: str) -> None:
     tasks = toy_tasks(6, n=8)
     names = sorted(tasks)
     weights, ious = {}, {}
-    plain = MetaLearner(make_loop(), META, SCHEDULE)
+    plain = MetaLearner(make_loop(), META)
     rng = np.random.default_rng(0)
     for step in range(3):
         batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
@@ -103,7 +105,7 @@ def logical(out: str) -> None:
     weights["plain"] = trainable(plain.loop)
     for label, devices in (("two", ["/cpu:0", "/cpu:1"]), ("one", ["/cpu:0"])):
         replicas = Replicas(tf.distribute.MirroredStrategy(devices), make_loop(), make_loop)
-        learner = DistributedMetaLearner(replicas, META, SCHEDULE)
+        learner = DistributedMetaLearner(replicas, META)
         rng = np.random.default_rng(0)
         for step in range(3):
             batch = [tasks[names[i]] for i in rng.integers(0, len(names), size=4)]
@@ -120,8 +122,7 @@ def logical(out: str) -> None:
         def adapt_task_of(run_loop):
             return make_adapt_task(run_loop, tasks, names, SCHEDULE,
                                    UHOConfig(max_steps=4, patience=2),
-                                   EvalConfig(shots=3, num_query=2, transductive=True),
-                                   base_drop_rate=0.2, seed=0)
+                                   EvalConfig(shots=3, num_query=2, transductive=True), seed=0)
         params = {"lr": 0.05, "drop_rate": 0.1, "aug_rate": 0.5, "inner_batch_size": 3}
         items = [(name, repetition) for repetition in range(2) for name in names[:3]]
         spread = _spread_adapt(replicas, adapt_task_of)(params, items, None)
@@ -136,19 +137,19 @@ def train(out: str, run_dir: str, iters: int, stop_after: int | None) -> None:
     tasks = toy_tasks(6, n=8)
     splits = Splits(train=tuple(sorted(tasks))[:4], val=tuple(sorted(tasks))[4:], test=())
     if MODE == "plain":
-        learner = MetaLearner(make_loop(), META, SCHEDULE)
+        learner = MetaLearner(make_loop(), META)
     else:
         multi = "TF_CONFIG" in os.environ
         strategy = make_strategy("multi_worker" if multi else "mirrored", 1)
         replicas = Replicas(strategy, make_loop(), make_loop)
-        learner = DistributedMetaLearner(replicas, META, SCHEDULE)
+        learner = DistributedMetaLearner(replicas, META)
     groups = learner.checkpoint_groups()
     rng = np.random.default_rng([0, 0])
     state = checkpoint.resume(run_dir, groups, rng)
     start = 0 if state is None else int(state["step"])
     meta = MetaConfig(**{**META.__dict__, "meta_iters": iters})
     watch = partial(monitor, learner, tasks, splits, meta=meta,
-                    evaluation=EvalConfig(shots=3, num_query=2), schedule=SCHEDULE)
+                    evaluation=EvalConfig(shots=3, num_query=2), adaptation=SCHEDULE)
     meta_train(learner, tasks, splits, meta=meta, monitor=watch, rng=rng, run_dir=run_dir,
                config_json="{}",
                checkpoint_groups=groups, start_step=start, stop_after=stop_after)

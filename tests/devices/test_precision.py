@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 
 from devices.precision import LOSS_SCALE_FLOAT16, set_precision, use_jit
-from meta.inner import AdaptationSchedule, InnerLoop, adapt
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop, adapt
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
-SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=4, batch_size=4)
+SCHEDULE = Adaptation(learning_rate=0.05, steps=4, batch_size=4, sgd=True)
 
 
 def _adapt(mode):
     scale = set_precision(mode)
     try:
-        loop = InnerLoop(tiny_model(dropout=0.0), cross_entropy, sgd=True, learning_rate=0.05,
-                         loss_scale=scale)
+        loop = InnerLoop(tiny_model(dropout=0.0), cross_entropy, SCHEDULE, loss_scale=scale)
     finally:
         set_precision("none")  # the policy is global: never leak it into other tests
     task = toy_tasks(1, n=8)["class0"]

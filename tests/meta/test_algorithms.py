@@ -6,17 +6,17 @@ import tensorflow as tf
 from data.episodes import sample_episode
 from meta.algorithms import MetaLearner, split_tail
 from meta.config import MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
-    support_tensors
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop, adapt, draw_batches, run_steps, support_tensors
 from meta.streams import task_seeds
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
-SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=4, batch_size=3, aug_rate=0.5)
+SCHEDULE = Adaptation(learning_rate=0.05, steps=4, batch_size=3, aug_rate=0.5, sgd=True)
 
 
 @pytest.fixture(scope="module")
 def loop():
-    return InnerLoop(tiny_model(dropout=0.0), cross_entropy, sgd=True, learning_rate=0.05)
+    return InnerLoop(tiny_model(dropout=0.0), cross_entropy, SCHEDULE)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def _task_rngs(seed, num_tasks):
 
 
 def test_reptile_with_meta_step_1_and_batch_1_equals_plain_fine_tuning(loop, tasks):
-    learner = MetaLearner(loop, MetaConfig(algorithm="reptile", train_shots=5), SCHEDULE)
+    learner = MetaLearner(loop, MetaConfig(algorithm="reptile", train_shots=5, inner=SCHEDULE))
     loop.full_state.save()
     learner.meta_step([tasks["class0"]], np.random.default_rng(7), meta_step_size=1.0)
     meta_updated = _values(loop.variables)
@@ -51,7 +51,7 @@ def test_reptile_with_meta_step_1_and_batch_1_equals_plain_fine_tuning(loop, tas
 
 
 def test_reptile_meta_step_moves_epsilon_of_the_mean_displacement(loop, tasks):
-    learner = MetaLearner(loop, MetaConfig(algorithm="reptile", train_shots=5), SCHEDULE)
+    learner = MetaLearner(loop, MetaConfig(algorithm="reptile", train_shots=5, inner=SCHEDULE))
     loop.full_state.save()
     theta = _values(loop.variables)
     phis = []
@@ -69,7 +69,7 @@ def test_reptile_meta_step_moves_epsilon_of_the_mean_displacement(loop, tasks):
 
 
 def test_fomaml_update_equals_the_last_inner_step(loop, tasks):
-    learner = MetaLearner(loop, MetaConfig(algorithm="fomaml", train_shots=5), SCHEDULE)
+    learner = MetaLearner(loop, MetaConfig(algorithm="fomaml", train_shots=5, inner=SCHEDULE))
     loop.full_state.save()
     theta = _values(loop.variables)
     learner.meta_step([tasks["class0"]], np.random.default_rng(11), meta_step_size=0.5)
@@ -82,7 +82,7 @@ def test_fomaml_update_equals_the_last_inner_step(loop, tasks):
     loop.reset_optimizer()
     run_steps(loop, x, m, indices[:-1], seeds[:-1], SCHEDULE)
     before = _values(loop.variables)
-    run_steps(loop, x, m, indices[-1:], seeds[-1:], SCHEDULE, first_step=SCHEDULE.iters - 1)
+    run_steps(loop, x, m, indices[-1:], seeds[-1:], SCHEDULE, first_step=SCHEDULE.steps - 1)
     last_step = [a - b for a, b in zip(_values(loop.variables), before)]
     loop.full_state.restore()
     assert max(np.abs(u).max() for u in last_step) > 1e-5
@@ -101,8 +101,8 @@ def test_split_tail_disjoint_or_with_replacement():
 
 
 def test_fomaml_star_tail_is_held_out_unaugmented_and_gives_the_gradient(loop, tasks):
-    learner = MetaLearner(loop, MetaConfig(algorithm="fomaml", train_shots=7, foml_tail=3),
-                          SCHEDULE)
+    learner = MetaLearner(loop, MetaConfig(algorithm="fomaml", train_shots=7, foml_tail=3,
+                                           inner=SCHEDULE))
     calls = []
     original = loop.train_steps
 
@@ -119,7 +119,7 @@ def test_fomaml_star_tail_is_held_out_unaugmented_and_gives_the_gradient(loop, t
         learner.meta_step([tasks["class2"]], np.random.default_rng(5), meta_step_size=1.0)
     finally:
         del loop.train_steps
-    assert len(calls) == SCHEDULE.iters
+    assert len(calls) == SCHEDULE.steps
     train_images = {im.tobytes() for im in calls[0][0]}
     tail_images, tail_masks, tail_indices, lr, aug_rate = calls[-1]
     assert len(train_images) == 4 and len(tail_images) == 3
@@ -128,7 +128,8 @@ def test_fomaml_star_tail_is_held_out_unaugmented_and_gives_the_gradient(loop, t
     assert sorted(tail_indices.tolist()) == [0, 1, 2]  # the whole tail is the last batch
     update = [a - t for a, t in zip(_values(loop.variables), theta)]
     # With SGD the last step's update is -lr * grad of the tail loss at the pre-step weights.
-    for v, b in zip(loop.variables, learner.before_last.values):
+    before_last = learner.direction.keywords["before_last"]  # FOMAML's own snapshot
+    for v, b in zip(loop.variables, before_last.values):
         v.assign(b)
     y = tf.one_hot(tail_masks.astype(np.int32), 2)
     with tf.GradientTape() as tape:

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, keep-last-N, clear mismatch errors, exact resume of meta-training."""
+import dataclasses
 import os
 from functools import partial
 
@@ -10,13 +11,14 @@ from adapt.evaluate import monitor
 from data.splits import Splits
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from meta.train import is_time, meta_train
 from storage import checkpoint
 from report.logs import read_log
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
-SCHEDULE = AdaptationSchedule(learning_rate=0.02, iters=2, batch_size=4, aug_rate=0.5)
+SCHEDULE = Adaptation(learning_rate=0.02, steps=2, batch_size=4, aug_rate=0.5, dropout_rate=0.2)
 
 
 def _variables(seed=0):
@@ -95,10 +97,10 @@ def _run(run_dir, *, stop_after=None, resume=False):
     splits = Splits(train=("class0", "class1", "class2"), val=("class3",), test=("class4",))
     meta = MetaConfig(algorithm="fomaml", train_shots=6, foml_tail=2, meta_batch_size=2,
                       meta_iters=4, eval_interval=2, monitor_tasks=1, meta_step_size=0.5,
-                      meta_step_size_final=0.1, seed=3)
+                      meta_step_size_final=0.1, seed=3, inner=SCHEDULE)
     model = tiny_model(seed=3)
-    loop = InnerLoop(model, cross_entropy, sgd=False, learning_rate=0.02)
-    learner = MetaLearner(loop, meta, SCHEDULE)
+    loop = InnerLoop(model, cross_entropy, SCHEDULE)
+    learner = MetaLearner(loop, meta)
     groups = {"model": list(model.variables), "inner_optimizer": list(loop.optimizer.variables),
               "outer_optimizer": list(learner.outer_optimizer.variables)}
     rng = np.random.default_rng([3, 0])
@@ -108,7 +110,7 @@ def _run(run_dir, *, stop_after=None, resume=False):
         rng.bit_generator.state = state["rng_state"]
         start = state["step"]
     watch = partial(monitor, learner, tasks, splits, meta=meta,
-                    evaluation=EvalConfig(shots=2, eval_iters=2), schedule=SCHEDULE)
+                    evaluation=EvalConfig(shots=2), adaptation=SCHEDULE)
     meta_train(learner, tasks, splits, meta=meta, monitor=watch, rng=rng, run_dir=run_dir,
                config_json="{}",
                checkpoint_groups=groups, start_step=start, stop_after=stop_after)
@@ -158,14 +160,14 @@ def test_diverging_run_stops_before_saving_and_names_the_last_checkpoint(tmp_pat
     def train(run_dir, step_sizes):
         tasks = toy_tasks(4, n=8)
         splits = Splits(train=("class0", "class1", "class2"), val=(), test=("class3",))
+        inner = Adaptation(learning_rate=0.02, steps=1, batch_size=4, sgd=True, dropout_rate=0.2)
         meta = MetaConfig(train_shots=4, meta_batch_size=1, meta_iters=4, eval_interval=1,
-                          monitor_tasks=1, seed=0)
+                          monitor_tasks=1, seed=0, inner=inner)
         model = tiny_model(seed=0)
-        loop = InnerLoop(model, cross_entropy, sgd=True, learning_rate=0.02)
-        learner = MetaLearner(loop, meta, AdaptationSchedule(learning_rate=0.02, iters=1,
-                                                             batch_size=4))
-        watch = partial(monitor, learner, tasks, splits, meta=meta,
-                        evaluation=EvalConfig(shots=2, eval_iters=1), schedule=SCHEDULE)
+        loop = InnerLoop(model, cross_entropy, inner, augment=True)
+        learner = MetaLearner(loop, meta)
+        watch = partial(monitor, learner, tasks, splits, meta=meta, evaluation=EvalConfig(shots=2),
+                        adaptation=dataclasses.replace(SCHEDULE, sgd=True))
         meta_train(learner, tasks, splits, meta=meta, monitor=watch,
                    rng=np.random.default_rng(0), run_dir=run_dir,
                    config_json="{}", checkpoint_groups={"model": list(model.variables)},

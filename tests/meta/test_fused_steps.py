@@ -1,20 +1,21 @@
 """A task's inner steps as one compiled call give exactly what one call per step gives."""
+import dataclasses
+
 import numpy as np
 import pytest
 
-from meta.inner import AdaptationSchedule, InnerLoop, adapt, draw_batches, run_steps, \
-    support_tensors
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop, adapt, draw_batches, run_steps, support_tensors
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
-SCHEDULE = AdaptationSchedule(learning_rate=0.05, iters=5, batch_size=3, aug_rate=0.5,
-                              scheduler="cosine_anneal")
+# Dropout on: the per-call seed-generator state must advance the same way in both paths.
+SCHEDULE = Adaptation(learning_rate=0.05, steps=5, batch_size=3, aug_rate=0.5,
+                      scheduler="cosine_anneal", weight_decay=0.999, dropout_rate=0.3)
 
 
 @pytest.fixture(scope="module")
 def loop():
-    # Dropout on: the per-call seed-generator state must advance the same way in both paths.
-    return InnerLoop(tiny_model(dropout=0.3), cross_entropy, sgd=False, learning_rate=0.05,
-                     weight_decay=0.999)
+    return InnerLoop(tiny_model(), cross_entropy, SCHEDULE)
 
 
 def _values(variables):
@@ -37,7 +38,7 @@ def test_one_compiled_call_equals_one_call_per_step(loop):
     stepwise, after_stepwise = _run(loop, task, 11, lambda t, loss: seen.append(loss) and False)
     fused, after_fused = _run(loop, task, 11, None)
     assert loop.trace_counts["train_steps"] == 1
-    assert fused.steps_taken == stepwise.steps_taken == SCHEDULE.iters
+    assert fused.steps_taken == stepwise.steps_taken == SCHEDULE.steps
     np.testing.assert_array_equal(fused.losses, stepwise.losses)
     np.testing.assert_array_equal(fused.losses, np.float32(seen))
     assert len(after_fused) == len(after_stepwise)
@@ -52,7 +53,8 @@ def test_any_number_of_steps_reuses_the_one_trace(loop):
     x, m = support_tensors(task.images[:6], task.masks[:6])
     loop.full_state.save()
     for steps, batch in ((1, 2), (3, 4), (7, 3)):
-        schedule = AdaptationSchedule(learning_rate=0.01, iters=steps, batch_size=batch)
+        schedule = dataclasses.replace(SCHEDULE, learning_rate=0.01, steps=steps,
+                                       batch_size=batch, aug_rate=0.0)
         indices, seeds = draw_batches(np.random.default_rng(steps), 6, schedule)
         result = run_steps(loop, x, m, indices, seeds, schedule)
         assert result.losses.shape == (steps,) and np.isfinite(result.losses).all()

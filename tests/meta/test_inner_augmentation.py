@@ -5,6 +5,8 @@ import tensorflow as tf
 
 from data.augment import augment_batch
 from data.paper_augment import paper_augment_batch
+from errors import UserError
+from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model
 
@@ -23,8 +25,8 @@ def ellipses(n):
 def test_inner_step_runs_the_named_augmentation_in_one_trace(name, augment):
     masks = ellipses(10)
     images = np.random.default_rng(4).uniform(0, 255, (10, SIDE, SIDE, 3)).astype(np.float32)
-    loop = InnerLoop(tiny_model(size=SIDE, dropout=0.0), cross_entropy, sgd=True,
-                     learning_rate=0.0, augmentation=name)
+    loop = InnerLoop(tiny_model(size=SIDE, dropout=0.0), cross_entropy,
+                     Adaptation(sgd=True, augmentation=name, aug_rate=0.5))
     twin = tiny_model(size=SIDE, dropout=0.0)  # the same init: tiny_model seeds itself
     for n, batch, seed, rate in ((10, 8, [1, 2], 0.5), (5, 4, [3, 9], 1.0), (7, 7, [5, 5], 0.8)):
         x, m = tf.constant(images[:n]), tf.constant(masks[:n])
@@ -37,6 +39,6 @@ def test_inner_step_runs_the_named_augmentation_in_one_trace(name, augment):
     assert loop.trace_counts["train_step"] == 1
 
 
-def test_unknown_augmentation_names_the_flag():
-    with pytest.raises(ValueError, match="--augmentation must be one of"):
-        InnerLoop(tiny_model(size=SIDE), cross_entropy, augmentation="numpy")
+def test_unknown_augmentation_is_refused_where_it_is_set():
+    with pytest.raises(UserError, match="augmentation must be one of"):
+        Adaptation(augmentation="numpy", aug_rate=0.5)

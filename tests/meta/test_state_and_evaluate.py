@@ -6,9 +6,9 @@ from adapt.config import EvalConfig
 from adapt.evaluate import EvalResult, TaskScore, evaluate, evaluation_plan
 from meta.algorithms import MetaLearner
 from meta.config import MetaConfig
-from meta.inner import AdaptationSchedule, InnerLoop
+from meta.adaptation import Adaptation
+from meta.inner import InnerLoop
 from meta.state import Snapshot, full_state
-from models.layers import set_dropout_rate
 from tests.fixtures.meta_fixtures import cross_entropy, tiny_model, toy_tasks
 
 
@@ -19,7 +19,7 @@ def tasks():
 
 @pytest.fixture(scope="module")
 def loop():
-    return InnerLoop(tiny_model(), cross_entropy, sgd=False, learning_rate=0.01)
+    return InnerLoop(tiny_model(), cross_entropy, Adaptation(learning_rate=0.01), augment=True)
 
 
 def _everything(loop):
@@ -46,7 +46,8 @@ def test_snapshot_restore_is_bit_identical(loop):
 
 
 def test_evaluation_leaves_every_variable_bit_identical(loop, tasks):
-    schedule = AdaptationSchedule(learning_rate=0.05, iters=3, batch_size=4, aug_rate=0.5)
+    schedule = Adaptation(learning_rate=0.05, steps=3, batch_size=4, aug_rate=0.5,
+                          dropout_rate=0.2)
     before = _everything(loop)
     result = evaluate(loop, tasks, sorted(tasks), schedule,
                       EvalConfig(shots=3, num_query=5, transductive=True, eval_samples=1,
@@ -64,25 +65,23 @@ def test_evaluation_leaves_every_variable_bit_identical(loop, tasks):
 
 
 def test_inner_step_traced_once_across_a_20_task_run(loop, tasks):
-    learner = MetaLearner(loop, MetaConfig(algorithm="fomaml", train_shots=7, foml_tail=2),
-                          AdaptationSchedule(learning_rate=0.01, iters=3, batch_size=4,
-                                             aug_rate=0.5))
+    learner = MetaLearner(loop, MetaConfig(
+        algorithm="fomaml", train_shots=7, foml_tail=2,
+        inner=Adaptation(learning_rate=0.01, steps=3, batch_size=4, aug_rate=0.5)))
     rng = np.random.default_rng(0)
     names = sorted(tasks)
     for i in range(4):  # 4 meta-iterations x 5 tasks, lr and meta-step changing
         learner.loop.optimizer  # noqa: B018  (same optimizer object throughout)
         learner.meta_step([tasks[names[j % 4]] for j in range(i, i + 5)], rng, 0.1 / (i + 1))
     for lr, shots, batch, rate in ((0.02, 3, 2, 0.5), (0.005, 5, 8, 0.0)):  # new values, shapes
-        set_dropout_rate(loop.model, rate)
-        schedule = AdaptationSchedule(learning_rate=lr, iters=2, batch_size=batch, aug_rate=0.0,
-                                      scheduler="cosine_anneal")
+        schedule = Adaptation(learning_rate=lr, steps=2, batch_size=batch, aug_rate=0.0,
+                              scheduler="cosine_anneal", dropout_rate=rate)
         evaluate(loop, tasks, names, schedule,
                  EvalConfig(shots=shots, num_query=2, transductive=True, eval_samples=1,
                             serially_eval_all_test_tasks=True), seed=1, stream=2, split="test")
-    set_dropout_rate(loop.model, 0.2)
     # without a per-step callback every task's steps are one compiled call (meta.inner)
     assert loop.trace_counts == {"train_step": 0, "train_steps": 1, "predict": 1}
-    assert learner._apply_mean.experimental_get_tracing_count() == 1
+    assert learner._apply.experimental_get_tracing_count() == 1
     assert learner._accumulate.experimental_get_tracing_count() == 1
 
 

@@ -4,14 +4,17 @@ import pytest
 
 from models.build import build_model
 from models.config import ModelConfig
+from models.layers import set_dropout_rate
 
 SIZE = 64
 
 
 @pytest.fixture(scope="session")
 def b0():
-    """EfficientLab-B0 `--rsd 2 4` (the paper's EfficientLab-6-3) at 64 px."""
-    return build_model(ModelConfig(image_size=SIZE, rsd=(2, 4), final_layer_dropout_rate=0.5))
+    """EfficientLab-B0 `--rsd 2 4` (the paper's EfficientLab-6-3) at 64 px, head dropout 0.5."""
+    model = build_model(ModelConfig(image_size=SIZE, rsd=(2, 4)))
+    set_dropout_rate(model, 0.5)
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -167,7 +167,7 @@ def test_same_seed_same_weights_and_keras_file_round_trip(b0, images, tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(np.asarray(loaded(images, training=False)),
                                   np.asarray(b0(images, training=False)))
-    again = build_model(ModelConfig(image_size=SIZE, rsd=(2, 4), final_layer_dropout_rate=0.5))
+    again = build_model(ModelConfig(image_size=SIZE, rsd=(2, 4)))
     other = build_model(ModelConfig(image_size=SIZE, rsd=(2, 4), seed=1))
     for a, b in zip(b0.trainable_variables, again.trainable_variables):
         assert a.path == b.path
@@ -188,8 +188,6 @@ def test_config_errors_name_the_flag():
         ModelConfig(rsd=(5,))
     with pytest.raises(ValueError, match="--feature_extractor_name"):
         ModelConfig(feature_extractor_name="efficientnet-b7")
-    with pytest.raises(ValueError, match="--final_layer_dropout_rate"):
-        ModelConfig(final_layer_dropout_rate=1.0)
     from storage.tf1_checkpoint import restore_backbone
     unet = ModelConfig(model_name="unet", image_size=32, n_unet_encoding_stacks=1,
                        restore_efficient_net_weights_from="x.h5")

@@ -77,7 +77,7 @@ def test_refusals_come_before_any_model_is_built(run, monkeypatch):
         from_checkpoint(run, model_name="unet", rsd=(3,), labels={"rsd": "--rsd"})
     with pytest.raises(UserError, match="Unknown setting.*'lr'"):
         from_checkpoint(run, lr=0.1)
-    with pytest.raises(UserError, match="steps must be >= 0"):
+    with pytest.raises(UserError, match="steps must be a whole number >= 0"):
         from_checkpoint(run, steps=-1)
     with pytest.raises(UserError, match="holds no init"):
         from_checkpoint(os.path.dirname(run))

@@ -15,6 +15,7 @@ from models.mtl import head_variables
 from segmenter import from_checkpoint, resolve_init
 from segmenter.inits import PAPER_SOURCE
 from storage.tf1_checkpoint import restore_tf1_checkpoint
+from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from tests.fixtures.meta_fixtures import toy_tasks
 from tests.fixtures.tf1_synthetic import pack_tar_gz, write_synthetic_checkpoint
@@ -36,10 +37,10 @@ def _fit_and_predict(seg):
 def test_joint_training_run(tmp_path):
     cfg = parse_args(UNET_FLAGS + ["--joint_train", "--checkpoint", str(tmp_path / "joint")])
     model = build_model(cfg.model)
-    loop = InnerLoop(model, make_loss(cfg.loss, model), sgd=False, learning_rate=0.01)
-    joint_train(loop, toy_tasks(2, n=4), ["class0", "class1"], epochs=1, batch_size=4,
-                learning_rate=0.01, aug_rate=0.0, seed=0, run_dir=str(tmp_path / "joint"),
-                config_json=cfg.to_json())
+    loop = InnerLoop(model, make_loss(cfg.loss, model), cfg.adapt)
+    joint_train(loop, toy_tasks(2, n=4), ["class0", "class1"], epochs=1,
+                training=Adaptation(batch_size=4, learning_rate=0.01, seed=0),
+                run_dir=str(tmp_path / "joint"), config_json=cfg.to_json())
     seg = from_checkpoint(str(tmp_path / "joint"))
     assert seg.init.kind == "joint_train" and "joint-training baseline (1 epochs)" in \
         seg.init.trained_on()

@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from models.build import build_model
 from models.config import ModelConfig
+from models.layers import set_dropout_rate
 from storage.export import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,8 +55,8 @@ print(json.dumps({"bare_keras_load": bare}))
 def exported(tmp_path_factory):
     """EfficientLab-B0 --rsd 2 4 at 64 px in the three formats, and metaseg's predictions."""
     root = tmp_path_factory.mktemp("export")
-    model = build_model(ModelConfig(image_size=SIZE, rsd=(2, 4), final_layer_dropout_rate=0.5,
-                                    seed=1))
+    model = build_model(ModelConfig(image_size=SIZE, rsd=(2, 4), seed=1))
+    set_dropout_rate(model, 0.5)  # inference ignores it
     head = model.get_layer("final_layer_weights").kernel
     head.assign(head * 30.0)  # a random head is unsure everywhere; this one spans (0, 1)
     paths = {f: export(model, str(root / "exports"), f) for f in ("keras", "saved_model", "tflite")}
@@ -63,7 +65,7 @@ def exported(tmp_path_factory):
     images[:, 16:48, 16:48] = (230, 40, 40)  # a square, so the probabilities vary
     np.save(root / "images.npy", images)
     shutil.copy(os.path.join(ROOT, "models", "layers.py"), root / "metaseg_layers.py")
-    loop = InnerLoop(model, lambda y, p: 0.0, augmentation=None)
+    loop = InnerLoop(model, lambda y, p: 0.0, Adaptation())
     expected = loop.predict(images).numpy()[..., 1]  # metaseg's inference-mode prediction
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", LOAD_EVERYWHERE], cwd=root, env=env,
