@@ -388,7 +388,10 @@ def _non_finite(a) -> list[str]:
 
 
 def _contradictions(a, given=frozenset()) -> list[str]:
-    """Flag combinations that cannot mean anything (`given`: the dests typed)."""
+    """Values, and combinations of values, that cannot mean anything (`given`: the dests typed).
+
+    Which flags a mode reads, refuses and needs is mode_flags.MODES' (checked after parsing).
+    """
     problems = _non_finite(a) + _resolve_aliases(a)
     if "aug_rate" in given and not a.augment and a.aug_rate > 0:
         problems.append(f"--aug_rate {a.aug_rate:g} augments only with --augment; add --augment "
@@ -413,18 +416,10 @@ def _contradictions(a, given=frozenset()) -> list[str]:
         problems.append("--model_name mtl_unet needs --phase pre_train|meta_train|meta_eval")
     if a.classes != 1:
         problems.append(f"--classes must be 1 (binary segmentation tasks). Received: {a.classes}")
-    if a.fine_tuned_checkpoint and not a.fine_tune_task:
-        problems.append("--fine-tuned-checkpoint needs --fine-tune-task")
-    if a.joint_train and (a.pretrained or a.phase):
-        problems.append("--joint_train trains the baseline; it cannot be combined with "
-                        "--pretrained or --phase")
     if a.export_keras and not a.export_keras.endswith(".keras"):
         problems.append(f"--export_keras must name a .keras file. Received: {a.export_keras!r}")
     if a.export_keras and a.export:
         problems.append("--export_keras PATH is --export PATH --export_format keras; give one")
-    if a.export and (a.serve or a.fine_tune_task or a.phase in ("pre_train", "meta_train")):
-        problems.append("--export writes the model --checkpoint holds; it cannot be combined "
-                        "with --serve, --fine-tune-task or a training phase")
     if a.fine_tuned_checkpoint and os.path.isfile(a.fine_tuned_checkpoint):
         problems.append(f"--fine-tuned-checkpoint {a.fine_tuned_checkpoint!r} is a file; pass a "
                         f"folder for the adapted weights")
@@ -452,21 +447,12 @@ def _contradictions(a, given=frozenset()) -> list[str]:
     if a.distribute != "none" and a.task_streams == ONE_STREAM:
         problems.append("--task_streams one_stream runs on one device; drop --distribute or use "
                         "--task_streams per_task")
-    if a.distribute != "none" and (a.phase or a.joint_train):
-        problems.append("--distribute spreads Reptile/FOMAML meta-batches and evaluations; it "
-                        "cannot be combined with --phase or --joint_train")
     if a.distribute == "multi_worker" and (a.optimize_update_hyperparms_on_val_set
                                           or a.run_k_shot_learning_curves_experiment
                                           or a.fine_tune_task):
         problems.append("UHO, k-shot curves and --fine-tune-task write their own files; run them "
                         "on one machine (--distribute none|mirrored, --pretrained), not with "
                         "--distribute multi_worker")
-    if a.serve and (a.fine_tune_task or a.pretrained or a.phase or a.joint_train
-                    or a.data_dir or a.optimize_update_hyperparms_on_val_set
-                    or a.run_k_shot_learning_curves_experiment or a.distribute != "none"):
-        problems.append("--serve opens the page on the init in --checkpoint; it cannot be "
-                        "combined with --fine-tune-task, --pretrained, --phase, --joint_train, "
-                        "--data-dir, UHO, k-shot curves or --distribute")
     if not 1 <= a.port <= 65535:
         problems.append(f"--port must be in 1..65535. Received: {a.port}")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):

@@ -1,12 +1,13 @@
-"""Which mode the flags of run_metasegnet.py choose, the flags of another mode it refuses, and
-which flag chose a path an OS error names.
+"""The modes of run_metasegnet.py in one table: which flags choose each, which function runs it,
+the flag groups it reads and those it refuses, and the flags it needs; and which flag chose a
+path an OS error names.
 
-The meta-learning modes (Reptile / FOMAML training, --pretrained, --joint_train,
---fine-tune-task) and the meta-transfer-learning phases (--phase) each have flags the other
-never reads, often for the same idea under another name (`--shot` and `--shots`). A flag given
-to a mode that ignores it would change nothing while the output looked as if it had, so it is
-refused. The tables are data: a new mode adds a row to REFUSED naming the flag groups it
-refuses, a new group of mode-specific flags a row to FLAG_GROUPS.
+A flag given to a mode that never reads it would change nothing while the output looked as if
+it had, so it is refused, naming the flag meant when another mode has one for the same idea
+(`--shot` and `--shots`). Two modes are never combined: the flags that choose one belong to a
+group the others refuse (`--serve --fine-tune-task` is refused by --serve). The refusals derive
+from `MODES`; args.py checks values only. A new mode is a row of MODES (and a function of
+run_metasegnet.py); a new group of mode-specific flags a row of FLAG_GROUPS.
 
     python mode_flags.py FLAGS...   # exit 0, or 2 with the line run_metasegnet.py would print
 
@@ -18,20 +19,21 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from dataclasses import dataclass
 from typing import Sequence
 
 # MTL-Segmentation's flags, read by the --phase modes only -> the meta-learning modes' flag for
 # the same idea (None: no counterpart).
 MTL_FLAGS = {
-    "--shot": "--shots", "--teshot": "--shots", "--way": None, "--train_query": None,
-    "--val_query": None, "--test_query": None, "--update_step": "--eval-iters",
-    "--base_lr": "--learning-rate", "--meta_lr1": "--meta-step", "--meta_lr2": "--meta-step",
-    "--max_epoch": "--meta-iters", "--num_batch": "--meta-iters", "--step_size": None,
-    "--gamma": None, "--init_weights": "--checkpoint", "--eval_weights": "--checkpoint",
-    "--pre_max_epoch": "--joint_train_epochs", "--pre_batch_size": "--inner-batch",
-    "--pre_lr": "--learning-rate", "--pre_gamma": None, "--pre_step_size": None,
-    "--pre_custom_weight_decay": None, "--pre_custom_momentum": None, "--dataset": None,
-    "--dataset_dir": None, "--num_classes": None, "--pre_init_weights": None,
+    "--phase": None, "--shot": "--shots", "--teshot": "--shots", "--way": None,
+    "--train_query": None, "--val_query": None, "--test_query": None,
+    "--update_step": "--eval-iters", "--base_lr": "--learning-rate", "--meta_lr1": "--meta-step",
+    "--meta_lr2": "--meta-step", "--max_epoch": "--meta-iters", "--num_batch": "--meta-iters",
+    "--step_size": None, "--gamma": None, "--init_weights": "--checkpoint",
+    "--eval_weights": "--checkpoint", "--pre_max_epoch": "--joint_train_epochs",
+    "--pre_batch_size": "--inner-batch", "--pre_lr": "--learning-rate", "--pre_gamma": None,
+    "--pre_step_size": None, "--pre_custom_weight_decay": None, "--pre_custom_momentum": None,
+    "--dataset": None, "--dataset_dir": None, "--num_classes": None, "--pre_init_weights": None,
     "--meta_label": None,
 }
 # The meta-learning modes' flags that the --phase modes never read -> their MTL counterpart.
@@ -45,26 +47,87 @@ META_LEARNING_FLAGS = {
     "--eval-interval": "--num_batch", "--foml": None, "--foml-tail": None,
     "--joint_train_epochs": "--pre_max_epoch",
 }
-# Groups of flags: name -> (who reads them, {flag: the flag meant elsewhere, or None}).
-FLAG_GROUPS = {"mtl": ("the --phase (MTL) modes", MTL_FLAGS),
-               "meta_learning": ("meta-learning runs", META_LEARNING_FLAGS)}
-# mode (run_metasegnet.MODES) -> (how messages name it, the groups of flags it refuses). A mode
-# missing here refuses nothing.
-REFUSED = {
-    "meta_train": ("meta-learning runs (no --phase)", ("mtl",)),
-    "joint_train": ("--joint_train", ("mtl",)),
-    "fine_tune_only": ("--fine-tune-task", ("mtl",)),
-    "serve": ("--serve", ("mtl",)),
-    "export_only": ("--export", ("mtl",)),
-    "mtl_pre_train": ("--phase runs", ("meta_learning",)),
-    "mtl_meta_train": ("--phase runs", ("meta_learning",)),
-    "mtl_meta_eval": ("--phase runs", ("meta_learning",)),
-    "multiclass_pre_train": ("--phase runs", ("meta_learning",)),
+# Groups of flags: name -> (who reads them, {flag: the flag meant elsewhere, or None}). The
+# flags that choose a mode are in the group of the modes they choose.
+FLAG_GROUPS = {
+    "mtl": ("the --phase (MTL) modes", MTL_FLAGS),
+    "meta_learning": ("meta-learning runs", META_LEARNING_FLAGS),
+    "page": ("--serve", {"--serve": None, "--host": None, "--port": None, "--serve_dir": None}),
+    "own_folder": ("--fine-tune-task", {"--fine-tune-task": None,
+                                        "--fine-tuned-checkpoint": None}),
+    "shards": ("the modes that read FSS-1000 shards", {"--data-dir": None,
+                                                       "--mdataset_dir": None}),
+    "export": ("--export and the modes that load an init", {
+        "--export": None, "--export_format": None, "--export_keras": None}),
+    "evaluate_only": ("meta-learning runs", {"--pretrained": None}),
+    "joint": ("--joint_train", {"--joint_train": None}),
+    "uho": ("meta-learning and joint-training runs", {
+        "--optimize_update_hyperparms_on_val_set": None}),
+    "kshot": ("meta-learning runs", {"--run_k_shot_learning_curves_experiment": None}),
+    "distribute": ("meta-learning runs", {"--distribute": None}),
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One mode of run_metasegnet.py.
+
+    Attributes:
+        function: run_metasegnet.py's function that runs it.
+        name: how messages name it.
+        reads: the FLAG_GROUPS it reads.
+        refuses: the FLAG_GROUPS it refuses (every group is read or refused: a test checks).
+        needs: flags it cannot run without (each entry: one flag, or "a|b" for either).
+    """
+
+    function: str
+    name: str
+    reads: tuple[str, ...]
+    refuses: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+
+
+def _mode(function, name, reads, needs=()) -> Mode:
+    return Mode(function, name, tuple(reads), tuple(g for g in FLAG_GROUPS if g not in reads),
+                tuple(needs))
+
+
+SHARDS = "--data-dir|--mdataset_dir"
+# What a needed flag is, for the message.
+NEEDS = {"--checkpoint": ("--checkpoint INIT", "a meta-training run, fine-tuned weights, an MTL "
+                          "phase folder or the paper's TF1 checkpoint"),
+         SHARDS: ("--data-dir SHARDS (or --mdataset_dir)", "a folder written by "
+                  "fss_1000_image_to_tfrecord.py")}
+# mode -> its row, in the order mode_of tries them. The modes that load an init read the
+# adaptation flags (meta_learning's --learning-rate, --eval-iters, ...) as overrides.
+MODES = {
+    "serve": _mode("serve", "--serve", ["page", "meta_learning"], ["--checkpoint"]),
+    "export_only": _mode("export_only", "--export", ["export", "meta_learning", "evaluate_only"],
+                         ["--checkpoint"]),
+    "fine_tune_only": _mode("fine_tune_only", "--fine-tune-task",
+                            ["own_folder", "meta_learning", "evaluate_only", "shards"],
+                            ["--checkpoint"]),
+    "multiclass_pre_train": _mode("multiclass_pre_train", "--phase runs", ["mtl", "shards"]),
+    "mtl_pre_train": _mode("mtl_pre_train", "--phase runs", ["mtl", "shards"], [SHARDS]),
+    "mtl_meta_train": _mode("mtl_meta_train", "--phase runs", ["mtl", "shards"], [SHARDS]),
+    "mtl_meta_eval": _mode("mtl_meta_eval", "--phase runs", ["mtl", "shards", "export"],
+                           [SHARDS]),
+    "joint_train": _mode("joint_train", "--joint_train",
+                         ["meta_learning", "shards", "joint", "uho", "export"], [SHARDS]),
+    "fine_tune_after_uho": _mode("fine_tune_after_uho", "--fine-tune-task with UHO",
+                                 ["meta_learning", "shards", "own_folder", "evaluate_only", "uho",
+                                  "distribute"], [SHARDS]),
+    "k_shot_curves": _mode("k_shot_curves", "--run_k_shot_learning_curves_experiment",
+                           ["meta_learning", "shards", "evaluate_only", "uho", "kshot",
+                            "distribute", "export"], [SHARDS]),
+    "meta_train": _mode("meta_train", "meta-learning runs (no --phase)",
+                        ["meta_learning", "shards", "evaluate_only", "uho", "distribute",
+                         "export"], [SHARDS]),
 }
 
 
 def mode_of(cfg) -> str:
-    """Which of run_metasegnet.MODES the flags ask for.
+    """Which of MODES the flags ask for (the first whose choosing flags are given).
 
     Args:
         cfg: the parsed args.Config.
@@ -72,18 +135,23 @@ def mode_of(cfg) -> str:
     Returns:
         the mode's name.
     """
-    if cfg.run.serve:
+    run = cfg.run
+    if run.serve:
         return "serve"
-    if cfg.run.export and cfg.data.data_dir is None and not cfg.run.mtl:
+    if run.export and cfg.data.data_dir is None and not run.mtl:
         return "export_only"  # any init, written out: needs no --data-dir
-    if cfg.run.fine_tune_task and not cfg.run.optimize_update_hyperparms_on_val_set:
+    if run.fine_tune_task and not run.optimize_update_hyperparms_on_val_set:
         return "fine_tune_only"  # needs no --data-dir
-    if cfg.run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot":
+    if run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot":
         return "multiclass_pre_train"  # COCO / COCO-Stuff: no FSS-1000 shards
-    if cfg.run.mtl:
+    if run.mtl:
         return f"mtl_{cfg.mtl.phase}"
-    if cfg.run.joint_train:
+    if run.joint_train:
         return "joint_train"
+    if run.fine_tune_task:
+        return "fine_tune_after_uho"
+    if run.run_k_shot_learning_curves_experiment:
+        return "k_shot_curves"
     return "meta_train"  # with --pretrained: restore and evaluate, no training
 
 
@@ -106,27 +174,32 @@ def typed_flags(parser, argv: Sequence[str]) -> list[str]:
 
 
 def foreign_flag(mode: str, flags: Sequence[str]) -> str | None:
-    """The refusal of the first flag `mode` does not read, or None.
+    """The refusal of the first flag `mode` does not read, or of a flag it needs and lacks.
 
     Args:
-        mode: a key of run_metasegnet.MODES.
+        mode: a key of MODES.
         flags: the flags given (typed_flags).
 
     Returns:
-        one line naming the flag, the mode and the flag meant, or None when every flag is read.
+        one line naming the flag, the mode and the flag meant, or None when the flags fit.
     """
-    name, groups = REFUSED.get(mode, (mode, ()))
+    row = MODES[mode]
     for flag in flags:
-        for group in groups:
+        for group in row.refuses:
             readers, table = FLAG_GROUPS[group]
             if flag in table:
                 hint = f"; did you mean {table[flag]}?" if table[flag] else "; drop it."
-                return f"{flag} is not read by {name} (it belongs to {readers}){hint}"
+                return f"{flag} is not read by {row.name} (it belongs to {readers}){hint}"
+    for need in row.needs:
+        if not any(option in flags for option in need.split("|")):
+            what, meaning = NEEDS[need]
+            return f"{what} is needed by {row.name}: {meaning}"
     return None
 
 
 def check_mode_flags(parser, mode: str, argv: Sequence[str] | None = None) -> None:
-    """Exit 2 with one line (parser.error) when the command line gives a flag of another mode.
+    """Exit 2 with one line (parser.error) when the command line gives a flag the mode refuses
+    or lacks one it needs.
 
     Args:
         parser: the parser of the command line (args.build_parser()).

@@ -2,8 +2,8 @@
 
     python run_metasegnet.py --data-dir SHARDS --checkpoint RUN_DIR [flags of the paper's CLI]
 
-The flags choose one mode (`mode_flags.mode_of`, which also refuses the flags of other modes),
-and each mode is one function below. Rerunning the same command resumes from the newest
+The flags choose one mode (`mode_flags.MODES`, one row each: the flags it reads, refuses and
+needs, and its function below). Rerunning the same command resumes from the newest
 checkpoint in --checkpoint; --pretrained evaluates it without training. Outputs in --checkpoint:
 config.json, ckpt-<step>/ + LAST, training_log.csv, tensorboard/, training_curves.png,
 meta-test_results.json (and LOCK while the run works), and on stdout the line
@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 
 from adapt.evaluate import monitor  # noqa: E402
 from args import Config, build_parser, parse_args  # noqa: E402
-from errors import TrainingError, UserError  # noqa: E402
 from data.splits import Splits  # noqa: E402
+from errors import TrainingError, UserError  # noqa: E402
 from devices.cluster import Interrupted, stop_on_sigterm  # noqa: E402
 from devices.distribute import DistributedMetaLearner, Replicas, configure_devices, \
     make_strategy  # noqa: E402
@@ -38,34 +38,42 @@ from devices.precision import set_precision  # noqa: E402
 from meta.algorithms import MetaLearner  # noqa: E402
 from meta.inner import InnerLoop  # noqa: E402
 from meta.streams import STREAM_TRAINING  # noqa: E402
-from meta.train import meta_train  # noqa: E402
-from mode_flags import check_mode_flags, mode_of, os_error_line  # noqa: E402
-from modes import experiments, mtl, mtl_checks, own_images  # noqa: E402
-from modes.final_eval import adapt_and_evaluate  # noqa: E402
-from modes.restore import restore  # noqa: E402
+from meta.train import held_out_split, meta_train as meta_train_loop  # noqa: E402
+from mode_flags import MODES, check_mode_flags, mode_of, os_error_line  # noqa: E402
+from models.build import build_model  # noqa: E402
+from modes import experiments, mtl, mtl_checks, segment_cli  # noqa: E402
+from modes.final_eval import evaluate_init  # noqa: E402
 from modes.prepare import prepare  # noqa: E402
+from modes.restore import restore  # noqa: E402
 from modes.setup import write_config  # noqa: E402
+from report.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
 from segmenter import build  # noqa: E402
 from storage import lock  # noqa: E402
-from models.build import build_model  # noqa: E402
 from storage.tf1_checkpoint import restore_backbone  # noqa: E402
-
-
-def fine_tune_only(cfg: Config, strategy, started: float) -> int:
-    """--fine-tune-task DIR --checkpoint INIT: the init's own settings; typed flags override."""
-    return own_images.fine_tune_only(cfg)
 
 
 def serve(cfg: Config, strategy, started: float) -> int:
     """--serve --checkpoint INIT: the page where a person paints examples and segments images."""
     from serve.server import keep_files_in, launch  # Gradio is imported only for the page
-    init, settings = own_images.load_init(cfg)
+    init, settings = segment_cli.load_init(cfg)
     keep_files_in(cfg.run.serve_dir)
     seg = build(init, settings)
     print(f"Serving the page on http://{cfg.run.host}:{cfg.run.port} (outputs in "
           f"{os.path.abspath(cfg.run.serve_dir)}); Ctrl-C stops it", flush=True)
     launch(seg, host=cfg.run.host, port=cfg.run.port, out_dir=cfg.run.serve_dir)
     return 0
+
+
+def export_only(cfg: Config, strategy, started: float) -> int:
+    """--export DIR --checkpoint INIT (no --data-dir): any init the tool loads, written out."""
+    seg = build(*segment_cli.load_init(cfg))
+    _export(cfg, seg.model)
+    return 0
+
+
+def fine_tune_only(cfg: Config, strategy, started: float) -> int:
+    """--fine-tune-task DIR --checkpoint INIT: the init's own settings; typed flags override."""
+    return segment_cli.fine_tune_only(cfg)
 
 
 def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:
@@ -100,42 +108,71 @@ def mtl_meta_eval(cfg: Config, strategy, started: float) -> int:
     run = dataclasses.replace(run, cfg=cfg)
     initial_weights = _initial_weights(cfg, model)
     _export(cfg, model)
-    return adapt_and_evaluate(run, loop, start_step=tasks_done, initial_weights=initial_weights)
+    return evaluate_init(run, loop, None, start_step=tasks_done, initial_weights=initial_weights)
 
 
 def joint_train(cfg: Config, strategy, started: float) -> int:
-    """--joint_train: supervised training on the pooled train classes, then the evaluation."""
+    """--joint_train: supervised training on the pooled train classes, [UHO], the evaluation."""
     run = prepare(cfg, is_chief=_is_chief(strategy), started=started)
     loop, learner = _build_learner(cfg, strategy)
     initial_weights = _initial_weights(cfg, loop.model)
     _export(cfg, loop.model)
     experiments.joint_train_step(cfg, loop, run.tasks, run.splits, run.out_dir)
-    return adapt_and_evaluate(run, loop, start_step=0, replicas=getattr(learner, "replicas", None),
-                              initial_weights=initial_weights)
+    uho = experiments.uho_step(run, loop, _replicas(learner))
+    return evaluate_init(run, loop, uho, start_step=0, replicas=_replicas(learner),
+                         initial_weights=initial_weights)
 
 
-def meta_train_and_evaluate(cfg: Config, strategy, started: float) -> int:
-    """Meta-train (or resume) with Reptile / FOMAML / FOMAML*, then evaluate the init.
+def meta_train(cfg: Config, strategy, started: float) -> int:
+    """Meta-train (or resume) with Reptile / FOMAML / FOMAML*, or restore --checkpoint's init
+    (--pretrained); [UHO]; the final evaluation."""
+    run, loop, learner, start_step, initial_weights = _meta_learned(cfg, strategy, started)
+    uho = experiments.uho_step(run, loop, _replicas(learner))
+    return evaluate_init(run, loop, uho, start_step=start_step, replicas=_replicas(learner),
+                         initial_weights=initial_weights)
 
-    With --pretrained, --checkpoint's init is restored and evaluated as it is (or fine-tuned on
-    own images): the same steps without the training.
+
+def k_shot_curves(cfg: Config, strategy, started: float) -> int:
+    """Meta-train or restore as meta_train; [UHO]; the k-shot learning curves."""
+    run, loop, learner, _, _ = _meta_learned(cfg, strategy, started)
+    uho = experiments.uho_step(run, loop, _replicas(learner))
+    experiments.k_shot_step(cfg, loop, run.tasks, run.eval_names, run.out_dir, uho)
+    return 0
+
+
+def fine_tune_after_uho(cfg: Config, strategy, started: float) -> int:
+    """Meta-train or restore as meta_train; UHO; --fine-tune-task with UHO's adaptation."""
+    run, loop, learner, _, _ = _meta_learned(cfg, strategy, started)
+    uho = experiments.uho_step(run, loop, _replicas(learner))
+    segment_cli.fine_tune_after_uho(cfg, loop, uho)
+    return 0
+
+
+# ------------------------------------------------------------------- the modes' shared steps
+def _meta_learned(cfg: Config, strategy, started: float):
+    """The shared start of the meta-learning modes: the run's data, its learner, the init
+    restored (--pretrained) or meta-trained (resumed), its training curves.
+
+    Returns:
+        (run, loop, learner, completed meta-iterations, the weights before training or None).
     """
     run = prepare(cfg, is_chief=_is_chief(strategy), started=started)
     cfg = run.cfg  # a resumed run keeps its checkpoint's task streams
     loop, learner = _build_learner(cfg, strategy)
-    model = loop.model
-    initial_weights = _initial_weights(cfg, model)
-    start_step = restore(cfg, model, learner, run.rng)
-    _export(cfg, model)
+    initial_weights = _initial_weights(cfg, loop.model)
+    start_step = restore(cfg, loop.model, learner, run.rng)
+    _export(cfg, loop.model)
     if not cfg.run.pretrained and start_step < cfg.meta.meta_iters:
         watch = partial(monitor, learner, run.tasks, run.splits, meta=cfg.meta,
                         evaluation=cfg.eval, adaptation=cfg.adapt)
-        meta_train(learner, run.tasks, run.splits, meta=cfg.meta, monitor=watch, rng=run.rng,
-                   run_dir=run.out_dir, config_json=cfg.to_json(),
-                   checkpoint_groups=learner.checkpoint_groups(), start_step=start_step)
-    return adapt_and_evaluate(run, loop, start_step=start_step,
-                              replicas=getattr(learner, "replicas", None),
-                              initial_weights=initial_weights)
+        meta_train_loop(learner, run.tasks, run.splits, meta=cfg.meta, monitor=watch,
+                        rng=run.rng, run_dir=run.out_dir, config_json=cfg.to_json(),
+                        checkpoint_groups=learner.checkpoint_groups(), start_step=start_step)
+    if run.is_chief and os.path.isfile(os.path.join(run.out_dir, CSV_NAME)):
+        plot_training_curves(os.path.join(run.out_dir, CSV_NAME),
+                             os.path.join(run.out_dir, PLOT_NAME),
+                             val_label=held_out_split(run.splits)[0])
+    return run, loop, learner, start_step, initial_weights
 
 
 def _build_learner(cfg: Config, strategy) -> tuple[InnerLoop, MetaLearner]:
@@ -156,6 +193,11 @@ def _run_model(cfg: Config):
     return model
 
 
+def _replicas(learner):
+    """The replicas a distributed learner spreads evaluations over (None on one device)."""
+    return getattr(learner, "replicas", None)
+
+
 def _is_chief(strategy) -> bool:
     return strategy is None or bool(strategy.extended.should_checkpoint)
 
@@ -170,19 +212,6 @@ def _export(cfg: Config, model) -> None:
         from storage.export import export
         path = export(model, cfg.run.export, cfg.run.export_format)
         print(f"Exported the model ({cfg.run.export_format}) to {path}", flush=True)
-
-
-def export_only(cfg: Config, strategy, started: float) -> int:
-    """--export DIR --checkpoint INIT (no --data-dir): any init the tool loads, written out."""
-    seg = build(*own_images.load_init(cfg))
-    _export(cfg, seg.model)
-    return 0
-
-
-MODES = {"serve": serve, "export_only": export_only, "fine_tune_only": fine_tune_only,
-         "multiclass_pre_train": multiclass_pre_train, "mtl_pre_train": mtl_pre_train,
-         "mtl_meta_train": mtl_meta_train, "mtl_meta_eval": mtl_meta_eval,
-         "joint_train": joint_train, "meta_train": meta_train_and_evaluate}
 
 
 class _Stdout(logging.StreamHandler):
@@ -222,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         strategy = make_strategy(cfg.device.distribute, cfg.device.num_replicas,
                                  cfg.device.worker_start_timeout)
         set_precision(cfg.device.mixed_precision)
-        return MODES[mode_of(cfg)](cfg, strategy, started)
+        return globals()[MODES[mode_of(cfg)].function](cfg, strategy, started)
     except OSError as e:
         print(f"run_metasegnet.py: error: {os_error_line(cfg, e)}", file=sys.stderr, flush=True)
         return 2

@@ -44,7 +44,7 @@ def update_schedule(base: Adaptation, params: Mapping, steps: int) -> Adaptation
     """The adaptation of one UHO configuration.
 
     Args:
-        base: the flags' test-time adaptation (optimizer settings, replacement).
+        base: the flags' test-time adaptation (its optimizer and mini-batch settings).
         params: lr, drop_rate, aug_rate, inner_batch_size (adapt.uho.SEARCH_KEYS).
         steps: inner steps.
 

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from adapt import iou  # noqa: E402
 from benchmarks._common import load, write_json  # noqa: E402
-from data.user_task import read_pair  # noqa: E402
+from segmenter.images import read_pair  # noqa: E402
 from models.build import build_model  # noqa: E402
 from segmenter import from_checkpoint  # noqa: E402
 from segmenter.api import Segmenter, make_loop  # noqa: E402

@@ -67,11 +67,12 @@ def split_tail(rng: np.random.Generator, num_pairs: int, tail_shots: int,
         rng: the run's generator.
         num_pairs: pairs sampled for the task (train_shots).
         tail_shots: T, pairs held out for the last step.
-        with_replacement: draw num_pairs - T train and T tail indices independently with
-            replacement (--sample_foml_train_val_with_replacement; the parts may overlap).
+        with_replacement: draw num_pairs - T train and T tail indices independently, each
+            index of the pairs any number of times (--sample_foml_train_val_with_replacement;
+            the parts may overlap).
 
     Returns:
-        (train indices (num_pairs - T,), tail indices (T,)); disjoint without replacement.
+        (train indices (num_pairs - T,), tail indices (T,)); disjoint unless with_replacement.
     """
     if not 1 <= tail_shots < num_pairs:
         raise ValueError(f"--foml-tail must be in [1, --train-shots - 1] = [1, {num_pairs - 1}]. "
@@ -130,7 +131,7 @@ def make_direction(meta: MetaConfig, loop: InnerLoop) -> Direction:
     """The per-task update direction of the configured algorithm, owning its snapshots.
 
     Args:
-        meta: algorithm ("reptile" | "fomaml"), foml_tail, its replacement flag.
+        meta: algorithm ("reptile" | "fomaml"), foml_tail, sample_foml_train_val_with_replacement.
         loop: the inner loop the direction adapts.
 
     Returns:

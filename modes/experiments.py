@@ -1,6 +1,6 @@
 """run_metasegnet.py's steps around test-time adaptation, each one call from a mode:
 
-* `optimize_update_hyperparams_step`: UHO on the val classes (adapt/uho*.py), and
+* `uho_step`: UHO on the val classes (`optimize_update_hyperparams_step`, adapt/uho*.py), then
   `meta_fine_tune_on_train_val` (`--meta_fine_tune_steps_on_train_val S`);
 * `final_adaptation`: the final evaluation's adaptation (UHO's choice, every searched
   dimension, or the flags');
@@ -50,6 +50,27 @@ def make_inner_loop(cfg: Config, model) -> InnerLoop:
                      jit_compile=use_jit(cfg.device.jit_compile),
                      loss_scale=LOSS_SCALE_FLOAT16 if cfg.device.mixed_precision == "float16"
                      else None)
+
+
+def uho_step(run, loop: InnerLoop, replicas=None) -> UHOResult | None:
+    """UHO on the val classes, then the meta-fine-tuning with its adaptation, when the flags ask.
+
+    Args:
+        run: the prepared run (modes.prepare.Run).
+        loop: the inner loop holding the init (meta-fine-tuning updates it).
+        replicas: spread UHO's val episodes over these replicas (--distribute mirrored).
+
+    Returns:
+        UHO's result, or None without --optimize_update_hyperparms_on_val_set.
+    """
+    cfg = run.cfg
+    if not cfg.run.optimize_update_hyperparms_on_val_set:
+        return None
+    uho = optimize_update_hyperparams_step(cfg, loop, run.tasks, run.splits, run.out_dir,
+                                           replicas=replicas)
+    if cfg.uho.meta_fine_tune_steps_on_train_val > 0:
+        meta_fine_tune_on_train_val(cfg, loop, run.tasks, run.splits, run.out_dir, uho.best)
+    return uho
 
 
 def optimize_update_hyperparams_step(cfg: Config, loop: InnerLoop, tasks, splits: Splits,

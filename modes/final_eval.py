@@ -18,12 +18,10 @@ from adapt.evaluate import EvalResult, evaluate
 from args import Config
 from meta.inner import InnerLoop
 from meta.streams import STREAM_TEST, STREAM_TRAIN
-from meta.train import held_out_split
-from modes import experiments, mtl, own_images
+from modes import experiments, mtl
 from modes.prepare import Run
-from storage import atomic
-from report.logs import CSV_NAME, PLOT_NAME, plot_training_curves
 from report.progress import Progress, format_seconds
+from storage import atomic
 
 RESULTS_NAME = "meta-test_results.json"
 
@@ -131,13 +129,15 @@ def report(result: EvalResult, label: str) -> None:
               f"{result.fb_iou:.4f}", flush=True)
 
 
-def adapt_and_evaluate(run: Run, loop: InnerLoop, *, start_step: int, replicas=None,
-                       initial_weights=None) -> int:
-    """Everything after training: curves, UHO, then own images, k-shot curves or the evaluation.
+def evaluate_init(run: Run, loop: InnerLoop, uho, *, start_step: int, replicas=None,
+                  initial_weights=None) -> int:
+    """The final evaluation: a few random train tasks, then the meta-test (or val) classes, the
+    comparisons on the same episodes, and meta-test_results.json.
 
     Args:
         run: the prepared run.
         loop: the inner loop holding the init.
+        uho: UHO's result (its adaptation is evaluated, and the flags' beside it), or None.
         start_step: completed meta-iterations of the init (recorded in the results).
         replicas: spread the evaluation over these replicas (--distribute).
         initial_weights: the weights before training, for --compare_random_init.
@@ -145,30 +145,6 @@ def adapt_and_evaluate(run: Run, loop: InnerLoop, *, start_step: int, replicas=N
     Returns:
         the exit status.
     """
-    cfg, out_dir = run.cfg, run.out_dir
-    if run.is_chief and os.path.isfile(os.path.join(out_dir, CSV_NAME)):
-        plot_training_curves(os.path.join(out_dir, CSV_NAME), os.path.join(out_dir, PLOT_NAME),
-                             val_label=held_out_split(run.splits)[0])
-    # UHO on the val classes, then the experiment the flags ask for
-    uho = (experiments.optimize_update_hyperparams_step(cfg, loop, run.tasks, run.splits, out_dir,
-                                                        replicas=replicas)
-           if cfg.run.optimize_update_hyperparms_on_val_set else None)
-    if uho is not None and cfg.uho.meta_fine_tune_steps_on_train_val > 0:
-        experiments.meta_fine_tune_on_train_val(cfg, loop, run.tasks, run.splits, out_dir,
-                                                uho.best)
-    if cfg.run.fine_tune_task:
-        own_images.fine_tune_after_uho(cfg, loop, uho)
-        return 0
-    if cfg.run.run_k_shot_learning_curves_experiment:
-        experiments.k_shot_step(cfg, loop, run.tasks, run.eval_names, out_dir, uho)
-        return 0
-    return evaluate_init(run, loop, uho, start_step=start_step, replicas=replicas,
-                         initial_weights=initial_weights)
-
-
-def evaluate_init(run: Run, loop: InnerLoop, uho, *, start_step: int, replicas=None,
-                  initial_weights=None) -> int:
-    """A few random train tasks, then the meta-test (or val) classes, and the comparisons."""
     cfg, model, eval_split = run.cfg, loop.model, run.eval_split
     adaptation = experiments.final_adaptation(cfg, uho)
     evaluate_held_out = partial(final_evaluation, cfg, tasks=run.tasks, names=run.eval_names,

@@ -23,7 +23,7 @@ from meta.streams import STREAM_TRAINING
 from meta.train import held_out_split
 from models.config import IMAGENET
 from models.restore import imagenet_weights
-from modes import mtl, mtl_checks, own_images
+from modes import mtl, mtl_checks, segment_cli
 from modes.restore import check_compatible, pretrained_source, resume_source, \
     with_resumed_task_streams
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
@@ -59,9 +59,6 @@ class Run:
 
 def _check_inputs(cfg: Config) -> None:
     """Refuse what would fail later (data, own-image folder, resume, --pretrained)."""
-    if cfg.data.data_dir is None:
-        raise RunError("--data-dir (or --mdataset_dir) is required (a directory written by "
-                       "fss_1000_image_to_tfrecord.py).")
     if not os.path.isfile(os.path.join(cfg.data.data_dir, "manifest.json")) and \
             os.path.isdir(os.path.join(cfg.data.data_dir, "train", "images")):
         raise RunError(f"--data-dir {cfg.data.data_dir!r} holds the MTL seed's image folders, "
@@ -70,7 +67,7 @@ def _check_inputs(cfg: Config) -> None:
     if data_format(cfg.data.data_dir) == "metaseg":
         read_manifest(cfg.data.data_dir)  # the data's problems first: a missing or bad folder
     if cfg.run.fine_tune_task:
-        own_images.load_user_folder(cfg)  # a bad folder fails before training, not after
+        segment_cli.load_user_folder(cfg)  # a bad folder fails before training, not after
     if cfg.model.restore_efficient_net_weights_from == IMAGENET and \
             cfg.model.model_name == "efficientlab":
         imagenet_weights(cfg.model.feature_extractor_name)  # fetched before the data is read

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Callable, Mapping
 
 from absl import logging
@@ -22,11 +23,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from adapt.own_images import check_weights_dir
-from adapt.user_outputs import probability_at_size
 from baselines.pretrain import load_pre_trained
 from errors import UserError
-from data.user_task import resize_image, resize_mask
 from devices.precision import use_jit
 from meta.adaptation import FIELDS, LOOP_SETTINGS
 from meta.inner import InnerLoop, adapt
@@ -35,7 +33,8 @@ from models.build import build_model
 from models.losses import make_loss
 from models.mtl import set_mtl_mode
 from segmenter import settings as settings_lib
-from segmenter.images import as_list, as_pair, as_rgb
+from segmenter.images import as_list, as_pair, as_rgb, probability_at_size, resize_image, \
+    resize_mask
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import checkpoint
@@ -48,6 +47,31 @@ LONG_LIST = 4 * PREDICT_BATCH  # predict shows a progress bar from this many ima
 # Settings `configure` may change: the adaptation's, but those built into the compiled step
 # (meta.adaptation.LOOP_SETTINGS: optimizer type, weight decay, augmentation, adapted variables).
 RECONFIGURABLE = tuple(name for name in FIELDS if name not in LOOP_SETTINGS)
+
+
+def check_weights_dir(directory: str, what: str) -> None:
+    """Refuse a weights folder that holds something other than fine-tuned weights.
+
+    Args:
+        directory: the folder.
+        what: how to name it in the message (e.g. "--fine-tuned-checkpoint").
+
+    Raises:
+        UserError: it is a file, or a non-empty folder of another kind (e.g. a meta-training
+            run, whose LAST it would redirect).
+    """
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{what} {directory!r} is a file; pass a folder (new, or one holding "
+                        f"earlier fine-tuned weights).")
+    if os.path.isdir(directory) and os.listdir(directory):
+        try:
+            kind = checkpoint.read_state(directory).get("kind")
+        except (FileNotFoundError, ValueError):
+            kind = None
+        if kind != "fine_tuned":
+            raise UserError(f"{what} {directory!r} is not empty and holds no fine-tuned weights "
+                            f"(e.g. a meta-training run, whose checkpoints it would mix with); "
+                            f"pass a new folder.")
 
 
 def mask_warnings(masks) -> list[str]:

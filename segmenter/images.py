@@ -1,4 +1,6 @@
-"""What `fit` and `predict` accept: arrays or PIL images of any size and mode, made uniform.
+"""Images in and out of the segmenter: what `fit` and `predict` accept (arrays or PIL images of
+any size and mode, made uniform), image files read as displayed, and the resizes to the model's
+square and back.
 
 Images become uint8 RGB as displayed (a PIL image's EXIF orientation applied, 16-bit greyscale
 scaled, alpha dropped); a float array is read as 0..255, or as 0..1 when its maximum is <= 1.
@@ -14,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from data.decode import orient, orient_pair, to_rgb
-from errors import UserError
 from data.masks import binarize_mask
+from errors import UserError
 
 MIN_SIDE = 2
 
@@ -130,3 +132,73 @@ def as_list(images, what: str, count: int | None = None) -> list:
     if not isinstance(images, Sequence) and not hasattr(images, "__iter__"):
         raise UserError(f"{what}: expected a list of images. Received: {type(images).__name__}")
     return list(images)
+
+
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Decode an image file as uint8 RGB (H, W, 3), as displayed (EXIF orientation applied).
+
+    Args:
+        path: image file.
+
+    Returns:
+        uint8 (H, W, 3); 16-bit greyscale is scaled to 8 bit.
+
+    Raises:
+        ValueError: the file cannot be decoded; the message names it.
+    """
+    with _open(path, "image") as im:
+        return to_rgb(orient(im), path)
+
+
+def read_pair(image_path: str, mask_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, the image's EXIF orientation applied to both (data.decode).
+
+    The mask follows the converter's one mask rule (0/255, 0/1, anti-aliased, coloured and
+    alpha masks; see `data.masks.binarize_mask`).
+
+    Args:
+        image_path: the image file.
+        mask_path: its mask PNG.
+
+    Returns:
+        (uint8 (H, W, 3), uint8 (H', W') in {0, 1}); the caller checks that the sizes agree.
+
+    Raises:
+        ValueError: an unreadable file or a mask with another orientation; the message names it.
+    """
+    with _open(image_path, "image") as im, _open(mask_path, "mask") as mk:
+        image, mask = orient_pair(im, mk, image_path=image_path, mask_path=mask_path)
+        return to_rgb(image, image_path), binarize_mask(mask)
+
+
+def _open(path: str, what: str) -> Image.Image:
+    """An opened, fully decoded image (truncated or corrupt data fails here, naming the file)."""
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except _READ_ERRORS as e:
+        raise UserError(f"Cannot read {what} {path!r}: {e}") from e
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of uint8 RGB to (size, size, 3)."""
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of a {0, 1} uint8 mask to (height, width)."""
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
+def probability_at_size(foreground: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of one (S, S) foreground-probability map to (height, width), float32.
+
+    Resizing the probabilities before thresholding gives smoother edges than resizing a
+    thresholded mask.
+    """
+    return np.asarray(Image.fromarray(np.asarray(foreground, np.float32), mode="F").resize(
+        (width, height), Image.BILINEAR))

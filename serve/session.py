@@ -29,9 +29,8 @@ from PIL import Image
 
 from adapt.predictions import overlay
 from errors import UserError
-from data.user_task import read_rgb
 from segmenter.api import Segmenter
-from segmenter.images import as_pair, as_rgb
+from segmenter.images import as_pair, as_rgb, read_rgb
 
 MAX_EXAMPLES = 10
 MAX_PIXELS = 25_000_000  # 5000 x 5000: larger photos are refused, not silently shrunk

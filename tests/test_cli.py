@@ -100,12 +100,12 @@ def test_end_to_end_run_writes_every_output(shards, finished_run, capsys):
 def test_interrupted_run_resumes_to_identical_weights(shards, finished_run, tmp_path, monkeypatch,
                                                       capsys):
     run_dir = str(tmp_path / "run_b")
-    real = run_metasegnet.meta_train
-    monkeypatch.setattr(run_metasegnet, "meta_train",
+    real = run_metasegnet.meta_train_loop
+    monkeypatch.setattr(run_metasegnet, "meta_train_loop",
                         lambda *a, **k: real(*a, **{**k, "stop_after": 2}))  # "killed" after 2
     run_metasegnet.main(_argv(shards, run_dir, "--compare_random_init"))
     assert checkpoint.read_state(run_dir)["step"] == 2
-    monkeypatch.setattr(run_metasegnet, "meta_train", real)
+    monkeypatch.setattr(run_metasegnet, "meta_train_loop", real)
     assert run_metasegnet.main(_argv(shards, run_dir, "--compare_random_init")) == 0
     assert "Resuming meta-training from" in capsys.readouterr().out
     a, b = _final_weights(finished_run), _final_weights(run_dir)

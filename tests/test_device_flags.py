@@ -19,7 +19,6 @@ def test_device_flags_defaults_and_values():
     (["--distribute", "multi_worker", "--num_replicas", "0"],
      "--distribute multi_worker places one replica per GPU of each worker"),
     (["--num_replicas", "3"], "--num_replicas 3 needs --distribute mirrored"),
-    (["--distribute", "mirrored", "--joint_train"], "--distribute spreads"),
     (["--mixed_precision", "int8"], "invalid choice"),
     (["--distribute", "mirrored", "--task_streams", "one_stream"],
      "--task_streams one_stream runs on one device"),
@@ -50,6 +49,9 @@ def test_num_replicas_0_means_every_visible_gpu():
     (["--phase", "meta_eval", "--shots", "3"], "--shots is not read by --phase runs (it belongs "
                                                "to meta-learning runs); did you mean --teshot"),
     (["--phase", "pre_train", "--eval_iters", "3"], "--eval-iters is not read by --phase runs"),
+    (["--distribute", "mirrored", "--joint_train"], "--distribute is not read by --joint_train"),
+    (["--serve", "--checkpoint", "x"], "--data-dir is not read by --serve"),
+    (["--fine-tuned-checkpoint", "w"], "--fine-tuned-checkpoint is not read by meta-learning runs"),
 ])
 def test_a_flag_of_another_mode_is_refused_naming_the_flag_meant(flags, message, capsys):
     from args import build_parser, parse_args
@@ -63,8 +65,8 @@ def test_a_flag_of_another_mode_is_refused_naming_the_flag_meant(flags, message,
 def test_the_fine_tune_mode_takes_the_model_loss_inner_and_eval_flags():
     from args import build_parser, parse_args
     from mode_flags import check_mode_flags, mode_of
-    argv = ["--fine-tune-task", "t", "--image_size", "64", "--rsd", "2", "--learning-rate",
-            "0.01", "--eval-iters", "3", "--eval-batch", "2", "--loss_name", "dice", "--sgd",
+    argv = ["--fine-tune-task", "t", "--checkpoint", "c", "--image_size", "64", "--rsd", "2",
+            "--learning-rate", "0.01", "--eval-iters", "3", "--eval-batch", "2", "--loss_name", "dice", "--sgd",
             "--augment", "--final_layer_dropout_rate", "0.2", "--seed", "3", "--shots", "2"]
     assert mode_of(parse_args(argv)) == "fine_tune_only"
     check_mode_flags(build_parser(), "fine_tune_only", argv)  # nothing refused

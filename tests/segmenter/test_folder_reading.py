@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.user_task import load_user_task
+from segmenter.folder import load_user_task
 
 
 def _write_pair(folder, stem, width, height, seed, mask_size=None):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.user_task import load_user_task
+from segmenter.folder import load_user_task
 from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from segmenter import settings as settings_lib

@@ -88,8 +88,10 @@ def test_typed_flags_override_and_a_contradiction_writes_nothing(run, tmp_path, 
     assert len(err) == 1 and "--image_size 64 contradicts the init" in err[0] \
         and "image_size 32" in err[0]
     assert sorted(os.listdir(other)) == ["query", "support"]
-    assert main(["--fine-tune-task", str(other)]) == 2
-    assert "need --checkpoint INIT" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # the mode table's refusal, as argparse's
+        main(["--fine-tune-task", str(other)])
+    assert refused.value.code == 2
+    assert "--checkpoint INIT is needed by --fine-tune-task" in capsys.readouterr().err
 
 
 def test_empty_and_full_support_masks_warn_on_screen_and_in_the_summary(run, tmp_path, capsys):

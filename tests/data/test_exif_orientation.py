@@ -1,11 +1,12 @@
-"""Own images: EXIF orientation shared by an image and its mask everywhere; 16-bit PNGs read."""
+"""EXIF orientation shared by an image and its mask in the converter and the folder reader; 16-bit
+PNGs read."""
 import numpy as np
 import pytest
 from PIL import Image
 
 import fss_1000_image_to_tfrecord as converter
 from data.tasks import load_tasks
-from data.user_task import load_user_task
+from segmenter.folder import load_user_task
 
 SIZE = 32
 

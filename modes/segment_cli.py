@@ -1,5 +1,5 @@
-"""run_metasegnet.py's modes around one init: `--fine-tune-task DIR --checkpoint INIT`, `--serve`
-and `--export` (without --data-dir).
+"""The command line of segmenting with one init: `--fine-tune-task DIR --checkpoint INIT`,
+`--serve` and `--export` (without --data-dir), and `--fine-tune-task` after UHO.
 
 They load the init through `segmenter` with the settings the init carries; a flag typed on the
 command line overrides the init's value (and is printed as such), and one that contradicts the
@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import os
 
-from adapt.own_images import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, check_outputs
 from adapt.uho import UHOResult
 from adapt.uho_objective import UHO_SETTINGS
 from args import Config, build_parser
-from errors import UserError
-from data.user_task import UserTask, load_user_task
 from meta.inner import InnerLoop
 from meta.settings import SETTINGS, lookup
 from modes.experiments import final_adaptation
 from segmenter import settings as settings_lib
 from segmenter.api import Segmenter, build, resolve_init
-from segmenter.folder import segment_folder
+from segmenter.folder import DEFAULT_OUT_NAME, DEFAULT_WEIGHTS_NAME, UserTask, check_outputs, \
+    load_user_task, segment_folder
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import lock
@@ -62,10 +60,6 @@ def load_init(cfg: Config) -> tuple[Init, Settings]:
     Returns:
         (init, settings).
     """
-    if "checkpoint" not in cfg.run.given_flags:
-        raise UserError("--fine-tune-task, --serve and --export need --checkpoint INIT: a "
-                        "meta-training run, fine-tuned weights, an MTL phase folder or the "
-                        "paper's TF1 checkpoint.")
     overrides, labels = flag_overrides(cfg)
     init, settings = resolve_init(cfg.run.checkpoint, overrides, labels)
     print(f"Init {init.path}: {init.trained_on()}", flush=True)
