@@ -104,7 +104,8 @@ def _add_data_flags(p):
     g.add_argument("--test_tasks_file", default=None,
                    help="file with one meta-test class per line (e.g. FSS-1000's fss_test_set.txt)")
     g.add_argument("--num_test_tasks", type=int, default=0,
-                   help="without --test_tasks_file: hold out N random (seeded) classes as meta-test")
+                   help="without --test_tasks_file: hold out N random (seeded) classes as "
+                        "meta-test")
     g.add_argument("--num_val_tasks", type=int, default=0,
                    help="hold out the N alphabetically last meta-train classes as meta-val")
     g.add_argument("--eval_val_tasks", action="store_true",
@@ -119,21 +120,29 @@ def _add_model_flags(p):
     g.add_argument("--model_type", default=None, choices=["UNet"],
                    help="MTL-Segmentation's spelling of --model_name mtl_unet")
     g.add_argument("--feature_extractor_name", default="efficientnet-b0",
-                   choices=["efficientnet-b0", "efficientnet-b3"])
+                   choices=["efficientnet-b0", "efficientnet-b3"],
+                   help="the EfficientNet encoder of EfficientLab")
     g.add_argument("--rsd", type=int, nargs="*", default=[2, 4],
                    help="reductions (1-4) that get a residual skip decoder module; "
                         "`--rsd` alone means none")
-    g.add_argument("--spatial_pyramid_pooling", action="store_true")
-    g.add_argument("--skip_decoding", action="store_true")
-    g.add_argument("--disable_rsd_residual_connections", action="store_true")
+    g.add_argument("--spatial_pyramid_pooling", action="store_true",
+                   help="EfficientLab: a spatial pyramid pooling block before the decoder")
+    g.add_argument("--skip_decoding", action="store_true",
+                   help="EfficientLab: decode the skip connections before the residual skip "
+                        "decoder modules (the reference's --skip_decoding)")
+    g.add_argument("--disable_rsd_residual_connections", action="store_true",
+                   help="EfficientLab: residual skip decoder modules without their residual "
+                        "connection")
     g.add_argument("--no_align_corners", action="store_true",
                    help="half-pixel bilinear resizes instead of TF1 align_corners=True (paper)")
     g.add_argument("--restore_efficient_net_weights_from", default=None,
                    help="ImageNet EfficientNet weights: a Keras .h5 / .weights.h5 file, a TF1 "
                         "checkpoint, or `imagenet` (Keras' file, downloaded once into "
                         "~/.keras/models/)")
-    g.add_argument("--n_unet_encoding_stacks", type=int, default=4)
-    g.add_argument("--start_num_feature_maps_power", type=int, default=5)
+    g.add_argument("--n_unet_encoding_stacks", type=int, default=4,
+                   help="U-Net: encoding stacks (each halves the resolution)")
+    g.add_argument("--start_num_feature_maps_power", type=int, default=5,
+                   help="U-Net: the first stack has 2**N feature maps, doubling per stack")
     g.add_argument("--classes", type=int, default=1, help="object classes per task (binary only)")
 
 
@@ -141,8 +150,10 @@ def _add_loss_flags(p):
     g = p.add_argument_group("loss and regularization")
     g.add_argument("--loss_name", default="cross_entropy",
                    choices=["cross_entropy", "bce_dice", "soft_iou", "dice", "ce_dice", "focal",
-                            "lovasz"])
-    g.add_argument("--label_smoothing", type=float, default=0.0)
+                            "lovasz"],
+                   help="the segmentation loss of training and adaptation")
+    g.add_argument("--label_smoothing", type=float, default=0.0,
+                   help="label smoothing of the cross-entropy losses")
     g.add_argument("--l2", action="store_true", help="add 5e-4 * sum(w^2)/2 over non-BN weights")
     g.add_argument("--l1", action="store_true", help="add 5e-4 * sum|w| over non-BN weights")
     g.add_argument("--darc1", action="store_true", help="add the DARC1 term")
@@ -179,13 +190,22 @@ def _add_meta_flags(p):
     g.add_argument("--foml", action="store_true", help="FOMAML instead of Reptile")
     g.add_argument("--foml-tail", "--foml_tail", dest="foml_tail", type=int, default=None,
                    help="FOMAML*: held-out tail shots for the last inner step")
-    g.add_argument("--sample_foml_train_val_with_replacement", action="store_true")
-    g.add_argument("--meta-step", "--meta_step", dest="meta_step", type=float, default=0.1)
+    g.add_argument("--sample_foml_train_val_with_replacement", action="store_true",
+                   help="FOMAML*: draw the train part and the tail independently with replacement "
+                        "(they may overlap)")
+    g.add_argument("--meta-step", "--meta_step", dest="meta_step", type=float, default=0.1,
+                   help="meta step size epsilon at the first meta-iteration (annealed linearly to "
+                        "--meta-step-final)")
     g.add_argument("--meta-step-final", "--meta_step_final", dest="meta_step_final", type=float,
-                   default=0.1)
-    g.add_argument("--meta-batch", "--meta_batch", dest="meta_batch", type=int, default=5)
-    g.add_argument("--meta-iters", "--meta_iters", dest="meta_iters", type=int, default=400_000)
-    g.add_argument("--eval-interval", "--eval_interval", dest="eval_interval", type=int, default=10)
+                   default=0.1,
+                   help="meta step size epsilon reached at the last meta-iteration")
+    g.add_argument("--meta-batch", "--meta_batch", dest="meta_batch", type=int, default=5,
+                   help="tasks per meta-iteration")
+    g.add_argument("--meta-iters", "--meta_iters", dest="meta_iters", type=int, default=400_000,
+                   help="meta-iterations (a rerun resumes up to this many)")
+    g.add_argument("--eval-interval", "--eval_interval", dest="eval_interval", type=int, default=10,
+                   help="monitor the train and val tasks and write a checkpoint every N "
+                        "meta-iterations")
     g.add_argument("--monitor_tasks", type=int, default=10,
                    help="tasks per split evaluated every --eval-interval")
     g.add_argument("--task_streams", choices=TASK_STREAMS, default=PER_TASK,
@@ -195,11 +215,16 @@ def _add_meta_flags(p):
                         "(one device only; a resumed run keeps its checkpoint's scheme)")
     g.add_argument("--checkpoint", default="model_checkpoint",
                    help="directory for checkpoints, logs and results")
-    g.add_argument("--keep_checkpoints", type=int, default=2)
+    g.add_argument("--keep_checkpoints", type=int, default=2,
+                   help="this run's newest checkpoints kept (older ones are deleted)")
     g.add_argument("--pretrained", action="store_true",
                    help="skip meta-training; evaluate the checkpoint in --checkpoint")
-    g.add_argument("--continue_training_from_checkpoint", default=None)
-    g.add_argument("--do_not_restore_final_layer_weights", action="store_true")
+    g.add_argument("--continue_training_from_checkpoint", default=None,
+                   help="start meta-training from another run, a ckpt-<step> folder or the paper's"
+                        " TF1 checkpoint")
+    g.add_argument("--do_not_restore_final_layer_weights", action="store_true",
+                   help="load everything but the head (final_layer_weights), which keeps its "
+                        "initialization")
     g.add_argument("--export", default=None,
                    help="write the model --checkpoint holds (any init the tool loads) in "
                         "--export_format to this folder (or .keras / .tflite file); alone, that "
@@ -215,10 +240,16 @@ def _add_meta_flags(p):
 
 def _add_eval_flags(p):
     g = p.add_argument_group("evaluation")
-    g.add_argument("--shots", type=int, default=5)
-    g.add_argument("--eval-samples", "--eval_samples", dest="eval_samples", type=int, default=200)
-    g.add_argument("--serially_eval_all_test_tasks", action="store_true")
-    g.add_argument("--transductive", action="store_true")
+    g.add_argument("--shots", type=int, default=5,
+                   help="support pairs of each evaluated task")
+    g.add_argument("--eval-samples", "--eval_samples", dest="eval_samples", type=int, default=200,
+                   help="task samples of the final evaluation (with "
+                        "--serially_eval_all_test_tasks: passes over every class)")
+    g.add_argument("--serially_eval_all_test_tasks", action="store_true",
+                   help="evaluate every class of the split in order, --eval-samples times")
+    g.add_argument("--transductive", action="store_true",
+                   help="predict all queries of a task in one batch (else each after the support "
+                        "images)")
     g.add_argument("--protocol", default="paper", choices=["paper", "hsnet"],
                    help="final evaluation protocol: paper = --eval-samples task samples of "
                         "--shots supports + 5 queries, mean task IoU; hsnet = every image of every "
@@ -226,13 +257,18 @@ def _add_eval_flags(p):
                         "supports, class-accumulated mIoU and FB-IoU (docs/protocols.md)")
     g.add_argument("--predictions_dir", default="predictions",
                    help="where SAVE_PREDICTIONS=1 writes overlays")
-    g.add_argument("--save_fine_tuned_checkpoints", action="store_true")
-    g.add_argument("--save_fine_tuned_checkpoints_train", action="store_true")
-    g.add_argument("--save_fine_tuned_checkpoints_dir", default=None)
+    g.add_argument("--save_fine_tuned_checkpoints", action="store_true",
+                   help="keep each evaluated test (or val) task's adapted weights")
+    g.add_argument("--save_fine_tuned_checkpoints_train", action="store_true",
+                   help="keep each evaluated train task's adapted weights")
+    g.add_argument("--save_fine_tuned_checkpoints_dir", default=None,
+                   help="where the adapted weights go (default: <checkpoint>/fine_tuned)")
     g.add_argument("--fine-tune-task", "--fine_tune_task", dest="fine_tune_task", default=None,
                    help="your own folder: support/<n>.jpg+png pairs and query/*.jpg")
     g.add_argument("--fine-tuned-checkpoint", "--fine_tuned_checkpoint",
-                   dest="fine_tuned_checkpoint", default=None)
+                   dest="fine_tuned_checkpoint", default=None,
+                   help="where --fine-tune-task writes the adapted weights (default: "
+                        "<task>/fine_tuned_checkpoint)")
 
 
 def _add_serve_flags(p):
@@ -250,25 +286,44 @@ def _add_serve_flags(p):
 
 def _add_uho_flags(p):
     g = p.add_argument_group("update hyperparameter optimization (UHO)")
-    g.add_argument("--optimize_update_hyperparms_on_val_set", action="store_true")
-    g.add_argument("--num_configs_to_sample", type=int, default=100)
+    g.add_argument("--optimize_update_hyperparms_on_val_set", action="store_true",
+                   help="search the adaptation (lr, steps, batch, aug rate, dropout) on the val "
+                        "classes (UHO) before the final evaluation")
+    g.add_argument("--num_configs_to_sample", type=int, default=100,
+                   help="UHO: configurations per round of the GP search")
     g.add_argument("--uho_outer_iters", type=int, default=1,
                    help="rounds of GP search, each narrowing the lr range to the top 10%%")
-    g.add_argument("--lr_search_range_low", type=float, default=5e-4)
-    g.add_argument("--lr_search_range_high", type=float, default=0.05)
-    g.add_argument("--drop_rate_search_range_low", type=float, default=0.2)
-    g.add_argument("--drop_rate_search_range_high", type=float, default=0.2)
-    g.add_argument("--aug_rate_search_range_low", type=float, default=0.5)
-    g.add_argument("--aug_rate_search_range_high", type=float, default=0.5)
-    g.add_argument("--batch_size_search_range_low", type=int, default=8)
-    g.add_argument("--batch_size_search_range_high", type=int, default=8)
-    g.add_argument("--min_steps", type=int, default=0)
-    g.add_argument("--max_steps", type=int, default=80)
-    g.add_argument("--uho_patience", type=int, default=50)
-    g.add_argument("--eval_tasks_with_median_early_stopping_iterations", action="store_true")
-    g.add_argument("--meta_fine_tune_steps_on_train_val", type=int, default=0)
-    g.add_argument("--uho_results_csv_name", default="val-set_hyper_param_search_results.csv")
-    g.add_argument("--uho_estimator", default="GP")
+    g.add_argument("--lr_search_range_low", type=float, default=5e-4,
+                   help="UHO: lowest learning rate searched")
+    g.add_argument("--lr_search_range_high", type=float, default=0.05,
+                   help="UHO: highest learning rate searched")
+    g.add_argument("--drop_rate_search_range_low", type=float, default=0.2,
+                   help="UHO: lowest head dropout searched")
+    g.add_argument("--drop_rate_search_range_high", type=float, default=0.2,
+                   help="UHO: highest head dropout searched")
+    g.add_argument("--aug_rate_search_range_low", type=float, default=0.5,
+                   help="UHO: lowest augmentation rate searched")
+    g.add_argument("--aug_rate_search_range_high", type=float, default=0.5,
+                   help="UHO: highest augmentation rate searched")
+    g.add_argument("--batch_size_search_range_low", type=int, default=8,
+                   help="UHO: smallest mini-batch searched")
+    g.add_argument("--batch_size_search_range_high", type=int, default=8,
+                   help="UHO: largest mini-batch searched")
+    g.add_argument("--min_steps", type=int, default=0,
+                   help="UHO: adaptation steps that always run before early stopping")
+    g.add_argument("--max_steps", type=int, default=80,
+                   help="UHO: most adaptation steps of a configuration")
+    g.add_argument("--uho_patience", type=int, default=50,
+                   help="early stopping's patience in steps (UHO and the k-shot curves)")
+    g.add_argument("--eval_tasks_with_median_early_stopping_iterations", action="store_true",
+                   help="UHO: score each configuration at its median early-stopping step count")
+    g.add_argument("--meta_fine_tune_steps_on_train_val", type=int, default=0,
+                   help="after UHO: meta-train N more iterations on train + val classes with UHO's"
+                        " adaptation")
+    g.add_argument("--uho_results_csv_name", default="val-set_hyper_param_search_results.csv",
+                   help="UHO's results file in --checkpoint (_<shots>-shot is added)")
+    g.add_argument("--uho_estimator", default="GP",
+                   help="UHO's scikit-optimize estimator (only GP)")
     g.add_argument("--uho_repetitions", type=int, default=None,
                    help="episodes per val class per configuration (default: 1 with --fss_1000, "
                         "else 4, as the reference)")
@@ -276,7 +331,8 @@ def _add_uho_flags(p):
 
 def _add_experiment_flags(p):
     g = p.add_argument_group("experiments and baselines")
-    g.add_argument("--run_k_shot_learning_curves_experiment", action="store_true")
+    g.add_argument("--run_k_shot_learning_curves_experiment", action="store_true",
+                   help="run the k-shot learning curves instead of the final evaluation")
     g.add_argument("--k_shot_range", type=int, nargs="+", default=[1, 5, 10, 50, 100, 200, 400],
                    help="support-set sizes k (default: the reference's k grid; k values a class "
                         "cannot supply are dropped)")
@@ -292,20 +348,44 @@ def _add_experiment_flags(p):
                    help="joint-training checkpoint to plot against in the k-shot curves")
     g.add_argument("--joint_train", action="store_true",
                    help="train the joint (transfer-learning) baseline instead of meta-learning")
-    g.add_argument("--joint_train_epochs", type=int, default=10)
+    g.add_argument("--joint_train_epochs", type=int, default=10,
+                   help="epochs of --joint_train")
+
+
+# MTL-Segmentation's numeric flags (ahirsharan/MTL-Segmentation), read by the --phase modes.
+MTL_HELP = {
+    "meta_lr1": "meta_train: Adam learning rate of the scale/shift and batch-norm variables",
+    "meta_lr2": "meta_train: Adam learning rate of the head's initial weights",
+    "base_lr": "the head's SGD learning rate when it adapts to a task",
+    "update_step": "the head's adaptation steps per task",
+    "gamma": "meta_train: both learning rates decay by this every --step_size epochs",
+    "step_size": "meta_train: epochs between learning-rate decays",
+    "max_epoch": "meta_train: epochs of --num_batch tasks",
+    "num_batch": "meta_train: tasks per epoch (also the monitor and checkpoint interval)",
+    "way": "classes per task, background included (2; 1 is accepted as an alias)",
+    "shot": "meta_train: support pairs per task",
+    "teshot": "meta_eval: support pairs per task",
+    "train_query": "meta_train: query pairs per task",
+    "val_query": "meta_train and pre_train: query pairs of the monitored val tasks",
+    "test_query": "meta_eval: query pairs per task",
+    "pre_lr": "pre_train: initial SGD learning rate",
+    "pre_gamma": "pre_train: the learning rate decays by this every --pre_step_size epochs",
+    "pre_step_size": "pre_train: epochs between learning-rate decays",
+    "pre_max_epoch": "pre_train: epochs",
+    "pre_batch_size": "pre_train: pairs per step",
+    "pre_custom_weight_decay": "pre_train: L2 coefficient added to the gradients",
+    "pre_custom_momentum": "pre_train: Nesterov momentum",
+}
 
 
 def _add_mtl_flags(p):
     g = p.add_argument_group("meta-transfer learning (--model_name mtl_unet)")
     d = MTLConfig()
-    g.add_argument("--phase", default=None, choices=["pre_train", "meta_train", "meta_eval"])
-    for name in ("meta_lr1", "meta_lr2", "base_lr", "gamma", "pre_lr", "pre_gamma",
-                 "pre_custom_weight_decay", "pre_custom_momentum"):
-        g.add_argument(f"--{name}", type=float, default=getattr(d, name))
-    for name in ("update_step", "max_epoch", "num_batch", "step_size", "way", "shot", "teshot",
-                 "train_query", "val_query", "test_query", "pre_max_epoch", "pre_batch_size",
-                 "pre_step_size"):
-        g.add_argument(f"--{name}", type=int, default=getattr(d, name))
+    g.add_argument("--phase", default=None, choices=["pre_train", "meta_train", "meta_eval"],
+                   help="meta-transfer learning's phase (needs --model_name mtl_unet)")
+    for name, meaning in MTL_HELP.items():
+        g.add_argument(f"--{name}", type=type(getattr(d, name)), default=getattr(d, name),
+                       help=meaning)
     g.add_argument("--init_weights", default=None, help="pre-trained U-Net weights (meta_train)")
     g.add_argument("--eval_weights", default=None, help="meta-trained weights (meta_eval)")
     g.add_argument("--dataset", default=None, choices=["COCO", "COCOStuff", "Fewshot"],
@@ -323,7 +403,8 @@ def _add_mtl_flags(p):
                    help="a .weights.h5 of the plain U-Net the pre-training starts from")
     g.add_argument("--meta_label", default="exp1", help="run label, recorded in config.json")
     g.add_argument("--gpu", default=None,
-                   help="accepted for MTL-Segmentation's command line; TensorFlow picks the device "
+                   help="accepted for MTL-Segmentation's command line; TensorFlow picks the device"
+                        " "
                         "(restrict it with CUDA_VISIBLE_DEVICES)")
 
 
@@ -522,7 +603,8 @@ def config_from_namespace(a, given=frozenset()) -> Config:
     save_predictions = os.environ.get("SAVE_PREDICTIONS", "").strip().lower() not in (
         "", "0", "false", "no", "off")
     evaluation = EvalConfig(
-        shots=a.shots, eval_samples=a.eval_samples, serially_eval_all_test_tasks=a.serially_eval_all_test_tasks,
+        shots=a.shots, eval_samples=a.eval_samples,
+        serially_eval_all_test_tasks=a.serially_eval_all_test_tasks,
         transductive=a.transductive, eval_val_tasks=a.eval_val_tasks,
         predictions_dir=a.predictions_dir if save_predictions else None,
         save_fine_tuned_checkpoints=a.save_fine_tuned_checkpoints,

@@ -69,6 +69,10 @@ class Adaptation:
     dropout_rate: float = setting(0.0, "dropout before the head, during training and "
                                        "adaptation")
     head_only: bool = setting(False, "adapt the head alone (MTL's base learner)", loop=True)
+    adapt_encoder_from_block: int = setting(
+        0, "leave the encoder's stem and blocks before block N as the init has them, in every "
+           "adaptation (EfficientNet's blocks 1-5, the U-Net's stacks; meta-training's inner loop "
+           "too, so they are not meta-learned); 0 adapts every weight", loop=True)
     seed: int = setting(0, "the one seed every random stream derives from")
 
     def __post_init__(self):
@@ -96,6 +100,7 @@ class Adaptation:
         number("weight_decay", 0.0, 1.0, low_open=True)
         number("dropout_rate", 0.0, 1.0, high_open=True)
         integer("seed", 0)
+        integer("adapt_encoder_from_block", 0)
         for name, allowed in (("scheduler", LR_SCHEDULERS), ("augmentation", AUGMENTATIONS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {allowed}. "

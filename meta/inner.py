@@ -16,9 +16,8 @@
 * `predict(images)`: the model in inference mode (BN moving statistics), also traced once;
 * `full_state`: a `meta.state.Snapshot` of the model's and the inner optimizer's variables.
 
-`adapt(loop, images, masks, adaptation, rng)` runs a task's steps with the adaptation's
-schedule; `on_step(steps_taken, loss) -> stop?` lets callers score every step (UHO early
-stopping), and then the steps run one `train_step` call at a time.
+`adapt(loop, images, masks, adaptation, rng)` runs a task's steps; with `on_step(steps_taken,
+loss) -> stop?` (UHO's early stopping) they run one `train_step` call at a time.
 """
 from __future__ import annotations
 
@@ -35,6 +34,7 @@ from meta.adaptation import Adaptation
 from meta.state import Snapshot, full_state
 from models.layers import dropout_rate_variables
 from models.mtl import head_variables
+from models.parts import variables_from_block
 from report.timing import section
 
 # on_step(steps_taken, loss) -> True to stop early
@@ -60,7 +60,8 @@ def make_inner_optimizer(sgd: bool, learning_rate: float) -> keras.optimizers.Op
 
 
 def adapted_variables(model: keras.Model, adaptation: Adaptation) -> list:
-    """The variables an adaptation changes: the head's alone (head_only), or every trainable one.
+    """The variables an adaptation changes: the head's alone (head_only), or every trainable one
+    but the encoder's blocks before adapt_encoder_from_block.
 
     Args:
         model: a model from models.build.build_model.
@@ -71,7 +72,7 @@ def adapted_variables(model: keras.Model, adaptation: Adaptation) -> list:
     """
     if adaptation.head_only:
         return head_variables(model)
-    return list(model.trainable_variables)
+    return variables_from_block(model, adaptation.adapt_encoder_from_block)
 
 
 def gradient_step(model: keras.Model, loss_fn: Callable, variables: Sequence,
@@ -203,12 +204,10 @@ class InnerLoop:
         Raises:
             ValueError: naming the settings, or augmentation asked of a loop built without it.
         """
+        self._check_aug_rate(adaptation.aug_rate)
         wanted = adaptation.loop_settings()
         if adaptation.aug_rate == 0.0:  # the augmentation graph is not run
             wanted["augmentation"] = self.settings["augmentation"]
-        elif self.augment is None:
-            raise ValueError(f"this inner loop was built without augmentation but was asked for "
-                             f"aug_rate={adaptation.aug_rate}; build it with augment=True.")
         differ = {k: (self.settings[k], v) for k, v in wanted.items() if self.settings[k] != v}
         if differ:
             raise ValueError(f"this inner loop was built for other settings ({differ}, built vs "

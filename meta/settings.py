@@ -57,6 +57,8 @@ SETTINGS: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "weight_decay": (("--weight-decay", "--weight_decay"), "adapt.weight_decay"),
     "dropout_rate": (("--final_layer_dropout_rate",), "adapt.dropout_rate"),
     "head_only": (None, "adapt.head_only"),
+    "adapt_encoder_from_block": (("--adapt_encoder_from_block",),
+                                 "adapt.adapt_encoder_from_block"),
     "seed": (("--seed",), "adapt.seed"),
 }
 NAMES = tuple(SETTINGS)
