@@ -303,7 +303,7 @@ def test_malformed_label_studio_regions_name_the_region():
     bad_rle = dict(brush, value=dict(brush["value"], rle=[255, 0, 3]))
     bad_polygon = {"type": "polygonlabels", "original_width": 5, "original_height": 4,
                    "value": {"points": [[1, 1], [2, 2]], "polygonlabels": ["x"]}}
-    for region, message in [(bad_size, r"its brush RLE holds 80 values but a 6x4 RGBA image has 96"),
+    for region, message in [(bad_size, r"brush RLE holds 80 values but a 6x4 RGBA image has 96"),
                             (bad_rle, r"holds|cannot be decoded"),
                             (bad_polygon, r"at least 3 \[x, y\] pairs"),
                             (dict(brush, value={"format": "png"}), r"value.format 'rle'")]:
