@@ -54,6 +54,32 @@ def brush_result(mask, label: str, *, from_name: str, to_name: str) -> dict:
             "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}}
 
 
+def label_studio_predictions(masks, label: str, *, from_name: str = "tag",
+                             to_name: str = "image", data_key: str = "image",
+                             model_version: str = "metaseg") -> list:
+    """Label Studio tasks that carry masks as predictions (pre-labels), to import as JSON.
+
+    Args:
+        masks: image reference (the task's data.image: a URL or a path Label Studio serves)
+            -> its mask.
+        label: the BrushLabels label; from_name, to_name: the config's tag names.
+        data_key: the task data's image key (<Image value="$image">).
+        model_version: the predictions' model version.
+
+    Returns:
+        [{"data": {"image": ref}, "predictions": [{"model_version", "result": [brush]}]}]; an
+        empty mask gives a prediction without a region.
+    """
+    tasks = []
+    for ref, mask in masks.items():
+        mask = as_mask(mask, f"the mask of {ref!r}")
+        result = [brush_result(mask, label, from_name=from_name, to_name=to_name)] \
+            if mask.any() else []
+        tasks.append({"data": {data_key: ref},
+                      "predictions": [{"model_version": model_version, "result": result}]})
+    return tasks
+
+
 def _result_size(result: dict, where: str) -> tuple[int, int] | None:
     """(height, width) a result was drawn at, or None when it does not say."""
     height, width = result.get("original_height"), result.get("original_width")
