@@ -231,14 +231,13 @@ def launch(seg: Segmenter, host: str = "127.0.0.1", port: int = 9090, *, block: 
         block: serve until interrupted; False serves on a daemon thread (for tests).
 
     Returns:
-        the uvicorn.Server (with `app.state.projects`, the projects' states).
+        the uvicorn.Server (`server.config.app.state.projects`: the projects' states).
     """
     seg.warm_up()
     app = build_app(seg)
     # log_config=None: uvicorn's lines go through Python logging, as absl's do, instead of
     # handlers of its own on the stderr it found at start-up.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
-    server.app = app
     logging.info(f"Label Studio ML backend for {seg.describe().splitlines()[0]} on "
                  f"http://{host}:{port}")
     if block:

@@ -45,7 +45,7 @@ def backend(run, studio):  # noqa: F811
                                                  "hostname": studio.url,
                                                  "access_token": PERSONAL_TOKEN})
             assert answer.status_code == 200 and answer.json() == {"model_version": NO_FIT}
-            yield client, server.app.state.projects
+            yield client, server.config.app.state.projects
         server.should_exit = True
 
 

@@ -85,7 +85,7 @@ def test_label_studio_pre_labels_come_from_metaseg(studio, run, tmp_path,  # noq
         answer = studio.retrieve_predictions(project, [t["id"] for t in queries])
         assert answer["processed_items"] == 5, answer
         stored = [studio.predictions(task["id"]) for task in queries]
-        state = server.app.state.projects.state(project)
+        state = server.config.app.state.projects.state(project)
     finally:
         server.should_exit = True
     assert state.error is None and state.examples == 3, state
