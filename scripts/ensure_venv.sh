@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv/ at the repo root on first use and installs requirements.txt into it;
-# later calls reuse it (reinstalling only when requirements.txt or the TensorFlow build
-# changed). Sourced by run.sh and test.sh, so a fresh clone needs no separate setup step.
+# Creates .venv/ at the repo root on first use and installs requirements.txt (then
+# requirements-no-deps.txt, without dependencies) into it; later calls reuse it (reinstalling
+# only when either file or the TensorFlow build changed). Sourced by run.sh and test.sh, so a
+# fresh clone needs no separate setup step.
 #
 # TensorFlow build, at the version pinned in requirements.txt:
 #   METASEG_TF=cuda  tensorflow[and-cuda] (CUDA and cuDNN from pip)
@@ -40,7 +41,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY_BOOT" -m venv "$VENV"
 fi
 STAMP="$VENV/.requirements.sha256"
-HASH="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+HASH="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-no-deps.txt" | sha256sum | cut -d' ' -f1)"
 WANT="$HASH $TF_BUILD"
 HAVE="$(cat "$STAMP" 2>/dev/null || true)"
 if [ "$HAVE" != "$WANT" ] && ! { [ "$HAVE" = "$HASH" ] && [ -z "${METASEG_TF:-}" ]; }; then
@@ -51,6 +52,8 @@ if [ "$HAVE" != "$WANT" ] && ! { [ "$HAVE" = "$HASH" ] && [ -z "${METASEG_TF:-}"
   "$VENV/bin/python" -m pip install --quiet "$TF_PACKAGE==$TF_VERSION" >&2
   grep -v '^tensorflow==' "$ROOT/requirements.txt" > "$VENV/.requirements-rest.txt"
   "$VENV/bin/python" -m pip install --quiet -r "$VENV/.requirements-rest.txt" >&2
+  # Packages whose declared pins clash with ours (why: requirements.txt's comment).
+  "$VENV/bin/python" -m pip install --quiet --no-deps -r "$ROOT/requirements-no-deps.txt" >&2
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
