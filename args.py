@@ -67,6 +67,7 @@ class RunConfig:
     compare_random_init: bool = False
     mtl: bool = False  # --phase given: the meta-transfer-learning pipeline
     serve: bool = False
+    label_studio: bool = False  # --label_studio: Label Studio's ML backend
     host: str = "127.0.0.1"
     port: int = 7860
     serve_dir: str = "serve_output"
@@ -272,10 +273,15 @@ def _add_eval_flags(p):
 
 
 def _add_serve_flags(p):
-    g = p.add_argument_group("segment your own images in a web page (docs/adaptation.md)")
+    g = p.add_argument_group("segment your own images: the page, Label Studio's ML backend "
+                             "(docs/adaptation.md, docs/labeling.md)")
     g.add_argument("--serve", action="store_true",
                    help="open a page where you paint a few examples and segment more images "
                         "with the init in --checkpoint")
+    g.add_argument("--label_studio", action="store_true",
+                   help="serve Label Studio's ML backend with the init in --checkpoint: it adapts "
+                        "to a project's annotations and pre-labels its other tasks "
+                        "(docs/labeling.md; port 9090 unless --port is given)")
     g.add_argument("--host", default="127.0.0.1",
                    help="address the page binds to (0.0.0.0 opens it to the network)")
     g.add_argument("--port", type=int, default=7860, help="port of the page")
@@ -652,7 +658,8 @@ def config_from_namespace(a, given=frozenset()) -> Config:
                     run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,
                     joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,
                     compare_random_init=a.compare_random_init, mtl=a.phase is not None,
-                    serve=a.serve, host=a.host, port=a.port, serve_dir=a.serve_dir,
+                    serve=a.serve, label_studio=a.label_studio, host=a.host, port=a.port,
+                    serve_dir=a.serve_dir,
                     given_flags=tuple(sorted(given)))
     device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
                           mixed_precision=a.mixed_precision, jit_compile=a.jit_compile,

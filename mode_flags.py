@@ -52,7 +52,9 @@ META_LEARNING_FLAGS = {
 FLAG_GROUPS = {
     "mtl": ("the --phase (MTL) modes", MTL_FLAGS),
     "meta_learning": ("meta-learning runs", META_LEARNING_FLAGS),
-    "page": ("--serve", {"--serve": None, "--host": None, "--port": None, "--serve_dir": None}),
+    "page": ("--serve", {"--serve": None, "--serve_dir": None}),
+    "label_studio": ("--label_studio", {"--label_studio": None}),
+    "server": ("--serve and --label_studio", {"--host": None, "--port": None}),
     "own_folder": ("--fine-tune-task", {"--fine-tune-task": None,
                                         "--fine-tuned-checkpoint": None}),
     "shards": ("the modes that read FSS-1000 shards", {"--data-dir": None,
@@ -101,7 +103,9 @@ NEEDS = {"--checkpoint": ("--checkpoint INIT", "a meta-training run, fine-tuned 
 # mode -> its row, in the order mode_of tries them. The modes that load an init read the
 # adaptation flags (meta_learning's --learning-rate, --eval-iters, ...) as overrides.
 MODES = {
-    "serve": _mode("serve", "--serve", ["page", "meta_learning"], ["--checkpoint"]),
+    "serve": _mode("serve", "--serve", ["page", "server", "meta_learning"], ["--checkpoint"]),
+    "label_studio": _mode("label_studio", "--label_studio",
+                          ["label_studio", "server", "meta_learning"], ["--checkpoint"]),
     "export_only": _mode("export_only", "--export", ["export", "meta_learning", "evaluate_only"],
                          ["--checkpoint"]),
     "fine_tune_only": _mode("fine_tune_only", "--fine-tune-task",
@@ -138,6 +142,8 @@ def mode_of(cfg) -> str:
     run = cfg.run
     if run.serve:
         return "serve"
+    if run.label_studio:
+        return "label_studio"
     if run.export and cfg.data.data_dir is None and not run.mtl:
         return "export_only"  # any init, written out: needs no --data-dir
     if run.fine_tune_task and not run.optimize_update_hyperparms_on_val_set:

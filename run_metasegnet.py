@@ -51,6 +51,8 @@ from segmenter import build  # noqa: E402
 from storage import lock  # noqa: E402
 from storage.tf1_checkpoint import restore_backbone  # noqa: E402
 
+LABEL_STUDIO_PORT = 9090  # the port Label Studio's ML backends listen on by convention
+
 
 def serve(cfg: Config, strategy, started: float) -> int:
     """--serve --checkpoint INIT: the page where a person paints examples and segments images."""
@@ -61,6 +63,17 @@ def serve(cfg: Config, strategy, started: float) -> int:
     print(f"Serving the page on http://{cfg.run.host}:{cfg.run.port} (outputs in "
           f"{os.path.abspath(cfg.run.serve_dir)}); Ctrl-C stops it", flush=True)
     launch(seg, host=cfg.run.host, port=cfg.run.port, out_dir=cfg.run.serve_dir)
+    return 0
+
+
+def label_studio(cfg: Config, strategy, started: float) -> int:
+    """--label_studio --checkpoint INIT: Label Studio's ML backend (docs/labeling.md)."""
+    from serve.label_studio import launch  # FastAPI is imported only for the backend
+    seg = build(*segment_cli.load_init(cfg))
+    port = cfg.run.port if "port" in cfg.run.given_flags else LABEL_STUDIO_PORT
+    print(f"Label Studio ML backend on http://{cfg.run.host}:{port}: connect it in Label "
+          f"Studio (project Settings > Model); Ctrl-C stops it", flush=True)
+    launch(seg, host=cfg.run.host, port=port)
     return 0
 
 

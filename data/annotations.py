@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from data.errors import UserError
+from errors import UserError
 from data.masks import binarize_values
 
 YOLO_DECIMALS = 6  # normalised coordinates; recovers pixel positions exactly up to 10^6 px

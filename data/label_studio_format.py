@@ -20,7 +20,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from data.annotations import as_mask
-from data.errors import UserError
+from errors import UserError
 
 BRUSH_TYPES = ("brushlabels", "brush")
 POLYGON_TYPES = ("polygonlabels", "polygon")

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from data.annotations import write_coco, write_yolo
-from data.errors import UserError
+from errors import UserError
 from data.label_studio_format import label_studio_predictions
 
 MASK_FORMATS = ("coco", "yolo", "label_studio")

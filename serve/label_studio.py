@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 import numpy as np
 import uvicorn
 
-from data.errors import UserError
+from errors import UserError
 from data.label_studio_format import brush_result
 from segmenter.api import Segmenter
 from serve.label_studio_client import (LabelConfig, LabelStudioClient, address,

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from data.decode import orient, to_rgb
-from data.errors import UserError
+from errors import UserError
 
 URL_VARIABLE, KEY_VARIABLE = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"
 TIMEOUT_S = 60.0  # one request to Label Studio or an image host

@@ -25,7 +25,7 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from data.errors import UserError
+from errors import UserError
 from data.label_studio_format import label_studio_tasks
 from segmenter.api import Segmenter
 from serve.label_studio_client import LabelConfig, LabelStudioClient

@@ -9,6 +9,7 @@ from mode_flags import FLAG_GROUPS, MODES, foreign_flag, mode_of, typed_flags
 # One command line per mode: the flags that choose it and those it needs.
 CHOOSE = {
     "serve": ["--serve", "--checkpoint", "c"],
+    "label_studio": ["--label_studio", "--checkpoint", "c"],
     "export_only": ["--export", "e", "--checkpoint", "c"],
     "fine_tune_only": ["--fine-tune-task", "t", "--checkpoint", "c"],
     "multiclass_pre_train": ["--phase", "pre_train", "--dataset", "COCO", "--dataset_dir", "d"],

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from data.annotations import (as_mask, coco_dict, read_coco, read_yolo, write_coco, write_yolo,
                               yolo_label_path, yolo_mask, yolo_polygons)
-from data.errors import UserError
+from errors import UserError
 from data.label_studio_format import (brush_mask, brush_result, label_studio_tasks,
                                       polygon_mask, read_label_studio_export)
 from data.mask_formats import MASK_FORMATS, write_masks

@@ -254,3 +254,33 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(backend, stu
     assert answer.headers["content-type"] == "application/json"
     assert re.search(message, answer.text), answer.text
     assert client.get("/health").status_code == 200
+
+
+def test_the_command_line_serves_the_backend_on_the_init(run, tmp_path):  # noqa: F811
+    """run_metasegnet.py --label_studio --checkpoint INIT --port P answers /health and /setup
+    with the init it names, and stops on SIGTERM."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    port = free_ports()[0]
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(root, "run_metasegnet.py"), "--label_studio",
+         "--checkpoint", run, "--port", str(port), "--eval-iters", "2"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert health is not None and health.status_code == 200, process.poll()
+        assert health.json()["status"] == "UP"
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=60)
+    assert "--eval-iters 2 overrides the init's 3" in out
+    assert f"Label Studio ML backend on http://127.0.0.1:{port}" in out

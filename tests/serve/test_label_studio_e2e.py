@@ -14,7 +14,7 @@ from PIL import Image
 
 from data.label_studio_format import brush_mask, brush_result
 from data.masks import binarize_mask
-from data.user_task import read_rgb
+from segmenter.images import read_rgb
 from segmenter import from_checkpoint
 from serve.label_studio import launch
 from tests.fixtures import label_studio, real_data
