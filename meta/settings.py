@@ -136,8 +136,9 @@ def upgrade(config: dict) -> dict:
     dropout = model.pop("final_layer_dropout_rate", None)
     iters = evaluation.pop("eval_iters", None)
     batch = evaluation.pop("eval_batch_size", None)
-    if inner is None:
-        return config
+    if inner is None and iters is None and batch is None and dropout is None:
+        return config  # this version's layout
+    inner = inner or {}
     seed = config.get("meta", {}).get("seed", 0)
     flags = {"learning_rate": inner.get("learning_rate"), "sgd": inner.get("sgd"),
              "scheduler": inner.get("learning_rate_scheduler"),

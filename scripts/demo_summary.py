@@ -12,6 +12,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from meta.settings import read_config  # noqa: E402  (config.json of any version; no TensorFlow)
+
 RESULTS_NAME = "meta-test_results.json"
 
 
@@ -29,9 +32,9 @@ def main(run_dirs: list[str]) -> int:
     runs = [(os.path.basename(os.path.normpath(d)), _load(d)) for d in run_dirs]
     random_init = next((r["random_init"] for _, r in runs if "random_init" in r), None)
     first = runs[0][1]
-    cfg = first["config"]
+    cfg = read_config(first["config"])
     print(f"\nHeld-out {first['split']} classes: {first['num_classes']}, "
-          f"{cfg['eval']['shots']}-shot, {cfg['eval']['eval_iters']} adaptation steps, "
+          f"{cfg['eval']['shots']}-shot, {cfg['adapt']['steps']} adaptation steps, "
           f"{first['num_task_samples']} task samples (same episodes for every row)")
     print(f"{'init':<22} {'meta-iters':>10} {'mIoU':>8} {'95% CI':>8} {'class-acc IoU':>14} "
           f"{'time':>8}")
