@@ -25,6 +25,8 @@ from meta.settings import SETTINGS, flag
 from meta.streams import ONE_STREAM, PER_TASK, TASK_STREAMS
 from models.config import IMAGENET, LossConfig, ModelConfig
 
+MASK_FORMATS = ("png", "overlay", "coco", "yolo", "label_studio")  # segmenter.outputs.FORMATS
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """Reports bad or contradictory flags as one line on stderr (exit 2), no usage dump."""
@@ -60,6 +62,11 @@ class RunConfig:
     export_format: str = "keras"
     fine_tune_task: str | None = None
     fine_tuned_checkpoint: str | None = None
+    query_dir: str | None = None  # the images to segment (default: DIR/query)
+    masks_dir: str | None = None  # where their masks go (default: DIR/predictions)
+    mask_format: tuple[str, ...] = ("png",)
+    query_masks: str | None = None
+    restart: bool = False
     optimize_update_hyperparms_on_val_set: bool = False
     run_k_shot_learning_curves_experiment: bool = False
     joint_train: bool = False
@@ -266,6 +273,23 @@ def _add_eval_flags(p):
                    help="where the adapted weights go (default: <checkpoint>/fine_tuned)")
     g.add_argument("--fine-tune-task", "--fine_tune_task", dest="fine_tune_task", default=None,
                    help="your own folder: support/<n>.jpg+png pairs and query/*.jpg")
+    g.add_argument("--query_dir", default=None,
+                   help="the images to segment, at any depth (default: --fine-tune-task's "
+                        "DIR/query); without --fine-tune-task, --checkpoint's adapted weights "
+                        "segment them as they are")
+    g.add_argument("--masks_dir", default=None,
+                   help="where the masks go, mirroring the images' folders (default: "
+                        "DIR/predictions); a rerun resumes there")
+    g.add_argument("--mask_format", nargs="+", default=["png"], choices=MASK_FORMATS,
+                   help="the masks' formats: png (0/255 masks), overlay (drawn on the photo), "
+                        "coco (instances.json, RLE), yolo (labels/*.txt polygons), label_studio "
+                        "(tasks with pre-labels, to import)")
+    g.add_argument("--query_masks", default=None,
+                   help="ground-truth masks <stem>.png mirroring the images' folders: those "
+                        "images are scored (IoU)")
+    g.add_argument("--restart", action="store_true",
+                   help="replace the masks another init, other examples or settings wrote in "
+                        "the masks folder (files metaseg did not write are kept)")
     g.add_argument("--fine-tuned-checkpoint", "--fine_tuned_checkpoint",
                    dest="fine_tuned_checkpoint", default=None,
                    help="where --fine-tune-task writes the adapted weights (default: "
@@ -653,7 +677,9 @@ def config_from_namespace(a, given=frozenset()) -> Config:
                     export=a.export or a.export_keras,
                     export_format="keras" if a.export_keras else a.export_format,
                     fine_tune_task=a.fine_tune_task,
-                    fine_tuned_checkpoint=a.fine_tuned_checkpoint,
+                    fine_tuned_checkpoint=a.fine_tuned_checkpoint, query_dir=a.query_dir,
+                    masks_dir=a.masks_dir, mask_format=tuple(dict.fromkeys(a.mask_format)),
+                    query_masks=a.query_masks, restart=a.restart,
                     optimize_update_hyperparms_on_val_set=a.optimize_update_hyperparms_on_val_set,
                     run_k_shot_learning_curves_experiment=a.run_k_shot_learning_curves_experiment,
                     joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,

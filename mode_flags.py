@@ -57,6 +57,9 @@ FLAG_GROUPS = {
     "server": ("--serve and --label_studio", {"--host": None, "--port": None}),
     "own_folder": ("--fine-tune-task", {"--fine-tune-task": None,
                                         "--fine-tuned-checkpoint": None}),
+    "masks_out": ("the modes that segment a folder (--fine-tune-task, --query_dir)", {
+        "--query_dir": None, "--masks_dir": None, "--mask_format": None, "--query_masks": None,
+        "--restart": None}),
     "shards": ("the modes that read FSS-1000 shards", {"--data-dir": None,
                                                        "--mdataset_dir": None}),
     "export": ("--export and the modes that load an init", {
@@ -99,7 +102,8 @@ SHARDS = "--data-dir|--mdataset_dir"
 NEEDS = {"--checkpoint": ("--checkpoint INIT", "a meta-training run, fine-tuned weights, an MTL "
                           "phase folder or the paper's TF1 checkpoint"),
          SHARDS: ("--data-dir SHARDS (or --mdataset_dir)", "a folder written by "
-                  "fss_1000_image_to_tfrecord.py")}
+                  "fss_1000_image_to_tfrecord.py"),
+         "--masks_dir": ("--masks_dir OUT", "the folder the masks go to")}
 # mode -> its row, in the order mode_of tries them. The modes that load an init read the
 # adaptation flags (meta_learning's --learning-rate, --eval-iters, ...) as overrides.
 MODES = {
@@ -109,8 +113,10 @@ MODES = {
     "export_only": _mode("export_only", "--export", ["export", "meta_learning", "evaluate_only"],
                          ["--checkpoint"]),
     "fine_tune_only": _mode("fine_tune_only", "--fine-tune-task",
-                            ["own_folder", "meta_learning", "evaluate_only", "shards"],
-                            ["--checkpoint"]),
+                            ["own_folder", "masks_out", "meta_learning", "evaluate_only",
+                             "shards"], ["--checkpoint"]),
+    "segment_only": _mode("segment_only", "--query_dir without --fine-tune-task",
+                          ["masks_out"], ["--checkpoint", "--masks_dir"]),
     "multiclass_pre_train": _mode("multiclass_pre_train", "--phase runs", ["mtl", "shards"]),
     "mtl_pre_train": _mode("mtl_pre_train", "--phase runs", ["mtl", "shards"], [SHARDS]),
     "mtl_meta_train": _mode("mtl_meta_train", "--phase runs", ["mtl", "shards"], [SHARDS]),
@@ -119,8 +125,8 @@ MODES = {
     "joint_train": _mode("joint_train", "--joint_train",
                          ["meta_learning", "shards", "joint", "uho", "export"], [SHARDS]),
     "fine_tune_after_uho": _mode("fine_tune_after_uho", "--fine-tune-task with UHO",
-                                 ["meta_learning", "shards", "own_folder", "evaluate_only", "uho",
-                                  "distribute"], [SHARDS]),
+                                 ["meta_learning", "shards", "own_folder", "masks_out",
+                                  "evaluate_only", "uho", "distribute"], [SHARDS]),
     "k_shot_curves": _mode("k_shot_curves", "--run_k_shot_learning_curves_experiment",
                            ["meta_learning", "shards", "evaluate_only", "uho", "kshot",
                             "distribute", "export"], [SHARDS]),
@@ -148,6 +154,8 @@ def mode_of(cfg) -> str:
         return "export_only"  # any init, written out: needs no --data-dir
     if run.fine_tune_task and not run.optimize_update_hyperparms_on_val_set:
         return "fine_tune_only"  # needs no --data-dir
+    if run.query_dir and not run.fine_tune_task and cfg.data.data_dir is None:
+        return "segment_only"
     if run.mtl and cfg.mtl.phase == "pre_train" and cfg.mtl.dataset != "Fewshot":
         return "multiclass_pre_train"  # COCO / COCO-Stuff: no FSS-1000 shards
     if run.mtl:
@@ -224,6 +232,8 @@ PATH_FLAGS = (
     ("--save_fine_tuned_checkpoints_dir", lambda c: c.eval.save_fine_tuned_checkpoints_dir),
     ("--fine-tune-task", lambda c: c.run.fine_tune_task),
     ("--fine-tuned-checkpoint", lambda c: c.run.fine_tuned_checkpoint),
+    ("--query_dir", lambda c: c.run.query_dir), ("--masks_dir", lambda c: c.run.masks_dir),
+    ("--query_masks", lambda c: c.run.query_masks),
     ("--export", lambda c: c.run.export), ("--serve_dir", lambda c: c.run.serve_dir),
     ("--test_tasks_file", lambda c: c.data.test_tasks_file),
     ("--continue_training_from_checkpoint", lambda c: c.run.continue_training_from_checkpoint),

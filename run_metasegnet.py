@@ -89,6 +89,11 @@ def fine_tune_only(cfg: Config, strategy, started: float) -> int:
     return segment_cli.fine_tune_only(cfg)
 
 
+def segment_only(cfg: Config, strategy, started: float) -> int:
+    """--checkpoint WEIGHTS --query_dir TREE --masks_dir OUT: adapted weights segment a folder."""
+    return segment_cli.segment_only(cfg)
+
+
 def multiclass_pre_train(cfg: Config, strategy, started: float) -> int:
     """MTL pre-training on COCO / COCO-Stuff: needs no FSS-1000 shards."""
     out_dir = mtl.phase_dir(cfg)

@@ -109,8 +109,12 @@ def coco_dict(masks: Mapping[str, np.ndarray], category: str) -> dict:
         annotation = coco_annotation(mask, image_id, len(annotations) + 1)
         if annotation is not None:
             annotations.append(annotation)
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": str(category), "supercategory": "object"}]}
+    return {"images": images, "annotations": annotations, "categories": coco_categories(category)}
+
+
+def coco_categories(category: str) -> list[dict]:
+    """COCO's categories of a file of one object: id 1, named after it."""
+    return [{"id": 1, "name": str(category), "supercategory": "object"}]
 
 
 def write_coco(path: str, masks: Mapping[str, np.ndarray], category: str) -> str:
@@ -310,15 +314,19 @@ def write_yolo(root: str, masks: Mapping[str, np.ndarray], class_id: int = 0) ->
     """
     paths = []
     for name, mask in masks.items():
-        mask = as_mask(mask, f"the mask of {name!r}")
-        lines = [" ".join([str(class_id)] + [f"{v:.{YOLO_DECIMALS}f}" for v in polygon.ravel()])
-                 for polygon in yolo_polygons(mask)]
+        text = yolo_text(as_mask(mask, f"the mask of {name!r}"), class_id)
         path = yolo_label_path(root, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
+            f.write(text)
         paths.append(path)
     return paths
+
+
+def yolo_text(mask: np.ndarray, class_id: int = 0) -> str:
+    """A mask's YOLO-seg label file: a line "<class> x1 y1 x2 y2 ..." per region (holes lost)."""
+    return "".join(" ".join([str(class_id)] + [f"{v:.{YOLO_DECIMALS}f}" for v in polygon.ravel()])
+                   + "\n" for polygon in yolo_polygons(mask))
 
 
 def read_yolo_polygons(path: str, class_id: int = 0) -> list[np.ndarray]:

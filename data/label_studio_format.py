@@ -70,14 +70,19 @@ def label_studio_predictions(masks, label: str, *, from_name: str = "tag",
         [{"data": {"image": ref}, "predictions": [{"model_version", "result": [brush]}]}]; an
         empty mask gives a prediction without a region.
     """
-    tasks = []
-    for ref, mask in masks.items():
-        mask = as_mask(mask, f"the mask of {ref!r}")
-        result = [brush_result(mask, label, from_name=from_name, to_name=to_name)] \
-            if mask.any() else []
-        tasks.append({"data": {data_key: ref},
-                      "predictions": [{"model_version": model_version, "result": result}]})
-    return tasks
+    return [prediction_task(ref, as_mask(mask, f"the mask of {ref!r}"), label,
+                            from_name=from_name, to_name=to_name, data_key=data_key,
+                            model_version=model_version) for ref, mask in masks.items()]
+
+
+def prediction_task(ref: str, mask: np.ndarray, label: str, *, from_name: str = "tag",
+                    to_name: str = "image", data_key: str = "image",
+                    model_version: str = "metaseg") -> dict:
+    """One Label Studio task carrying `mask` as its pre-label (none when the mask is empty)."""
+    result = [brush_result(mask, label, from_name=from_name, to_name=to_name)] \
+        if mask.any() else []
+    return {"data": {data_key: ref},
+            "predictions": [{"model_version": model_version, "result": result}]}
 
 
 def _result_size(result: dict, where: str) -> tuple[int, int] | None:

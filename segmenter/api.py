@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import time
 from typing import Callable, Mapping
 
 from absl import logging
@@ -32,9 +32,9 @@ from meta.state import Snapshot, full_state
 from models.build import build_model
 from models.losses import make_loss
 from models.mtl import set_mtl_mode
-from segmenter import settings as settings_lib
-from segmenter.images import as_list, as_pair, as_rgb, probability_at_size, resize_image, \
-    resize_mask
+from segmenter import keys, outputs, settings as settings_lib, tree
+from segmenter.images import as_examples, as_list, as_rgb, mask_warnings, \
+    probability_at_size, resize_image, resize_mask
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import checkpoint
@@ -47,51 +47,6 @@ LONG_LIST = 4 * PREDICT_BATCH  # predict shows a progress bar from this many ima
 # Settings `configure` may change: the adaptation's, but those built into the compiled step
 # (meta.adaptation.LOOP_SETTINGS: optimizer type, weight decay, augmentation, adapted variables).
 RECONFIGURABLE = tuple(name for name in FIELDS if name not in LOOP_SETTINGS)
-
-
-def check_weights_dir(directory: str, what: str) -> None:
-    """Refuse a weights folder that holds something other than fine-tuned weights.
-
-    Args:
-        directory: the folder.
-        what: how to name it in the message (e.g. "--fine-tuned-checkpoint").
-
-    Raises:
-        UserError: it is a file, or a non-empty folder of another kind (e.g. a meta-training
-            run, whose LAST it would redirect).
-    """
-    if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise UserError(f"{what} {directory!r} is a file; pass a folder (new, or one holding "
-                        f"earlier fine-tuned weights).")
-    if os.path.isdir(directory) and os.listdir(directory):
-        try:
-            kind = checkpoint.read_state(directory).get("kind")
-        except (FileNotFoundError, ValueError):
-            kind = None
-        if kind != "fine_tuned":
-            raise UserError(f"{what} {directory!r} is not empty and holds no fine-tuned weights "
-                            f"(e.g. a meta-training run, whose checkpoints it would mix with); "
-                            f"pass a new folder.")
-
-
-def mask_warnings(masks) -> list[str]:
-    """Warnings for examples whose mask is empty or covers the whole image.
-
-    Args:
-        masks: {0, 1} masks, one per example.
-
-    Returns:
-        one line per such example.
-    """
-    out = []
-    for i, mask in enumerate(masks, 1):
-        if not mask.any():
-            out.append(f"example {i}'s mask is empty: it shows no object, so it teaches the "
-                       f"model that everything is background")
-        elif mask.all():
-            out.append(f"example {i}'s mask covers the whole image: it teaches the model that "
-                       f"everything is the object")
-    return out
 
 
 def make_loop(model: keras.Model, settings: Settings) -> InnerLoop:
@@ -124,6 +79,8 @@ class Segmenter:
         self.warnings: list[str] = []  # of the last fit
         self.steps_taken = 0
         self.num_examples = 0
+        self._examples_digest: str | None = None  # of the last fit's examples
+        self._init_digest: str | None = None  # of the init's weight files, computed once
         self._init_state = Snapshot(full_state(loop.model, [loop.optimizer]), name="init")
         self._init_state.save()
 
@@ -186,6 +143,7 @@ class Segmenter:
         """Put the init back (every model variable and the optimizer state)."""
         self._init_state.restore()
         self.steps_taken = self.num_examples = 0
+        self._examples_digest = None
 
     def fit(self, images, masks, *, progress: Callable[[int, int], None] | None = None
             ) -> np.ndarray:
@@ -202,15 +160,7 @@ class Segmenter:
         Raises:
             UserError: no examples, a count mismatch, or an unusable image or mask.
         """
-        images = as_list(images, "images")
-        masks = as_list(masks, "masks", count=len(images))
-        if not images:
-            raise UserError("fit needs at least one example: an image and its mask.")
-        if len(images) != len(masks):
-            raise UserError(f"fit got {len(images)} images but {len(masks)} masks; give one "
-                            f"mask per image.")
-        pairs = [as_pair(image, mask, f"example {i}")
-                 for i, (image, mask) in enumerate(zip(images, masks), 1)]
+        pairs = as_examples(images, masks)
         self.warnings = mask_warnings([mask for _, mask in pairs])
         for line in self.warnings:
             logging.warning(line)
@@ -222,7 +172,105 @@ class Segmenter:
         rng = np.random.default_rng([int(adaptation.seed), len(x)])
         result = adapt(self.loop, x, y, adaptation, rng, progress=progress)
         self.steps_taken, self.num_examples = int(result.steps_taken), len(x)
+        self._examples_digest = keys.examples_digest(*zip(*pairs))
         return np.asarray(result.losses, np.float32)
+
+    def key(self, images=None, masks=None) -> tuple[str, dict]:
+        """The key of the current weights (segmenter.keys): of the init as it is, or after the
+        last `fit`, or, given examples, after fitting them (the same examples and settings give
+        the same weights, so saved weights with this key need no fit).
+
+        Returns:
+            (key, {"init", "examples", "settings"}: the digests it is made of).
+        """
+        if self._init_digest is None:
+            self._init_digest = keys.weights_digest(self.init.weights) if self.init else "built"
+        examples = keys.examples_digest(*zip(*as_examples(images, masks))) \
+            if images is not None else self._examples_digest
+        parts = {"init": self._init_digest, "examples": examples or "none",
+                 "settings": keys.settings_digest(self.settings.to_config())}
+        return keys.key_of(parts), parts
+
+    def load_adapted(self, directory: str, key: str) -> bool:
+        """Load weights `save` wrote with this key (adapted to the examples the key names),
+        instead of fitting them again.
+
+        Args:
+            directory: a folder of fine-tuned weights.
+            key: the key they must have (`key(images, masks)`).
+
+        Returns:
+            True when they were loaded; False when the folder holds none with that key.
+        """
+        try:
+            state = checkpoint.read_state(directory)
+        except (FileNotFoundError, ValueError):
+            return False
+        if state.get("kind") != "fine_tuned" or state.get("key") != key:
+            return False
+        self.reset()
+        checkpoint.load_checkpoint(directory, {"model": list(self.model.variables)},
+                                   skip=("final_dropout/rate",))
+        self.steps_taken, self.num_examples = int(state["step"]), int(state.get("examples", 0))
+        self._examples_digest = state.get("key_parts", {}).get("examples")
+        return True
+
+    def predict_folder(self, images: str, out: str, *, formats=("png",), restart: bool = False,
+                       category: str | None = None, truth: str | None = None,
+                       batch_size: int = PREDICT_BATCH, progress: bool = True,
+                       flag: str = "the masks folder", **details) -> dict:
+        """Segment a folder tree of any size into `out`, resumably (segmenter.tree): memory does
+        not grow with the number of images, each file is written whole, a rerun skips what is
+        done, and files metaseg did not write are never deleted.
+
+        Args:
+            images: the images' folder (searched at any depth).
+            out: the masks folder; it mirrors the images' tree.
+            formats: any of png, overlay, coco, yolo, label_studio (segmenter.outputs).
+            restart: replace masks another init, other examples or settings wrote there.
+            category: the object's name in COCO and Label Studio files (default "object").
+            truth: a tree of `<stem>.png` ground-truth masks mirroring `images`: those images
+                are scored (IoU).
+            batch_size: images per model call.
+            progress: a progress bar (images/s and time left) on stderr.
+            flag: how to name `out` in messages.
+            **details: JSON-serializable facts for summary.json (e.g. task="camel").
+
+        Returns:
+            the summary written to `out`/summary.json (without its per-image entries).
+        """
+        key, parts = self.key()
+        parts = {**parts, "category": category}
+        bar: dict = {}
+
+        def on_image(done, total, skipped):
+            if not progress:
+                return
+            if not bar:  # made at the first image: the total and what a rerun skips are known
+                bar.update(progress=Progress(total, "segmenting", initial=done - 1),
+                           start=time.monotonic(), first=done - 1)
+            seconds = max(time.monotonic() - bar["start"], 1e-9)
+            bar["progress"].update(1, images_per_s=(done - bar["first"]) / seconds,
+                                   skipped=skipped)
+
+        result = tree.predict_tree(
+            lambda x: self.loop.predict(x).numpy()[..., 1], self.image_size, images, out,
+            formats=formats, key=key, parts=parts, restart=restart, batch_size=batch_size,
+            truth_dir=truth, flag=flag, on_image=on_image)
+        if bar:
+            bar["progress"].close()
+        config = self.settings.to_config()
+        ious = result.pop("ious")
+        summary = {"format": tree.SUMMARY_FORMAT, "key": key, "key_parts": parts,
+                   "formats": list(formats), **{k: v for k, v in result.items() if k != "rels"},
+                   "mean_iou": float(np.mean(list(ious.values()))) if ious else None,
+                   "init": self.init.path if self.init else None,
+                   "init_trained_on": self.init.trained_on() if self.init else None,
+                   "steps": int(self.steps_taken), "warnings": list(self.warnings),
+                   "schedule": config["adapt"], "model": config["model"],
+                   "loss": config["loss"], "sources": dict(self.settings.sources), **details}
+        outputs.write_summary(out, result.pop("rels"), summary)
+        return summary
 
     def predict(self, images, *, probabilities: bool = False, batch_size: int = PREDICT_BATCH,
                 progress: Callable[[int, int], None] | bool | None = None):
@@ -274,13 +322,14 @@ class Segmenter:
         Returns:
             the checkpoint folder written.
         """
-        check_weights_dir(directory, "the weights folder")
+        checkpoint.check_fine_tuned_dir(directory, "the weights folder")
         init = f"{self.init.path} ({self.init.trained_on()})" if self.init else "built weights"
+        key, parts = self.key()
         return checkpoint.save_checkpoint(
             directory, self.steps_taken, {"model": list(self.model.variables)}, rng_state=None,
             config_json=json.dumps(self.settings.to_config(), indent=2, sort_keys=True),
-            keep=None, extra={"kind": "fine_tuned", "init": init,
-                              "examples": self.num_examples, **details})
+            keep=None, extra={"kind": "fine_tuned", "init": init, "key": key,
+                              "key_parts": parts, "examples": self.num_examples, **details})
 
     def export(self, path: str, format: str = "keras") -> str:  # noqa: A002 (the flag's word)
         """Write the current model where other tools load it (`storage.export`).

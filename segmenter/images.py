@@ -202,3 +202,47 @@ def probability_at_size(foreground: np.ndarray, height: int, width: int) -> np.n
     """
     return np.asarray(Image.fromarray(np.asarray(foreground, np.float32), mode="F").resize(
         (width, height), Image.BILINEAR))
+
+
+def mask_warnings(masks) -> list[str]:
+    """Warnings for examples whose mask is empty or covers the whole image.
+
+    Args:
+        masks: {0, 1} masks, one per example.
+
+    Returns:
+        one line per such example.
+    """
+    out = []
+    for i, mask in enumerate(masks, 1):
+        if not mask.any():
+            out.append(f"example {i}'s mask is empty: it shows no object, so it teaches the "
+                       f"model that everything is background")
+        elif mask.all():
+            out.append(f"example {i}'s mask covers the whole image: it teaches the model that "
+                       f"everything is the object")
+    return out
+
+
+def as_examples(images, masks) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The examples as `Segmenter.fit` sees them.
+
+    Args:
+        images: one image or a list (numpy arrays or PIL images, any size and mode).
+        masks: one mask per image, its size.
+
+    Returns:
+        (uint8 RGB as displayed, {0, 1} mask) pairs.
+
+    Raises:
+        UserError: no examples, a count mismatch, or an unusable image or mask.
+    """
+    images = as_list(images, "images")
+    masks = as_list(masks, "masks", count=len(images))
+    if not images:
+        raise UserError("fit needs at least one example: an image and its mask.")
+    if len(images) != len(masks):
+        raise UserError(f"fit got {len(images)} images but {len(masks)} masks; give one "
+                        f"mask per image.")
+    return [as_pair(image, mask, f"example {i}")
+            for i, (image, mask) in enumerate(zip(images, masks), 1)]

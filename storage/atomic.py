@@ -41,10 +41,24 @@ def write_text(path: str, text: str) -> str:
     Returns:
         path.
     """
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Write `data` to `path` atomically: a reader (or a rerun after a kill) sees the whole file
+    or none of it.
+
+    Args:
+        path: the file to write.
+        data: its whole content.
+
+    Returns:
+        path.
+    """
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with naming(path), open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with naming(path), open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

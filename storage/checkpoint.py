@@ -392,3 +392,28 @@ def same_file(a, b) -> bool:
     if os.path.samefile(a, b):
         return True
     return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
+
+
+def check_fine_tuned_dir(directory: str, what: str) -> None:
+    """Refuse a weights folder that holds something other than fine-tuned weights.
+
+    Args:
+        directory: the folder.
+        what: how to name it in the message (e.g. "--fine-tuned-checkpoint").
+
+    Raises:
+        UserError: it is a file, or a non-empty folder of another kind (e.g. a meta-training
+            run, whose LAST it would redirect).
+    """
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{what} {directory!r} is a file; pass a folder (new, or one holding "
+                        f"earlier fine-tuned weights).")
+    if os.path.isdir(directory) and os.listdir(directory):
+        try:
+            kind = read_state(directory).get("kind")
+        except (FileNotFoundError, ValueError):
+            kind = None
+        if kind != "fine_tuned":
+            raise UserError(f"{what} {directory!r} is not empty and holds no fine-tuned weights "
+                            f"(e.g. a meta-training run, whose checkpoints it would mix with); "
+                            f"pass a new folder.")

@@ -273,7 +273,7 @@ def test_fine_tune_task_refuses_outputs_it_does_not_own(training_run, tmp_path, 
         expected = "is a file"
     else:
         (task / "predictions").write_text("my notes")
-        expected = "is not a predictions folder"
+        expected = "is a file; pass a folder"
     with pytest.raises(SystemExit) if case == "file" else _nothing():
         assert run_metasegnet.main(flags) == 2
     err = capsys.readouterr().err.strip()

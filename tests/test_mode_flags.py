@@ -12,6 +12,7 @@ CHOOSE = {
     "label_studio": ["--label_studio", "--checkpoint", "c"],
     "export_only": ["--export", "e", "--checkpoint", "c"],
     "fine_tune_only": ["--fine-tune-task", "t", "--checkpoint", "c"],
+    "segment_only": ["--query_dir", "q", "--masks_dir", "m", "--checkpoint", "c"],
     "multiclass_pre_train": ["--phase", "pre_train", "--dataset", "COCO", "--dataset_dir", "d"],
     "mtl_pre_train": ["--phase", "pre_train", "--data-dir", "x"],
     "mtl_meta_train": ["--phase", "meta_train", "--data-dir", "x"],

@@ -16,9 +16,9 @@ from scipy import ndimage
 from data.annotations import (as_mask, coco_dict, read_coco, read_yolo, write_coco, write_yolo,
                               yolo_label_path, yolo_mask, yolo_polygons)
 from errors import UserError
-from data.label_studio_format import (brush_mask, brush_result, label_studio_tasks,
+from data.label_studio_format import (brush_mask, brush_result, label_studio_predictions,
+                                      label_studio_tasks,
                                       polygon_mask, read_label_studio_export)
-from data.mask_formats import MASK_FORMATS, write_masks
 from data.masks import binarize_mask
 from tests.fixtures.real_data import missing_reason, real_fewshot_dir
 
@@ -317,17 +317,9 @@ def test_malformed_label_studio_regions_name_the_region():
         brush_result(np.ones((2, 2, 2)), "x", from_name="tag", to_name="image")
 
 
-def test_write_masks_by_format_name_reads_back(tmp_path):
+def test_label_studio_pre_labels_decode_to_the_masks(tmp_path):
     drawn = {f"sub/{name[:-4]}.jpg": as_mask(m, name) for name, m in drawn_masks().items()}
-    written = {fmt: write_masks(fmt, str(tmp_path), drawn, "camel") for fmt in MASK_FORMATS}
-    assert written["coco"] == [str(tmp_path / "instances.json")]
-    for item in read_coco(written["coco"][0]):
-        np.testing.assert_array_equal(item.mask, drawn[item.name])
-    assert written["yolo"][0] == str(tmp_path / "labels" / "sub" / "holes.txt")
-    for item in read_yolo(str(tmp_path), {n: m.shape for n, m in drawn.items()}):
-        np.testing.assert_array_equal(item.mask, ndimage.binary_fill_holes(drawn[item.name]))
-    with open(written["label_studio"][0]) as f:
-        tasks = json.load(f)
+    tasks = label_studio_predictions(drawn, "camel")
     assert [t["data"]["image"] for t in tasks] == list(drawn)
     for task in tasks:
         mask = drawn[task["data"]["image"]]
@@ -337,6 +329,3 @@ def test_write_masks_by_format_name_reads_back(tmp_path):
         if regions:
             assert regions[0]["value"]["brushlabels"] == ["camel"]
             np.testing.assert_array_equal(brush_mask(regions[0]), mask)
-    with pytest.raises(UserError, match=r"--mask_format must be one of png, coco, yolo, "
-                                        r"label_studio. Received: 'tiff'"):
-        write_masks("tiff", str(tmp_path), drawn, "camel")

@@ -1,5 +1,6 @@
 """--fine-tune-task: masks at each query's original size, overlays, weights that reload, nothing
-written for a bad folder; and the real-photo run through the CLI with the init's own settings."""
+written for a bad folder; and the real-photo run through the CLI with the init's own settings,
+scored against ground truths given with --query_masks."""
 import json
 import os
 
@@ -7,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmenter.folder import load_user_task
 from meta.adaptation import Adaptation
 from meta.inner import InnerLoop
 from segmenter import settings as settings_lib
 from segmenter.api import Segmenter
-from segmenter.folder import segment_folder
+from segmenter.folder import load_user_task
+from segmenter.images import read_rgb
 from storage import checkpoint
 from tests.fixtures.meta_fixtures import SIZE, cross_entropy, red_square, tiny_model
 from tests.fixtures.real_data import missing_reason, real_fewshot_dir
@@ -21,9 +22,10 @@ REAL_FEWSHOT = real_fewshot_dir()
 
 
 def _user_folder(root, sizes):
+    """A task folder of red squares; the queries' ground truths in <root>/truth (scoring)."""
     rng = np.random.default_rng(0)
-    (root / "support").mkdir(parents=True)
-    (root / "query").mkdir()
+    for part in ("support", "query", "truth"):
+        (root / part).mkdir(parents=True)
     for i in range(4):
         image, mask = red_square(rng, 48 + 8 * i, 40)
         Image.fromarray(image).save(root / "support" / f"{i}.jpg", quality=95)
@@ -31,7 +33,7 @@ def _user_folder(root, sizes):
     for i, (w, h) in enumerate(sizes):
         image, mask = red_square(rng, w, h)
         Image.fromarray(image).save(root / "query" / f"q{i}.jpg", quality=95)
-        Image.fromarray(mask).save(root / "query" / f"q{i}.png")  # ground truth, for scoring
+        Image.fromarray(mask).save(root / "truth" / f"q{i}.png")
     return root
 
 
@@ -44,16 +46,18 @@ def _tiny_segmenter(seed=0):
     return Segmenter(loop, settings)
 
 
-def test_fine_tune_writes_masks_at_original_size(tmp_path):
+def test_fit_then_predict_folder_writes_masks_at_original_size(tmp_path):
     sizes = [(70, 50), (33, 61)]
     folder = _user_folder(tmp_path / "mytask", sizes)
     task = load_user_task(str(folder))
     seg = _tiny_segmenter()
     init = [np.array(v.numpy()) for v in seg.model.variables]
+    seg.fit(task.support_images, task.support_masks)
     out, weights = str(folder / "predictions"), str(tmp_path / "weights")
-    summary = segment_folder(seg, task, out_dir=out, weights_dir=weights)
-    assert sorted(os.listdir(out)) == ["q0_mask.png", "q0_overlay.png", "q1_mask.png",
-                                       "q1_overlay.png", "summary.json"]
+    summary = seg.predict_folder(str(folder / "query"), out, formats=("png", "overlay"),
+                                 truth=str(folder / "truth"), progress=False)
+    assert sorted(p for p in os.listdir(out) if not p.startswith(".")) == [
+        "q0_mask.png", "q0_overlay.png", "q1_mask.png", "q1_overlay.png", "summary.json"]
     for i, (w, h) in enumerate(sizes):
         with Image.open(os.path.join(out, f"q{i}_mask.png")) as im:
             assert im.size == (w, h) and im.mode == "L"
@@ -63,18 +67,19 @@ def test_fine_tune_writes_masks_at_original_size(tmp_path):
             assert im.size == (w, h)
     # A red square is easy: 40 steps from scratch find it.
     assert summary["mean_iou"] > 0.5 and summary["steps"] == 40 and summary["warnings"] == []
-    assert summary["sources"]["steps"] == "the test"
+    with open(os.path.join(out, "summary.json")) as f:
+        written = json.load(f)
+    assert written["sources"]["steps"] == "the test" and len(written["queries"]) == 2
+    assert [q["query"] for q in written["queries"]] == ["q0.jpg", "q1.jpg"]
     # The adapted weights reload and predict what was written.
+    seg.save(weights)
+    queries = [read_rgb(str(folder / "query" / f"q{i}.jpg")) for i in range(2)]
     fresh = _tiny_segmenter(seed=4)
     checkpoint.load_checkpoint(weights, {"model": list(fresh.model.variables)})
-    for a, b in zip(fresh.predict(task.query_images), seg.predict(task.query_images)):
+    for a, b in zip(fresh.predict(queries), seg.predict(queries)):
         np.testing.assert_array_equal(a, b)
     seg.reset()  # the init comes back whole
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(init, seg.model.variables))
-    # A rerun replaces the previous output whole (no leftovers, no temp folders).
-    segment_folder(seg, task, out_dir=out, weights_dir=weights)
-    assert sorted(p for p in os.listdir(folder) if p.startswith(".")) == []
-    assert len(os.listdir(out)) == 5
 
 
 # ------------------------------------------------------------------ the CLI on real photos
@@ -150,13 +155,14 @@ def test_cli_fine_tune_task_on_real_photos(init_checkpoint, tmp_path, capsys):
     stems = sorted((f[:-4] for f in os.listdir(source) if f.endswith(".jpg")), key=int)[:10]
     for i, stem in enumerate(stems):
         part = "support" if i < 5 else "query"
-        for ext in (".jpg", ".png"):  # query masks only score the result; they are not needed
+        for ext in (".jpg", ".png") if part == "support" else (".jpg",):
             with open(os.path.join(source, stem + ext), "rb") as f:
                 (folder / part / (stem + ext)).write_bytes(f.read())
     weights = str(tmp_path / "adapted")
-    # The init's config.json holds its size, decoder and schedule: no other flag is needed.
+    # The init's config.json holds its size, decoder and schedule: no other flag is needed
+    # (--query_masks only scores the result).
     assert main(["--checkpoint", init_checkpoint, "--fine-tune-task", str(folder),
-                 "--fine-tuned-checkpoint", weights]) == 0
+                 "--fine-tuned-checkpoint", weights, "--query_masks", source]) == 0
     out = folder / "predictions"
     with open(out / "summary.json") as f:
         summary = json.load(f)
@@ -170,7 +176,7 @@ def test_cli_fine_tune_task_on_real_photos(init_checkpoint, tmp_path, capsys):
     assert summary["steps"] == 40 and len(summary["queries"]) == 5
     assert checkpoint.read_state(weights)["task"] == folder.name
     printed = capsys.readouterr().out
-    assert "Wrote 5 query masks" in printed and "mean IoU" in printed
+    assert "Wrote the masks (png) of 5 image(s)" in printed and "mean IoU" in printed
     assert f"Init {init_checkpoint}: a joint-training baseline" not in printed  # a saved run
     assert f"Init {init_checkpoint}: Reptile, 0 meta-iterations" in printed
     assert "overrides" not in printed
@@ -189,4 +195,4 @@ def test_cli_bad_folder_names_the_file_and_writes_nothing(tmp_path, capsys):
     assert main(["--checkpoint", init_checkpoint, "--fine-tune-task", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "0.png" in err and "same size" in err
-    assert sorted(os.listdir(folder)) == ["query", "support"]
+    assert sorted(os.listdir(folder)) == ["query", "support", "truth"]

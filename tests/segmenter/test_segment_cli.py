@@ -20,12 +20,13 @@ def _folder(root, support_sizes=((50, 40), (37, 61), (64, 48)), query_sizes=((70
     queries, truths = examples(query_sizes, seed=1)
     for part in ("support", "query"):
         (root / part).mkdir(parents=True)
+    (root.parent / f"{root.name}_truth").mkdir(exist_ok=True)
     for i, (image, mask) in enumerate(zip(images, masks), 1):
         Image.fromarray(image).save(root / "support" / f"{i}.jpg", quality=95)
         Image.fromarray(mask).save(root / "support" / f"{i}.png")
     for i, (image, mask) in enumerate(zip(queries, truths), 1):
         Image.fromarray(image).save(root / "query" / f"q{i}.jpg", quality=95)
-        Image.fromarray(mask).save(root / "query" / f"q{i}.png")
+        Image.fromarray(mask).save(root.parent / f"{root.name}_truth" / f"q{i}.png")
     return root
 
 

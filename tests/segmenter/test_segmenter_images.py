@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from errors import UserError
-from segmenter.api import mask_warnings
+from segmenter.images import mask_warnings
 from segmenter.images import as_list, as_pair, as_rgb
 
 
