@@ -65,9 +65,9 @@ def _photo(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarra
     return image, mask
 
 
-def _tree(root: str, n: int, width: int, height: int) -> list[str]:
-    """n photos in nested folders with non-Latin names, a.jpg beside a.png, two corrupt files;
-    the good photos' relative paths."""
+def _tree(root: str, n: int, width: int, height: int, corrupt: bool = True) -> list[str]:
+    """n photos in nested folders with non-Latin names, a.jpg beside a.png, two corrupt files
+    (unless not `corrupt`); the good photos' relative paths."""
     rng = np.random.default_rng(n)
     good = []
     for i in range(n):
@@ -77,7 +77,7 @@ def _tree(root: str, n: int, width: int, height: int) -> list[str]:
         good.append(rel)
     Image.fromarray(_photo(rng, width // 2, height // 2)[0]).save(os.path.join(root, "0.png"))
     good.append("0.png")  # beside 0.jpg
-    for rel in ("street/broken.jpg", "фото/empty.png"):
+    for rel in ("street/broken.jpg", "фото/empty.png") if corrupt else ():
         with open(os.path.join(root, rel), "wb") as f:
             f.write(b"\xff\xd8 not a jpeg" if rel.endswith(".jpg") else b"")
     return good
@@ -104,11 +104,11 @@ def _mask_path(out: str, rel: str) -> str:
 def speed(size: int, width: int, height: int, work: str) -> dict:
     """images/s and input wait of predict_folder at `size` on 48 photos (tracing excluded)."""
     seg = from_checkpoint(_init(size, os.path.join(work, f"init_{size}")))
-    _tree(os.path.join(work, f"warm_{size}"), 8, width // 4, height // 4)
+    _tree(os.path.join(work, f"warm_{size}"), 8, width // 4, height // 4, corrupt=False)
     seg.predict_folder(os.path.join(work, f"warm_{size}"), os.path.join(work, f"warm_out_{size}"),
                        progress=False)
     tree = os.path.join(work, f"speed_{size}")
-    _tree(tree, 48, width, height)
+    _tree(tree, 48, width, height, corrupt=False)
     summary = seg.predict_folder(tree, os.path.join(work, f"speed_out_{size}"), progress=False)
     return {"size": size, "images": summary["segmented"],
             "images_per_s": summary["images_per_s"],
@@ -163,17 +163,22 @@ def _check(photos: str, out: str, good: list[str], before: dict) -> dict:
 
 
 def memory(counts: list[int], width: int, height: int, work: str) -> list[dict]:
-    """Peak memory of the CLI on trees of each count; a kill and rerun on the largest."""
-    task = _task(os.path.join(work, "task"))
+    """Peak memory of the CLI on a tree of each count, each run fitting its own task folder's
+    examples; then, on the largest tree, a run killed a third of the way and rerun."""
     init = _init(64, os.path.join(work, "init_cli"))
     rows = []
-    for n in counts:
-        photos, out = os.path.join(work, f"photos_{n}"), os.path.join(work, f"masks_{n}")
-        good = _tree(photos, n, width, height)
-        argv = ["--fine-tune-task", task, "--checkpoint", init, "--query_dir", photos,
-                "--masks_dir", out, "--mask_format", "png", "coco", "yolo"]
-        row = {"photos": n, "good": len(good)}
-        if n == max(counts):
+    for n in counts + [max(counts)]:
+        killed = len(rows) == len(counts)
+        name = f"{n}_killed" if killed else str(n)
+        photos = os.path.join(work, f"photos_{n}")
+        out = os.path.join(work, f"masks_{name}")
+        good = _tree(photos, n, width, height) if not os.path.isdir(photos) else \
+            _tree_rels(photos)
+        argv = ["--fine-tune-task", _task(os.path.join(work, f"task_{name}")), "--checkpoint",
+                init, "--query_dir", photos, "--masks_dir", out,
+                "--mask_format", "png", "coco", "yolo"]
+        row, before = {"photos": n, "good": len(good), "killed": killed}, {}
+        if killed:
             status, row["killed_run_peak_mib"] = _run_cli(
                 argv, os.path.join(work, f"killed_{n}.log"), kill_after=n // 3,
                 records=os.path.join(out, ".metaseg", "images"))
@@ -181,9 +186,7 @@ def memory(counts: list[int], width: int, height: int, work: str) -> list[dict]:
             before = {rel: (s.st_ino, s.st_mtime_ns) for rel in good
                       if os.path.exists(_mask_path(out, rel))
                       for s in [os.stat(_mask_path(out, rel))]}
-        else:
-            before = {}
-        log = os.path.join(work, f"run_{n}.log")
+        log = os.path.join(work, f"run_{name}.log")
         status, row["peak_mib"] = _run_cli(argv, log)
         with open(log, encoding="utf-8") as f:
             printed = f.read()
@@ -191,10 +194,16 @@ def memory(counts: list[int], width: int, height: int, work: str) -> list[dict]:
         row.update(_check(photos, out, good, before))
         with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
             row["skipped"] = [rel for rel, _ in json.load(f)["skipped"]]
-        row["resumed"] = next((line.strip() for line in printed.splitlines()
+        row["resumed"] = next((line.split("resuming:")[1].strip() for line in printed.splitlines()
                                if "resuming:" in line), None)
         rows.append(row)
     return rows
+
+
+def _tree_rels(photos: str) -> list[str]:
+    """The good photos of a tree _tree made (its corrupt files left out)."""
+    return sorted(os.path.relpath(os.path.join(d, f), photos) for d, _, names in os.walk(photos)
+                  for f in names if f not in ("broken.jpg", "empty.png"))
 
 
 def main() -> None:
@@ -216,12 +225,16 @@ def main() -> None:
         rows = memory(args.photos, args.width, args.height, work)
     print(f"\n--fine-tune-task --query_dir TREE --mask_format png coco yolo, "
           f"{args.width}x{args.height} JPEGs, 64 px init:")
-    print("| photos | peak memory (MiB) | killed run's peak | resumed | skipped | worst YOLO "
-          "IoU |\n|---|---|---|---|---|---|")
+    print("| photos | run | peak memory (MiB) | resumed | masks | skipped | worst YOLO IoU |\n"
+          "|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['photos']} | {row['peak_mib']:.0f} | "
-              f"{row.get('killed_run_peak_mib', float('nan')):.0f} | {row['resumed'] or '-'} | "
-              f"{', '.join(row['skipped'])} | {row['worst_yolo_iou']:.3f} |")
+        if row["killed"]:
+            print(f"| {row['photos']} | fit, killed a third of the way | "
+                  f"{row['killed_run_peak_mib']:.0f} | | | | |")
+        run = "rerun (weights reused)" if row["killed"] else "fit and segment"
+        print(f"| {row['photos']} | {run} | {row['peak_mib']:.0f} | {row['resumed'] or '-'} | "
+              f"{row['masks']} ({row['untouched']} untouched) | {', '.join(row['skipped'])} | "
+              f"{row['worst_yolo_iou']:.3f} |")
     write_json(args.json, {"speed": speeds, "memory": rows, "width": args.width,
                            "height": args.height})
 
