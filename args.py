@@ -78,6 +78,7 @@ class RunConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     serve_dir: str = "serve_output"
+    serve_keep_hours: float = 24.0
     given_flags: tuple[str, ...] = ()  # dests of the flags typed on the command line
 
 
@@ -312,6 +313,9 @@ def _add_serve_flags(p):
     g.add_argument("--serve_dir", default="serve_output",
                    help="the page's output folder: one subfolder per browser session; nothing "
                         "is written elsewhere")
+    g.add_argument("--serve_keep_hours", type=float, default=24.0,
+                   help="the page removes the files of a browser session idle for this many "
+                        "hours (checked every few minutes, and when the page starts)")
 
 
 def _add_uho_flags(p):
@@ -492,8 +496,11 @@ def _resolve_aliases(a) -> list[str]:
 
 
 def _non_finite(a) -> list[str]:
-    """Float flags given as inf or nan (Python's float() accepts both)."""
-    return [f"--{name} must be a finite number. Received: {value}"
+    """Float flags given as inf or nan (Python's float() accepts both), each named by its first
+    spelling (--learning-rate, not the --learning_rate alias)."""
+    spelled = {action.dest: action.option_strings[0] for action in build_parser()._actions
+               if action.option_strings}
+    return [f"{spelled.get(name, '--' + name)} must be a finite number. Received: {value}"
             for name, value in vars(a).items()
             if isinstance(value, float) and not math.isfinite(value)]
 
@@ -566,6 +573,8 @@ def _contradictions(a, given=frozenset()) -> list[str]:
                         "--distribute multi_worker")
     if not 1 <= a.port <= 65535:
         problems.append(f"--port must be in 1..65535. Received: {a.port}")
+    if not a.serve_keep_hours > 0:
+        problems.append(f"--serve_keep_hours must be > 0. Received: {a.serve_keep_hours}")
     if a.rsd and any(r not in (1, 2, 3, 4) for r in a.rsd):
         problems.append(f"--rsd takes reductions 1..4. Received: {a.rsd}")
     return problems
@@ -685,7 +694,7 @@ def config_from_namespace(a, given=frozenset()) -> Config:
                     joint_train=a.joint_train, joint_train_epochs=a.joint_train_epochs,
                     compare_random_init=a.compare_random_init, mtl=a.phase is not None,
                     serve=a.serve, label_studio=a.label_studio, host=a.host, port=a.port,
-                    serve_dir=a.serve_dir,
+                    serve_dir=a.serve_dir, serve_keep_hours=a.serve_keep_hours,
                     given_flags=tuple(sorted(given)))
     device = DeviceConfig(distribute=a.distribute, num_replicas=a.num_replicas,
                           mixed_precision=a.mixed_precision, jit_compile=a.jit_compile,

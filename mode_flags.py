@@ -52,7 +52,7 @@ META_LEARNING_FLAGS = {
 FLAG_GROUPS = {
     "mtl": ("the --phase (MTL) modes", MTL_FLAGS),
     "meta_learning": ("meta-learning runs", META_LEARNING_FLAGS),
-    "page": ("--serve", {"--serve": None, "--serve_dir": None}),
+    "page": ("--serve", {"--serve": None, "--serve_dir": None, "--serve_keep_hours": None}),
     "label_studio": ("--label_studio", {"--label_studio": None}),
     "server": ("--serve and --label_studio", {"--host": None, "--port": None}),
     "own_folder": ("--fine-tune-task", {"--fine-tune-task": None,

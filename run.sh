@@ -65,12 +65,24 @@ META_TRAIN=("${SPLIT[@]}" "${MONITOR[@]}" "${MTL[@]}" --phase meta_train
 META_EVAL=("${SPLIT[@]}" "${MONITOR[@]}" "${MTL[@]}" --phase meta_eval
            --eval_weights demo_runs/mtl/meta_train --init_weights demo_runs/mtl/pre_train
            --teshot 5 --test_query 5 --update_step 20 "$@")
-# Every command line is checked before anything is generated or deleted: a mistyped extra
-# argument stops here with run_metasegnet.py's one-line error, the previous demo left as it was.
+# Every command line is checked before anything is deleted: first its flags (before the data is
+# drawn), then against the drawn data (--image_size against the shards, the split, the class
+# sizes). A refusal stops here with run_metasegnet.py's one-line error and a line naming the demo
+# line that refused it; the previous demo's runs are left as they were.
 if [ "$DEMO" = mtl ]; then LINES=(PRE_TRAIN META_TRAIN META_EVAL); else LINES=(REPTILE FOMAML_STAR); fi
+declare -A LINE_NAMES=([REPTILE]="Reptile line (--checkpoint demo_runs/reptile)"
+  [FOMAML_STAR]="FOMAML* line (--checkpoint demo_runs/fomaml_star)"
+  [PRE_TRAIN]="MTL --phase pre_train line" [META_TRAIN]="MTL --phase meta_train line"
+  [META_EVAL]="MTL --phase meta_eval line")
+refused() {
+  echo "run.sh: the demo's ${LINE_NAMES[$1]} refused the command line (with the extra" \
+    "arguments: ${EXTRA:-none}); nothing was deleted" >&2
+  exit 2
+}
+EXTRA="$*"
 for line in "${LINES[@]}"; do
   declare -n FLAGS="$line"
-  "$PY" mode_flags.py "${FLAGS[@]}"
+  "$PY" mode_flags.py "${FLAGS[@]}" || refused "$line"
 done
 
 echo "== metaseg demo ($DEMO): FSS-1000 not found, running the synthetic CPU demo ==" >&2
@@ -78,6 +90,10 @@ echo "== metaseg demo ($DEMO): FSS-1000 not found, running the synthetic CPU dem
   --image_size "$DEMO_SIZE" --seed 0
 "$PY" fss_1000_image_to_tfrecord.py --input_dir demo_data --tfrecord_dir demo_shards \
   --image_size "$DEMO_SIZE"
+for line in "${LINES[@]}"; do
+  declare -n FLAGS="$line"
+  "$PY" -m modes.precheck "${FLAGS[@]}" || refused "$line"
+done
 
 if [ "$DEMO" = mtl ]; then
   rm -rf demo_runs/mtl  # a fresh run each time (the same command would otherwise resume)

@@ -48,29 +48,35 @@ from modes.restore import restore  # noqa: E402
 from modes.setup import write_config  # noqa: E402
 from report.logs import CSV_NAME, PLOT_NAME, plot_training_curves  # noqa: E402
 from segmenter import build  # noqa: E402
-from storage import lock  # noqa: E402
+from storage import atomic, lock  # noqa: E402
 from storage.tf1_checkpoint import restore_backbone  # noqa: E402
 
 LABEL_STUDIO_PORT = 9090  # the port Label Studio's ML backends listen on by convention
 
 
 def serve(cfg: Config, strategy, started: float) -> int:
-    """--serve --checkpoint INIT: the page where a person paints examples and segments images."""
-    from serve.server import keep_files_in, launch  # Gradio is imported only for the page
+    """--serve --checkpoint INIT: the page where a person paints examples and segments images;
+    SIGTERM ends it with status 0, Ctrl-C with 130."""
+    from serve.server import check_port, keep_files_in, launch  # Gradio: the page only
+    check_port(cfg.run.host, cfg.run.port)  # before the model: a taken port costs nothing
     init, settings = segment_cli.load_init(cfg)
+    atomic.check_writable(cfg.run.serve_dir, "--serve_dir")
     keep_files_in(cfg.run.serve_dir)
     seg = build(init, settings)
     print(f"Serving the page on http://{cfg.run.host}:{cfg.run.port} (outputs in "
-          f"{os.path.abspath(cfg.run.serve_dir)}); Ctrl-C stops it", flush=True)
-    launch(seg, host=cfg.run.host, port=cfg.run.port, out_dir=cfg.run.serve_dir)
-    return 0
+          f"{os.path.abspath(cfg.run.serve_dir)}, an idle session's files kept "
+          f"{cfg.run.serve_keep_hours:g} h); Ctrl-C stops it", flush=True)
+    return launch(seg, host=cfg.run.host, port=cfg.run.port, out_dir=cfg.run.serve_dir,
+                  keep_hours=cfg.run.serve_keep_hours)
 
 
 def label_studio(cfg: Config, strategy, started: float) -> int:
     """--label_studio --checkpoint INIT: Label Studio's ML backend (docs/labeling.md)."""
     from serve.label_studio import launch  # FastAPI is imported only for the backend
-    seg = build(*segment_cli.load_init(cfg))
+    from serve.server import check_port
     port = cfg.run.port if "port" in cfg.run.given_flags else LABEL_STUDIO_PORT
+    check_port(cfg.run.host, port)  # before the model: a taken port costs nothing
+    seg = build(*segment_cli.load_init(cfg))
     print(f"Label Studio ML backend on http://{cfg.run.host}:{port}: connect it in Label "
           f"Studio (project Settings > Model); Ctrl-C stops it", flush=True)
     launch(seg, host=cfg.run.host, port=port)
@@ -79,8 +85,10 @@ def label_studio(cfg: Config, strategy, started: float) -> int:
 
 def export_only(cfg: Config, strategy, started: float) -> int:
     """--export DIR --checkpoint INIT (no --data-dir): any init the tool loads, written out."""
-    seg = build(*segment_cli.load_init(cfg))
-    _export(cfg, seg.model)
+    from storage.export import check_target
+    init, settings = segment_cli.load_init(cfg)
+    check_target(cfg.run.export, cfg.run.export_format, "--export")  # before the model
+    _export(cfg, build(init, settings).model)
     return 0
 
 
@@ -228,7 +236,7 @@ def _initial_weights(cfg: Config, model) -> list | None:
 def _export(cfg: Config, model) -> None:
     if cfg.run.export:
         from storage.export import export
-        path = export(model, cfg.run.export, cfg.run.export_format)
+        path = export(model, cfg.run.export, cfg.run.export_format, "--export")
         print(f"Exported the model ({cfg.run.export_format}) to {path}", flush=True)
 
 

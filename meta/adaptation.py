@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from errors import UserError
@@ -76,19 +77,23 @@ class Adaptation:
     seed: int = setting(0, "the one seed every random stream derives from")
 
     def __post_init__(self):
+        # numpy's integers and floats are accepted (and stored as Python's), so a value read
+        # from an array or a JSON number works; a bool, a fraction, NaN or inf never does.
         def integer(name, low):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise UserError(f"{name} must be a whole number >= {low}. Received: {value!r}")
+            object.__setattr__(self, name, int(value))
 
         def number(name, low, high, *, low_open=False, high_open=False):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
                     not math.isfinite(value) or value < low or value > high or \
                     (low_open and value == low) or (high_open and value == high):
-                raise UserError(f"{name} must be a finite number in {'(' if low_open else '['}"
-                                f"{low:g}, {high:g}{')' if high_open else ']'}. "
-                                f"Received: {value!r}")
+                span = (f"> {low:g}" if low_open else f">= {low:g}") if high == math.inf else \
+                    f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                raise UserError(f"{name} must be a finite number {span}. Received: {value!r}")
+            object.__setattr__(self, name, float(value) if not isinstance(value, int) else value)
 
         integer("steps", 0)
         if self.batch_size is not None:

@@ -49,6 +49,24 @@ class DivergenceGuard:
         finite, norm = self._summary().numpy()
         return bool(finite), float(norm)
 
+    def problem(self, loss: float, what_loss: str = "inner-loop loss") -> str | None:
+        """What went bad, in a few words, or None when the loss and the variables are sound.
+
+        Args:
+            loss: the loss to check (a non-finite one is a problem).
+            what_loss: how to name the loss in the answer.
+
+        Returns:
+            e.g. "weight norm grew from 12.3 to 4.5e+27", or None.
+        """
+        finite, norm = self._read()
+        if math.isfinite(loss) and finite and math.isfinite(norm) and \
+                norm <= GROWTH_LIMIT * max(self.initial_norm, 1e-12):
+            return None
+        return (f"non-finite {what_loss} ({loss})" if not math.isfinite(loss) else
+                "non-finite weights" if not finite else
+                f"weight norm grew from {self.initial_norm:.4g} to {norm:.4g}")
+
     def check(self, loss: float, *, first: int, last: int, last_checkpoint: str | None) -> None:
         """Raise DivergenceError if the loss or the variables went bad.
 
@@ -57,13 +75,9 @@ class DivergenceGuard:
             first, last: meta-iterations since the last checkpoint (1-based, inclusive).
             last_checkpoint: the newest good checkpoint (path or description), None if none.
         """
-        finite, norm = self._read()
-        if math.isfinite(loss) and finite and math.isfinite(norm) and \
-                norm <= GROWTH_LIMIT * max(self.initial_norm, 1e-12):
+        what = self.problem(loss)
+        if what is None:
             return
-        what = (f"non-finite inner-loop loss ({loss})" if not math.isfinite(loss) else
-                "non-finite weights" if not finite else
-                f"weight norm grew from {self.initial_norm:.4g} to {norm:.4g}")
         saved = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else
                  "no checkpoint was written yet")
         raise DivergenceError(

@@ -18,8 +18,10 @@ the model already holds the exact ImageNet mean and variance.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 import h5py
@@ -123,8 +125,19 @@ def keras_cache_dir() -> str:
     return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
 
 
+def _md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def imagenet_weights(feature_extractor_name: str, cache_dir: str | None = None) -> str:
     """Keras' ImageNet weights file of the backbone, downloaded once and checked by its md5.
+
+    A file already at the cache path is used when its md5 is Keras' and otherwise left as it is
+    (Keras would delete it to download again): the user decides what it is.
 
     Args:
         feature_extractor_name: "efficientnet-b0" or "efficientnet-b3".
@@ -134,8 +147,8 @@ def imagenet_weights(feature_extractor_name: str, cache_dir: str | None = None) 
         path of the cached `efficientnetb0_notop.h5` / `efficientnetb3_notop.h5`.
     Raises:
         ValueError: a backbone Keras publishes no such file for.
-        OSError: the file is not cached and cannot be downloaded (or does not match Keras'
-            md5); the one-line message says which file to put where.
+        OSError: the cached file is another file (its md5 differs), the cache folder cannot be
+            written, or the file cannot be downloaded; the one-line message says what to do.
     """
     if feature_extractor_name not in IMAGENET_FILES:
         raise ValueError(f"{FLAG} {IMAGENET} needs --feature_extractor_name one of "
@@ -143,15 +156,36 @@ def imagenet_weights(feature_extractor_name: str, cache_dir: str | None = None) 
     name, md5 = IMAGENET_FILES[feature_extractor_name]
     cache_dir = cache_dir or keras_cache_dir()
     target = os.path.join(cache_dir, "models", name)
+    or_file = f"or pass the file itself: {FLAG} /path/to/{name}"
+    if os.path.exists(target):
+        found = _md5(target)
+        if found == md5:
+            return target
+        raise OSError(f"{FLAG} {IMAGENET}: {target} is there but its md5 is {found}, not "
+                      f"Keras' {md5} (a partial download, or another file); it is left as it is. "
+                      f"Move it away and rerun (with internet), put Keras' {name} there, "
+                      f"{or_file}.")
+    folder = os.path.dirname(target)
+    try:  # a probe file, made and removed: the download needs the folder writable
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as e:
+        where = "KERAS_HOME" if "KERAS_HOME" in os.environ else "Keras' cache folder"
+        raise OSError(f"{FLAG} {IMAGENET}: {where} {cache_dir} cannot be written "
+                      f"({e.strerror or e}), so {name} cannot be downloaded into it. Set "
+                      f"KERAS_HOME to a writable folder (the file then goes to its models/), "
+                      f"{or_file}.") from e
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
         # Keras raises a plain Exception for a failed download, ValueError for a wrong md5.
         return keras.utils.get_file(name, IMAGENET_ORIGIN + name, cache_subdir="models",
                                     file_hash=md5, cache_dir=cache_dir)
     except Exception as e:
         reason = " ".join(str(e).split())
         raise OSError(f"{FLAG} {IMAGENET}: could not get {IMAGENET_ORIGIN + name} ({reason}). "
-                      f"Without internet, put Keras' {name} (md5 {md5}) at {target}") from e
+                      f"Without internet, put Keras' {name} (md5 {md5}) at {target}, "
+                      f"{or_file}.") from e
 
 
 def restore_backbone_weights(model: keras.Model, path: str,

@@ -28,6 +28,7 @@ from modes.restore import check_compatible, pretrained_source, resume_source, \
     with_resumed_task_streams
 from modes.setup import RunError, check_class_sizes, make_splits, write_config
 from storage import atomic, lock
+from storage.export import check_target
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,8 @@ def _check_outputs(cfg: Config) -> None:
         if cfg.eval.save_fine_tuned_checkpoints_dir:
             atomic.check_writable(cfg.eval.save_fine_tuned_checkpoints_dir,
                                   "--save_fine_tuned_checkpoints_dir")
-    if cfg.run.export:
-        target = cfg.run.export
-        atomic.check_writable(os.path.dirname(os.path.abspath(target))
-                              if target.endswith((".keras", ".tflite")) else target, "--export")
+    if cfg.run.export:  # a file or folder of the user's there is refused too
+        check_target(cfg.run.export, cfg.run.export_format, "--export")
 
 
 def prepare(cfg: Config, *, is_chief: bool, started: float) -> Run:

@@ -87,8 +87,12 @@ def output_paths(cfg: Config) -> tuple[str, str, str | None]:
 def load_user_folder(cfg: Config) -> UserTask:
     """Read and check --fine-tune-task DIR's examples and its output paths (writes nothing)."""
     task = load_user_task(cfg.run.fine_tune_task)
-    _, masks, weights = output_paths(cfg)
+    images, masks, weights = output_paths(cfg)
     check_outputs(cfg.run.fine_tune_task, masks, weights)
+    # a file of the user's in the way is refused before meta-training or UHO (the weights' key,
+    # and so whether earlier masks are this run's, is known only after them)
+    check_masks_folder(images, masks, formats=cfg.run.mask_format, key=None, parts={},
+                       flag="--masks_dir")
     return task
 
 

@@ -10,10 +10,16 @@ generator keyed by the seed and the number of examples, so the same examples giv
 weights. The adapted state stays in the model for `predict`, `save` and `export`. What is
 snapshotted: every model variable (weights, batch-norm statistics, dropout seeds) and the inner
 optimizer's, once, when the init is loaded.
+
+A fit whose loss or weights go non-finite, whose weights grow 1000-fold (`meta.divergence`) or
+whose loss ends tenfold above where it started raises `errors.DivergenceError` and puts the init
+back; `predict`, `save` and `export` refuse until the next fit or `reset`, so nothing of it is
+used or saved. Threads: see `Segmenter`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from typing import Callable, Mapping
@@ -24,9 +30,10 @@ import numpy as np
 from PIL import Image
 
 from baselines.pretrain import load_pre_trained
-from errors import UserError
+from errors import DivergenceError, UserError
 from devices.precision import use_jit
 from meta.adaptation import FIELDS, LOOP_SETTINGS
+from meta.divergence import DivergenceGuard
 from meta.inner import InnerLoop, adapt
 from meta.state import Snapshot, full_state
 from models.build import build_model
@@ -35,6 +42,7 @@ from models.mtl import set_mtl_mode
 from segmenter import keys, outputs, settings as settings_lib, tree
 from segmenter.images import as_examples, as_list, as_rgb, mask_warnings, \
     probability_at_size, resize_image, resize_mask
+from segmenter.adapted_state import AdaptedState
 from segmenter.inits import Init, find_init
 from segmenter.settings import Settings
 from storage import checkpoint
@@ -43,6 +51,11 @@ from report.progress import Progress
 from storage.tf1_checkpoint import restore_tf1_checkpoint
 
 PREDICT_BATCH = 8
+# A fit whose loss ends (the mean of its last quarter of steps) above both LOSS_GROWTH times its
+# first step's and LOSS_FLOOR has diverged: every pixel confidently wrong (cross-entropy
+# saturates near 16) while the weights may stay bounded. Noisy small losses stay under the floor.
+LOSS_GROWTH = 10.0
+LOSS_FLOOR = 1.0
 LONG_LIST = 4 * PREDICT_BATCH  # predict shows a progress bar from this many images on
 # Settings `configure` may change: the adaptation's, but those built into the compiled step
 # (meta.adaptation.LOOP_SETTINGS: optimizer type, weight decay, augmentation, adapted variables).
@@ -63,8 +76,25 @@ def make_loop(model: keras.Model, settings: Settings) -> InnerLoop:
                      jit_compile=use_jit("auto"))
 
 
+def _one_at_a_time(method):
+    """Run the method holding the Segmenter's lock (re-entrant: methods call each other)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Segmenter:
     """An init ready to adapt to a few examples and segment new images.
+
+    Threads: every method holds `lock`, so calls from several threads are serialised (one runs
+    at a time, none interleaves inside the model). The adapted weights are one per Segmenter: when
+    another thread's `fit` or `reset` has replaced the weights this thread's `fit` adapted,
+    `predict`, `save` and `export` raise UserError instead of using the other thread's weights.
+    Hold `with seg.lock:` around a thread's fit and predict to keep them together (the page
+    does), or give each thread its own Segmenter. A thread that never fits predicts with whatever
+    the model holds (fit once, then predict from many threads).
 
     Args:
         loop: the inner loop whose model holds the init.
@@ -83,6 +113,13 @@ class Segmenter:
         self._init_digest: str | None = None  # of the init's weight files, computed once
         self._init_state = Snapshot(full_state(loop.model, [loop.optimizer]), name="init")
         self._init_state.save()
+        self._state = AdaptedState()
+        self._guard = DivergenceGuard(loop.variables, loop.model.variables)
+
+    @property
+    def lock(self):
+        """The re-entrant lock every method holds; hold it to keep a fit and a predict together."""
+        return self._state.lock
 
     @property
     def model(self) -> keras.Model:
@@ -100,6 +137,7 @@ class Segmenter:
                 else "Init: weights built here (no checkpoint)")
         return "\n".join([head, "Settings:"] + [f"  {line}" for line in self.settings.lines()])
 
+    @_one_at_a_time
     def configure(self, **overrides) -> Settings:
         """Change adaptation settings for later `fit` calls (e.g. steps, learning_rate).
 
@@ -125,6 +163,7 @@ class Segmenter:
         self.settings = dataclasses.replace(self.settings, adapt=adapt_settings, sources=sources)
         return self.settings
 
+    @_one_at_a_time
     def warm_up(self) -> None:
         """Compile the adaptation and prediction steps now, so the first `fit` does not wait.
 
@@ -139,12 +178,16 @@ class Segmenter:
         self.loop.predict(np.zeros((1, size, size, 3), np.uint8))
         self.reset()
 
+    @_one_at_a_time
     def reset(self) -> None:
         """Put the init back (every model variable and the optimizer state)."""
         self._init_state.restore()
         self.steps_taken = self.num_examples = 0
         self._examples_digest = None
+        self._state.diverged = None
+        self._state.replaced(by_fit=False)
 
+    @_one_at_a_time
     def fit(self, images, masks, *, progress: Callable[[int, int], None] | None = None
             ) -> np.ndarray:
         """Adapt the init to the examples (always from the init, never from an earlier fit).
@@ -159,6 +202,8 @@ class Segmenter:
 
         Raises:
             UserError: no examples, a count mismatch, or an unusable image or mask.
+            DivergenceError: the loss or the weights went non-finite or ran away; the init is
+                back, and predict / save / export refuse until the next fit or reset.
         """
         pairs = as_examples(images, masks)
         self.warnings = mask_warnings([mask for _, mask in pairs])
@@ -170,11 +215,19 @@ class Segmenter:
         adaptation = self.settings.adapt
         self.reset()
         rng = np.random.default_rng([int(adaptation.seed), len(x)])
-        result = adapt(self.loop, x, y, adaptation, rng, progress=progress)
+        try:
+            result = adapt(self.loop, x, y, adaptation, rng, progress=progress)
+        except BaseException:  # e.g. a progress callback that stops the fit: the init is back
+            self.reset()
+            raise
+        losses = np.asarray(result.losses, np.float32)
+        self._state.replaced(by_fit=True)
+        self._check_divergence(losses, adaptation)
         self.steps_taken, self.num_examples = int(result.steps_taken), len(x)
         self._examples_digest = keys.examples_digest(*zip(*pairs))
-        return np.asarray(result.losses, np.float32)
+        return losses
 
+    @_one_at_a_time
     def key(self, images=None, masks=None) -> tuple[str, dict]:
         """The key of the current weights (segmenter.keys): of the init as it is, or after the
         last `fit`, or, given examples, after fitting them (the same examples and settings give
@@ -191,6 +244,7 @@ class Segmenter:
                  "settings": keys.settings_digest(self.settings.to_config())}
         return keys.key_of(parts), parts
 
+    @_one_at_a_time
     def load_adapted(self, directory: str, key: str) -> bool:
         """Load weights `save` wrote with this key (adapted to the examples the key names),
         instead of fitting them again.
@@ -213,8 +267,10 @@ class Segmenter:
                                    skip=("final_dropout/rate",))
         self.steps_taken, self.num_examples = int(state["step"]), int(state.get("examples", 0))
         self._examples_digest = state.get("key_parts", {}).get("examples")
+        self._state.replaced(by_fit=True)  # this thread's adaptation, as if it had fitted
         return True
 
+    @_one_at_a_time
     def predict_folder(self, images: str, out: str, *, formats=("png",), restart: bool = False,
                        category: str | None = None, truth: str | None = None,
                        batch_size: int = PREDICT_BATCH, progress: bool = True,
@@ -239,6 +295,7 @@ class Segmenter:
         Returns:
             the summary written to `out`/summary.json (without its per-image entries).
         """
+        self._state.check_usable("predict_folder")
         key, parts = self.key()
         parts = {**parts, "category": category}
         bar: dict = {}
@@ -272,6 +329,29 @@ class Segmenter:
         outputs.write_summary(out, result.pop("rels"), summary)
         return summary
 
+    def _check_divergence(self, losses: np.ndarray, adaptation) -> None:
+        """Raise DivergenceError, the init put back, when the fit's loss or weights went bad."""
+        bad = [i for i, loss in enumerate(losses) if not np.isfinite(loss)]
+        loss = float(losses[bad[0]]) if bad else float(losses[-1]) if len(losses) else 0.0
+        what = self._guard.problem(loss, f"loss at step {bad[0] + 1}" if bad else "loss")
+        if what is None and len(losses) > 1:
+            ending = float(np.mean(losses[-max(1, len(losses) // 4):]))
+            if ending > max(LOSS_GROWTH * float(losses[0]), LOSS_FLOOR):
+                what = f"the loss rose from {losses[0]:.3g} to {ending:.3g}"
+        if what is None:
+            self._state.diverged = None
+            return
+        self._init_state.restore()  # the runaway weights are dropped at once
+        self.steps_taken = self.num_examples = 0
+        schedule = "" if adaptation.scheduler in ("fixed", "constant") else \
+            f" ({adaptation.scheduler} schedule)"
+        message = (f"the adaptation diverged ({what}) with learning_rate "
+                   f"{adaptation.learning_rate:g}{schedule} over {adaptation.steps} steps; nothing "
+                   f"of it is kept. Lower the learning rate (or the steps) and fit again.")
+        self._state.diverged = f"the last fit diverged: {message}"
+        raise DivergenceError(message[0].upper() + message[1:])
+
+    @_one_at_a_time
     def predict(self, images, *, probabilities: bool = False, batch_size: int = PREDICT_BATCH,
                 progress: Callable[[int, int], None] | bool | None = None):
         """Segment images with the current (adapted, or the init's) weights.
@@ -287,6 +367,7 @@ class Segmenter:
             per image a uint8 (H, W) mask in {0, 255} (or float32 probabilities) at that image's
             own size; a single image gives a single array.
         """
+        self._state.check_usable("predict")
         single = isinstance(images, Image.Image) or (isinstance(images, np.ndarray)
                                                       and images.ndim < 4)
         items = as_list(images, "images")
@@ -312,6 +393,7 @@ class Segmenter:
             bar.close()
         return out[0] if single and out else out
 
+    @_one_at_a_time
     def save(self, directory: str, **details) -> str:
         """Write the current weights as a checkpoint `from_checkpoint` and `--pretrained` load.
 
@@ -321,7 +403,11 @@ class Segmenter:
 
         Returns:
             the checkpoint folder written.
+
+        Raises:
+            DivergenceError: the last fit diverged (nothing of it is saved).
         """
+        self._state.check_usable("save")
         checkpoint.check_fine_tuned_dir(directory, "the weights folder")
         init = f"{self.init.path} ({self.init.trained_on()})" if self.init else "built weights"
         key, parts = self.key()
@@ -331,6 +417,7 @@ class Segmenter:
             keep=None, extra={"kind": "fine_tuned", "init": init, "key": key,
                               "key_parts": parts, "examples": self.num_examples, **details})
 
+    @_one_at_a_time
     def export(self, path: str, format: str = "keras") -> str:  # noqa: A002 (the flag's word)
         """Write the current model where other tools load it (`storage.export`).
 
@@ -341,7 +428,11 @@ class Segmenter:
 
         Returns:
             the path written.
+
+        Raises:
+            DivergenceError: the last fit diverged (nothing of it is exported).
         """
+        self._state.check_usable("export")
         return export(self.model, path, format)
 
 

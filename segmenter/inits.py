@@ -11,6 +11,12 @@ Every init the tool writes or reads is recognized from its files alone:
 | fine_tuned      | adapted weights: `--fine-tune-task`'s, `Segmenter.save`'s, the page's    |
 | meta_train      | a Reptile / FOMAML / FOMAML* run (or one of its `ckpt-<step>` folders)   |
 
+A run folder's init is the checkpoint its LAST names. When LAST is missing, or names a checkpoint
+that is not complete, the newest complete `ckpt-<step>/` is used; a run still being trained (its
+LOCK held by a running process) is used at its newest complete checkpoint. Each time the init
+says so (`Init.note`, in `trained_on` and the log). A folder that holds no init but whose
+subfolder does (an unzipped weights.zip holds `weights/`) is refused naming that subfolder.
+
 Reading an init reads small files only (config.json, state.json, the TF1 index); no model is
 built, so a refusal costs nothing.
 """
@@ -20,8 +26,10 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from absl import logging
+
 from errors import UserError
-from storage import checkpoint, tf1_checkpoint, tf1_names
+from storage import checkpoint, lock, tf1_checkpoint, tf1_names
 
 BEST_WEIGHTS = "best.weights.h5"  # baselines/pretrain.py writes it; read here as a file name
 BEST_INFO = "best.json"
@@ -48,6 +56,8 @@ class Init:
         state: its checkpoint's state.json ({} where there is none).
         best: best.json of an MTL pre-training ({} otherwise).
         tf1_architecture: for TF1, what its variables say (feature extractor, rsd, skip decoding).
+        note: what a reader should know about which checkpoint this is ("" when it is simply the
+            one LAST names), e.g. that the run is still being trained.
     """
 
     kind: str
@@ -58,9 +68,14 @@ class Init:
     state: dict = field(default_factory=dict)
     best: dict = field(default_factory=dict)
     tf1_architecture: dict = field(default_factory=dict)
+    note: str = ""
 
     def trained_on(self) -> str:
-        """One sentence: what this init is and what it was trained on."""
+        """One sentence: what this init is and what it was trained on (and its note)."""
+        described = self._described()
+        return f"{described}; {self.note}" if self.note else described
+
+    def _described(self) -> str:
         if self.kind == "tf1":
             arch = self.tf1_architecture
             skip = ", skip decoding" if arch["skip_decoding"] else ""
@@ -147,9 +162,52 @@ def _pre_train_init(path: str, weights: str) -> Init:
                 config_path=config_path, best=_read_json(best) if os.path.isfile(best) else {})
 
 
+def _run_checkpoint(path: str) -> tuple[str, str]:
+    """The checkpoint of a run folder to use as its init, and what to say about it.
+
+    Returns:
+        (checkpoint folder, note: "" for the one LAST names in a run that is not training).
+
+    Raises:
+        UserError: no complete checkpoint (the message says whether the run is still training).
+    """
+    pointer = os.path.join(path, checkpoint.LAST)
+    complete = checkpoint.list_checkpoints(path)
+    training = lock.holder_of(path)
+    try:
+        folder, note = checkpoint.latest_checkpoint(path), ""
+    except FileNotFoundError:
+        with open(pointer, encoding="utf-8") as f:
+            named = f.read().strip()
+        folder, note = None, f"its {checkpoint.LAST} names {named!r}, which is not complete"
+    if folder is None and not complete:
+        if training:
+            raise UserError(f"--checkpoint {path!r} is being trained by {training} and holds no "
+                            f"complete checkpoint yet; use it once its first checkpoint is "
+                            f"written (every --eval-interval meta-iterations), or pass another "
+                            f"init.")
+        raise UserError(f"--checkpoint {path!r} holds no complete checkpoint "
+                        f"({note or 'no ckpt-<step>/ with its state.json'}): its run stopped "
+                        f"before writing one. Rerun its command to train it, or pass another "
+                        f"init.")
+    if folder is None:
+        folder = complete[-1][1]
+        if not note:
+            note = f"its {checkpoint.LAST} is missing"
+    newest = os.path.basename(folder)
+    if training:
+        note = (f"still being trained by {training}: this is its newest complete checkpoint, "
+                f"{newest}" + (f" ({note})" if note else ""))
+    elif note:
+        note = f"{note}: this is its newest complete checkpoint, {newest}"
+    if note:
+        logging.warning(f"--checkpoint {path}: {note}")
+    return folder, note
+
+
 def _metaseg_init(path: str) -> Init:
-    folder = path if os.path.isfile(os.path.join(path, "state.json")) else \
-        checkpoint.latest_checkpoint(path)
+    folder, note = (path, "") if os.path.isfile(os.path.join(path, "state.json")) else \
+        _run_checkpoint(path)
     state = checkpoint.read_state(folder)
     config_path = os.path.join(folder, "config.json")
     config = _read_json(config_path)
@@ -160,7 +218,7 @@ def _metaseg_init(path: str) -> Init:
     else:
         kind = "meta_train"
     return Init(kind=kind, path=path, weights=folder, config=config, config_path=config_path,
-                state=state)
+                state=state, note=note)
 
 
 def _tf1_init(path: str) -> Init:
@@ -198,17 +256,28 @@ def find_init(path: str) -> Init:
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, BEST_WEIGHTS)):
             return _pre_train_init(path, os.path.join(path, BEST_WEIGHTS))
-        if not os.path.isfile(os.path.join(path, checkpoint.LAST)) and \
-                not os.path.isfile(os.path.join(path, "state.json")):
+        if not _is_run(path):
             for phase in MTL_PHASES:  # an MTL run folder: its latest phase's output
                 sub = os.path.join(path, phase)
-                if os.path.isfile(os.path.join(sub, checkpoint.LAST)) or \
-                        os.path.isfile(os.path.join(sub, BEST_WEIGHTS)):
+                if _is_run(sub) or os.path.isfile(os.path.join(sub, BEST_WEIGHTS)):
                     return find_init(sub) if phase == "pre_train" else _metaseg_init(sub)
-        if os.path.isfile(os.path.join(path, checkpoint.LAST)) or \
-                os.path.isfile(os.path.join(path, "state.json")):
+        if _is_run(path):
             return _metaseg_init(path)
+    inside = [os.path.join(path, entry) for entry in sorted(os.listdir(path))
+              if _is_run(os.path.join(path, entry))] if os.path.isdir(path) else []
+    hint = (f" Its subfolder {inside[0]!r} holds one (an unzipped weights.zip holds weights/): "
+            f"pass that." if inside else "")
     raise UserError(f"--checkpoint {path!r} holds no init: expected a metaseg run or checkpoint "
                     f"folder (LAST, ckpt-<step>/), fine-tuned weights, an MTL phase folder "
                     f"(pre_train/ with {BEST_WEIGHTS}, meta_train/), or the paper's TF1 "
-                    f"checkpoint (folder, prefix or .tar.gz).")
+                    f"checkpoint (folder, prefix or .tar.gz).{hint}")
+
+
+def _is_run(path: str) -> bool:
+    """A metaseg run or checkpoint folder: LAST, a checkpoint's state.json, a ckpt-<step>/ folder
+    (LAST lost), or the lock of a run being trained."""
+    return os.path.isdir(path) and (
+        os.path.isfile(os.path.join(path, checkpoint.LAST))
+        or os.path.isfile(os.path.join(path, "state.json"))
+        or bool(checkpoint.list_checkpoints(path))
+        or (os.path.isfile(os.path.join(path, "config.json")) and lock.holder_of(path) is not None))

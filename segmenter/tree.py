@@ -217,7 +217,7 @@ def _reader(sources: list[Source], size: int, batch_size: int, keep_photo: bool,
         batches.put(e)
 
 
-def check_masks_folder(tree: str, out: str, *, formats, key: str, parts: dict,
+def check_masks_folder(tree: str, out: str, *, formats, key: str | None, parts: dict,
                        restart: bool = False, flag: str = "masks folder"
                        ) -> tuple[list[Source], list[str]]:
     """What segmenting `tree` into `out` needs checked before any work (and, with restart, the
@@ -227,7 +227,9 @@ def check_masks_folder(tree: str, out: str, *, formats, key: str, parts: dict,
         tree: the images' folder.
         out: the masks folder.
         formats: the formats asked for.
-        key: the weights' key; parts: what it is made of (init, examples, settings).
+        key: the weights' key; parts: what it is made of (init, examples, settings). None
+            when the weights are not known yet (before meta-training or UHO): the masks of
+            another key are then left to the check made once they are.
         restart: replace the masks of another key (files metaseg did not write are kept).
         flag: how to name `out` in messages.
 
@@ -246,8 +248,9 @@ def check_masks_folder(tree: str, out: str, *, formats, key: str, parts: dict,
     if not sources:
         raise UserError(f"No images in {tree!r} (its folders included): expected "
                         f"{', '.join(IMAGE_EXTS)} files.")
-    if os.path.isdir(out):
+    if os.path.isdir(out) and key is not None:
         _check_state(out, key, parts, sources, restart, flag)
+    if os.path.isdir(out):
         ours = _ours(out, sources)
         in_the_way = [path for s in sources
                       for path in outputs.per_image_paths(s.rel, s.stem, formats).values()

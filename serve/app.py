@@ -3,6 +3,12 @@
 The page wires `serve.session`'s handlers to components; everything it does is there. The model
 is shared by every browser session: Segment runs in Gradio's queue, one at a time (a second
 press waits with its place shown), outside the page's event loop.
+
+Whatever goes wrong reaches the page as one line on its message line (and a toast): a bad input
+or a failed write (`UserError`), a diverged adaptation (`TrainingError`), a stopping server, and
+anything unexpected (its traceback goes to the server's log, never to the browser). Uploads reach
+the handlers undecoded (`serve.uploads`), and the steps and learning rate as typed, so the
+handlers' own checks and messages apply to them.
 """
 from __future__ import annotations
 
@@ -10,12 +16,16 @@ import functools
 import threading
 import time
 
+from absl import logging
 import gradio as gr
 
-from errors import UserError
+from errors import TrainingError, UserError
 from segmenter.api import Segmenter
 from serve import session as handlers
-from serve.session import Session
+from serve.privacy import key_of
+from serve.retention import Sessions
+from serve.session import PressAbandoned, Session
+from serve.uploads import undecoded
 
 BRUSH = gr.Brush(colors=["#ff0000"], default_color="#ff0000", color_mode="fixed",
                  default_size=12)
@@ -24,8 +34,16 @@ BRUSH = gr.Brush(colors=["#ff0000"], default_color="#ff0000", color_mode="fixed"
 EMPTY_EDITOR = {"background": None, "layers": [], "composite": None}
 
 
-def _session(state: Session | None, request: gr.Request, root: str) -> Session:
-    return state if state is not None else Session(root, getattr(request, "session_hash", ""))
+def _session(state: Session | None, request: gr.Request, sessions: Sessions) -> Session:
+    """The request's session, new on its first use; another browser's is refused."""
+    key = key_of(request)
+    if state is None:
+        return sessions.add(getattr(request, "session_hash", None) or "",
+                            Session(sessions.root, owner=key))
+    if state.owner != key:
+        raise UserError("This page session belongs to another browser; reload the page to "
+                        "start your own.")
+    return state
 
 
 def header(seg: Segmenter) -> str:
@@ -38,34 +56,66 @@ def header(seg: Segmenter) -> str:
             f"({seg.image_size} px inputs; masks come back at each image's own size).")
 
 
-def build_page(seg: Segmenter, root: str) -> gr.Blocks:
+def as_message(fn, status):
+    """Wrap a handler: whatever goes wrong becomes one line on the page's message line `status`
+    (and a toast); the other outputs stay as they are, and the server keeps serving.
+
+    Args:
+        fn: the handler (returns a dict of component -> value).
+        status: the message component.
+
+    Returns:
+        the wrapped handler.
+    """
+    @functools.wraps(fn)  # Gradio reads the signature for its request, progress and event
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, TrainingError, PressAbandoned) as e:
+            message = str(e) or "The server is stopping; nothing of this press was written."
+        except Exception:  # noqa: BLE001 (the browser gets a line, the log the traceback)
+            logging.exception(f"The page's {fn.__name__} failed")
+            message = (f"Something went wrong on the server while handling "
+                       f"{fn.__name__.replace('_', ' ')}; its log says what. Nothing was "
+                       f"changed; try again.")
+        gr.Warning(message)
+        return {status: f"**{message}**"}
+    return wrapped
+
+
+def build_page(seg: Segmenter, root: str, *, sessions: Sessions | None = None,
+               stopping: threading.Event | None = None, delete_cache=None) -> gr.Blocks:
     """The page around one loaded init.
 
     Args:
         seg: the loaded init (from_checkpoint).
         root: the server's output folder (one subfolder per browser session).
+        sessions: the server's sessions (default: new, files kept 24 h).
+        stopping: set when the server stops: a Segment press in progress is abandoned.
+        delete_cache: Gradio's (every, age) in seconds for its cached copies, or None.
 
     Returns:
         the Gradio Blocks, not yet launched.
     """
-    lock = threading.Lock()
+    sessions = sessions or Sessions(root, keep_hours=24.0)
+    stopping = stopping or threading.Event()
     a = seg.settings.adapt
 
     def shown(fn):
-        """A bad input becomes a message on the page (and a toast); other outputs stay as they
-        are, and the server keeps serving."""
-        @functools.wraps(fn)  # Gradio reads the signature for its request, progress and event
-        def wrapped(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except UserError as e:
-                gr.Warning(str(e))
-                return {status: f"**{e}**"}
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):  # status, the page's message line, is made below
+            return as_message(fn, status)(*args, **kwargs)
         return wrapped
+
+    def check_stop(fraction, text, progress):
+        if stopping.is_set():
+            raise PressAbandoned("The server is stopping: this press was abandoned and nothing "
+                                 "of it was written.")
+        progress(fraction, desc=text)
 
     @shown
     def add_example(state, editor, uploaded, request: gr.Request):
-        state = _session(state, request, root)
+        state = _session(state, request, sessions)
         editor = editor or {}
         message = handlers.add_example(state, editor.get("background"), editor.get("layers"),
                                        uploaded)
@@ -74,7 +124,7 @@ def build_page(seg: Segmenter, root: str) -> gr.Blocks:
 
     @shown
     def remove_example(state, index, request: gr.Request):
-        state = _session(state, request, root)
+        state = _session(state, request, sessions)
         message = handlers.remove_example(state, -1 if index is None else index)
         return {session: state, examples: handlers.example_gallery(state), status: message,
                 selected: None}
@@ -84,22 +134,24 @@ def build_page(seg: Segmenter, root: str) -> gr.Blocks:
 
     @shown
     def add_images(state, paths, request: gr.Request):
-        state = _session(state, request, root)
+        state = _session(state, request, sessions)
         return {session: state, status: handlers.add_images(state, paths)}
 
+    @shown
     def clear_images(state, request: gr.Request):
-        state = _session(state, request, root)
+        state = _session(state, request, sessions)
+        state.use()
         state.queries, state.results = [], []
         return {session: state, status: "No images to segment.", results: [], masks_zip: None,
                 weights_zip: None}
 
     @shown
     def segment(state, steps_value, lr_value, request: gr.Request, progress=gr.Progress()):
-        state = _session(state, request, root)
+        state = _session(state, request, sessions)
         started = time.monotonic()
         masks, weights = handlers.segment(
-            state, seg, lock, steps=steps_value, learning_rate=lr_value,
-            on_progress=lambda fraction, text: progress(fraction, desc=text))
+            state, seg, steps=steps_value, learning_rate=lr_value,
+            on_progress=lambda fraction, text: check_stop(fraction, text, progress))
         message = (f"Run {state.runs}: segmented {len(state.results)} image(s) from "
                    f"{len(state.examples)} example(s) in {time.monotonic() - started:.1f} s. "
                    f"Click a result to correct it and add it to the examples.")
@@ -108,14 +160,17 @@ def build_page(seg: Segmenter, root: str) -> gr.Blocks:
 
     @shown
     def pick_result(state, evt: gr.SelectData, request: gr.Request):
-        state = _session(state, request, root)
+        state = _session(state, request, sessions)
         image, layer = handlers.result_layer(state, evt.index)
         name = state.results[evt.index].name
         return {editor_box: {"background": image, "layers": [layer], "composite": None},
                 status: f"{name} is in the editor: correct it with the brush and the eraser, "
                         f"then press Add example."}
 
-    with gr.Blocks(title="metaseg: segment your own object") as page:
+    def ended(request: gr.Request):
+        sessions.end(getattr(request, "session_hash", None) or "")  # its memory, now
+
+    with gr.Blocks(title="metaseg: segment your own object", delete_cache=delete_cache) as page:
         session = gr.State(None)
         selected = gr.State(None)
         gr.Markdown(header(seg), elem_id="init")
@@ -148,6 +203,8 @@ def build_page(seg: Segmenter, root: str) -> gr.Blocks:
                                       maximum=handlers.MAX_STEPS, elem_id="steps")
                     learning_rate = gr.Number(label="Learning rate", value=a.learning_rate,
                                               elem_id="learning-rate")
+                for field in (steps, learning_rate):  # as typed: the handler checks them
+                    field.preprocess = lambda value: value
                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(label="Results (% of each image that is the object): click "
@@ -174,4 +231,7 @@ def build_page(seg: Segmenter, root: str) -> gr.Blocks:
                              concurrency_limit=1, concurrency_id="model",
                              show_progress_on=[status, results])
         results.select(pick_result, [session], [editor_box, status], show_progress_on=status)
+        page.unload(ended)
+    undecoded(editor_box, editor=True)
+    undecoded(mask_box)
     return page

@@ -25,7 +25,7 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from errors import UserError
+from errors import TrainingError, UserError
 from data.label_studio_format import label_studio_tasks
 from segmenter.api import Segmenter
 from serve.label_studio_client import LabelConfig, LabelStudioClient
@@ -224,7 +224,11 @@ class Projects:
                      f"({', '.join(str(t.task_id) for t in tasks)})")
         with self._model:
             self._in_model = None  # a failure part-way leaves no one's weights
-            self.seg.fit(images, masks)
+            try:
+                self.seg.fit(images, masks)
+            except TrainingError:
+                self.seg.reset()  # a diverged fit is dropped; other projects keep predicting
+                raise
             weights = [np.array(v.numpy()) for v in self.seg.model.variables]
             self._in_model = project_id
         logging.info(f"Project {project_id}: fitted {version} in "

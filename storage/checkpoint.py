@@ -94,7 +94,8 @@ def latest_checkpoint(directory: str) -> str | None:
         path of the checkpoint folder, or None.
 
     Raises:
-        FileNotFoundError: LAST names a folder that does not exist.
+        FileNotFoundError: LAST names a folder that is not a complete checkpoint; the message
+            names the newest complete one (to point LAST at), or says that none is left.
     """
     pointer = os.path.join(directory, LAST)
     if not os.path.isfile(pointer):
@@ -103,8 +104,12 @@ def latest_checkpoint(directory: str) -> str | None:
         name = f.read().strip()
     path = os.path.join(directory, name)
     if not os.path.isfile(os.path.join(path, "state.json")):
+        complete = list_checkpoints(directory)
+        fix = (f"the newest complete one is {os.path.basename(complete[-1][1])}: write its name "
+               f"into {pointer} to use it" if complete else
+               f"no complete checkpoint is left: delete {pointer} to start over")
         raise FileNotFoundError(f"{pointer} names {name!r}, which is not a complete checkpoint "
-                                f"in {directory!r}. Delete {pointer} to start over.")
+                                f"in {directory!r}; {fix}.")
     return path
 
 

@@ -125,6 +125,10 @@ def hold(directory: str, flag: str) -> str:
                                 f"which the run-folder lock needs; use a local folder.") from e
             raise UserError(f"{flag} {directory!r} is not writable ({e.strerror}); choose a "
                             f"writable folder.") from e
+        if os.path.islink(path):  # the tool writes a plain file: a link is someone else's
+            raise UserError(f"{flag} {directory!r}: its lock {path} is a symbolic link (to "
+                            f"{os.readlink(path)!r}), which this tool never writes; if no run "
+                            f"uses the folder, delete the link {path}.")
         holder = _read(path)
         if holder is None:  # released meanwhile: try again
             continue
@@ -156,6 +160,24 @@ def hold(directory: str, flag: str) -> str:
         logging.info(f"Took over {path} from {_describe(holder)}, which is no longer running")
     raise UserError(f"{flag} {directory!r}: could not take its lock {path} (other processes "
                     f"keep replacing it); run one process per folder.")
+
+
+def holder_of(directory: str) -> str | None:
+    """Who holds `directory`'s lock, if a process still running does (e.g. a run in training).
+
+    Args:
+        directory: a run folder.
+
+    Returns:
+        "pid 4242 on gpu1 (started ...)", or None when no lock is held by a live process (a
+        holder on another host counts as live: it cannot be checked from here).
+    """
+    holder = _read(os.path.join(directory, LOCK_NAME))
+    if not holder or not isinstance(holder.get("pid"), int):
+        return None
+    if holder.get("host") == _HOST and process_gone(holder["pid"], holder.get("process_start")):
+        return None
+    return _describe(holder)
 
 
 def release_all() -> None:

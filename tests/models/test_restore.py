@@ -149,10 +149,39 @@ def test_imagenet_comes_from_keras_cache_checked_by_md5(tmp_path, monkeypatch):
     for layer in backbone_layers(model):
         for w, v in zip(layer.weights, app.get_layer(layer.name).weights):
             np.testing.assert_array_equal(np.asarray(w), np.asarray(v), err_msg=w.path)
-    monkeypatch.setitem(restore.IMAGENET_FILES, "efficientnet-b0",
-                        ("efficientnetb0_notop.h5", "0" * 32))
-    with pytest.raises(OSError) as e:  # Keras tries to fetch it again, and cannot
+    # Not found: the one line says where the file goes (no internet here).
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    with pytest.raises(OSError) as e:
         restore.restore_backbone_weights(model, "imagenet")
     message = str(e.value)
     assert "\n" not in message and message.startswith("--restore_efficient_net_weights_from")
-    assert message.endswith(f"put Keras' efficientnetb0_notop.h5 (md5 {'0' * 32}) at {cached}")
+    assert f"put Keras' efficientnetb0_notop.h5 (md5 {md5}) at " \
+           f"{tmp_path / 'empty' / 'models' / 'efficientnetb0_notop.h5'}" in message
+
+
+def test_a_file_at_the_cache_path_is_never_deleted_and_a_read_only_cache_is_named(
+        tmp_path, monkeypatch):
+    """A file of the user's at Keras' cache path that is not Keras' (by md5) is left as it is,
+    offline or not; a cache that cannot be written is named, with the two fixes that work."""
+    cached = tmp_path / "keras" / "models" / "efficientnetb0_notop.h5"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a download")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(restore, "IMAGENET_ORIGIN", (tmp_path / "offline").as_uri() + "/")
+    model = build_model(CFG)
+    with pytest.raises(OSError) as e:
+        restore.restore_backbone_weights(model, "imagenet")
+    message = str(e.value)
+    assert "\n" not in message and f"{cached} is there but its md5 is " in message
+    assert "it is left as it is" in message
+    assert cached.read_bytes() == b"half a download"
+    # A KERAS_HOME where nothing can be created (here: below a file).
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "a-file" / "keras"))
+    with pytest.raises(OSError) as e:
+        restore.restore_backbone_weights(model, "imagenet")
+    message = str(e.value)
+    assert "\n" not in message and "KERAS_HOME " in message and "cannot be written" in message
+    assert "Set KERAS_HOME to a writable folder" in message
+    assert "--restore_efficient_net_weights_from /path/to/efficientnetb0_notop.h5" in message
+    assert f"at {tmp_path / 'a-file'}" not in message  # never: put it where it cannot go

@@ -11,7 +11,7 @@ from PIL import Image
 
 from errors import UserError
 from segmenter import from_checkpoint
-from serve import session as handlers
+from serve import session as handlers, uploads
 from serve.session import Session
 from tests.segmenter.test_segmenter_api import examples, run  # noqa: F401
 
@@ -74,7 +74,7 @@ def test_every_bad_example_is_a_message(tmp_path, monkeypatch):
     for args, message in cases:
         with pytest.raises(UserError, match=message):
             handlers.add_example(state, *args)
-    monkeypatch.setattr(handlers, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(uploads, "MAX_PIXELS", 1000)
     with pytest.raises(UserError, match="over the page's limit"):
         handlers.add_example(state, images[0], [_layer(masks[0])])
     monkeypatch.undo()
@@ -103,19 +103,19 @@ def test_segment_writes_masks_and_weights_into_the_session_folder(seg, tmp_path)
     root = tmp_path / "out"
     state = Session(str(root), "session-1")
     with pytest.raises(UserError, match="Add at least one example"):
-        handlers.segment(state, seg, threading.Lock(), steps=3, learning_rate=0.1)
+        handlers.segment(state, seg, steps=3, learning_rate=0.1)
     images, masks = examples([(50, 40), (37, 61)])
     for image, mask in zip(images, masks):
         handlers.add_example(state, image, [_layer(mask)])
     with pytest.raises(UserError, match="Add the images to segment"):
-        handlers.segment(state, seg, threading.Lock(), steps=3, learning_rate=0.1)
+        handlers.segment(state, seg, steps=3, learning_rate=0.1)
     sizes = [(70, 45), (33, 90), (64, 64)]
     handlers.add_images(state, _files(str(tmp_path), sizes))
-    with pytest.raises(UserError, match="Steps must be in"):
-        handlers.segment(state, seg, threading.Lock(), steps=-2, learning_rate=0.1)
+    with pytest.raises(UserError, match="Steps must be a whole number in 0..1000"):
+        handlers.segment(state, seg, steps=-2, learning_rate=0.1)
     reports = []
     masks_zip, weights_zip = handlers.segment(
-        state, seg, threading.Lock(), steps=2, learning_rate=0.05,
+        state, seg, steps=2, learning_rate=0.05,
         on_progress=lambda fraction, text: reports.append((fraction, text)))
     assert reports[0][1].startswith("Adapting") and any("Segmenting" in t for _, t in reports)
     assert [f for f, _ in reports] == sorted(f for f, _ in reports)
@@ -145,7 +145,6 @@ def test_segment_writes_masks_and_weights_into_the_session_folder(seg, tmp_path)
 
 def test_two_sessions_stay_apart_and_segment_one_at_a_time(seg, tmp_path):
     root = str(tmp_path / "out")
-    lock = threading.Lock()
     sessions = [Session(root, "a"), Session(root, "b")]
     for k, state in enumerate(sessions):
         images, masks = examples([(40, 40), (48, 36)], seed=10 + k)
@@ -155,9 +154,9 @@ def test_two_sessions_stay_apart_and_segment_one_at_a_time(seg, tmp_path):
     # Alone, each session's masks; then both at once from two threads: the same masks.
     alone = []
     for state in sessions:
-        handlers.segment(state, seg, lock, steps=2, learning_rate=0.05)
+        handlers.segment(state, seg, steps=2, learning_rate=0.05)
         alone.append(state.results[0].mask.copy())
-    threads = [threading.Thread(target=handlers.segment, args=(state, seg, lock),
+    threads = [threading.Thread(target=handlers.segment, args=(state, seg),
                                 kwargs={"steps": 2, "learning_rate": 0.05}) for state in sessions]
     for thread in threads:
         thread.start()
