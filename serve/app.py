@@ -20,6 +20,7 @@ from absl import logging
 import gradio as gr
 
 from errors import TrainingError, UserError
+from segmenter import outputs
 from segmenter.api import Segmenter
 from serve import session as handlers
 from serve.privacy import key_of
@@ -141,16 +142,17 @@ def build_page(seg: Segmenter, root: str, *, sessions: Sessions | None = None,
     def clear_images(state, request: gr.Request):
         state = _session(state, request, sessions)
         state.use()
-        state.queries, state.results = [], []
+        state.queries, state.query_files, state.results = [], {}, []
         return {session: state, status: "No images to segment.", results: [], masks_zip: None,
                 weights_zip: None}
 
     @shown
-    def segment(state, steps_value, lr_value, request: gr.Request, progress=gr.Progress()):
+    def segment(state, steps_value, lr_value, formats_value, request: gr.Request,
+                progress=gr.Progress()):
         state = _session(state, request, sessions)
         started = time.monotonic()
         masks, weights = handlers.segment(
-            state, seg, steps=steps_value, learning_rate=lr_value,
+            state, seg, steps=steps_value, learning_rate=lr_value, formats=formats_value,
             on_progress=lambda fraction, text: check_stop(fraction, text, progress))
         message = (f"Run {state.runs}: segmented {len(state.results)} image(s) from "
                    f"{len(state.examples)} example(s) in {time.monotonic() - started:.1f} s. "
@@ -205,6 +207,10 @@ def build_page(seg: Segmenter, root: str, *, sessions: Sessions | None = None,
                                               elem_id="learning-rate")
                 for field in (steps, learning_rate):  # as typed: the handler checks them
                     field.preprocess = lambda value: value
+                mask_formats = gr.CheckboxGroup(
+                    list(outputs.FORMATS), value=["png"], label="Masks download formats (as "
+                    "--mask_format: PNG masks, overlays, COCO RLE, YOLO-seg, a Label Studio "
+                    "import)", elem_id="mask-formats")
                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(label="Results (% of each image that is the object): click "
@@ -212,7 +218,8 @@ def build_page(seg: Segmenter, root: str, *, sessions: Sessions | None = None,
                                      fit_columns=False, height=340, object_fit="contain",
                                      allow_preview=False, elem_id="results")
                 with gr.Row():
-                    masks_zip = gr.File(label="Masks (zip, each at its image's size)",
+                    masks_zip = gr.File(label="Masks (zip, in the formats chosen, each at its "
+                                              "image's size)",
                                         elem_id="masks-zip")
                     weights_zip = gr.File(label="Adapted weights (zip; from_checkpoint / "
                                                 "--pretrained)", elem_id="weights-zip")
@@ -226,7 +233,7 @@ def build_page(seg: Segmenter, root: str, *, sessions: Sessions | None = None,
                             [session, examples, status, selected], show_progress_on=status)
         files.upload(add_images, [session, files], [session, status], show_progress_on=status)
         files.clear(clear_images, [session], [session, status, results, masks_zip, weights_zip])
-        segment_button.click(segment, [session, steps, learning_rate],
+        segment_button.click(segment, [session, steps, learning_rate, mask_formats],
                              [session, results, status, masks_zip, weights_zip],
                              concurrency_limit=1, concurrency_id="model",
                              show_progress_on=[status, results])

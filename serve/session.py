@@ -5,7 +5,11 @@ Every handler takes a `Session` and plain values (uploaded files, numpy arrays),
 the server's output folder:
 
     <serve_dir>/<session>/examples/<n>.png, <n>_mask.png   the examples as added
-    <serve_dir>/<session>/results/<stem>_mask.png          0/255, each image's own size
+    <serve_dir>/<session>/results/                         the masks in the formats chosen
+                                                           (segmenter.outputs: <stem>_mask.png
+                                                           0/255 at each image's own size,
+                                                           overlays, YOLO-seg labels, COCO,
+                                                           Label Studio)
     <serve_dir>/<session>/masks.zip, weights.zip            the downloads
     <serve_dir>/<session>/weights/                          the adapted weights (from_checkpoint)
 
@@ -34,6 +38,7 @@ from PIL import Image
 
 from adapt.predictions import overlay
 from errors import UserError
+from segmenter import outputs
 from segmenter.api import Segmenter
 from segmenter.images import as_pair, as_rgb
 from serve.uploads import open_checked, read_image, upload_name
@@ -91,6 +96,8 @@ class Session:
     owner: str = ""
     examples: list[Example] = field(default_factory=list)
     queries: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    query_files: dict[str, str] = field(default_factory=dict)  # name -> its file name, as
+    # uploaded (its letters kept): the images' names in the COCO and Label Studio files
     results: list[Result] = field(default_factory=list)
     runs: int = 0  # Segment presses that finished
     last_used: float = field(default_factory=time.time)
@@ -269,6 +276,7 @@ def add_images(session: Session, paths) -> str:
         name = _unique(label, taken)
         taken.add(name)
         session.queries.append((name, image))
+        session.query_files[name] = name + _UNSAFE.sub("_", os.path.splitext(label)[1])
         added += 1
     if not added and refused:
         raise UserError("Not added: " + "; ".join(refused))
@@ -316,7 +324,17 @@ def check_schedule(steps, learning_rate) -> tuple[int, float]:
     return int(steps), float(learning_rate)
 
 
-def segment(session: Session, seg: Segmenter, *, steps, learning_rate,
+def check_formats(formats) -> tuple[str, ...]:
+    """The page's mask formats, or the message saying what is wrong."""
+    chosen = tuple(formats or ())
+    unknown = [f for f in chosen if f not in outputs.FORMATS]
+    if unknown or not chosen:
+        raise UserError(f"Choose one or more mask formats of {', '.join(outputs.FORMATS)}."
+                        + (f" Received: {', '.join(map(str, unknown))}" if unknown else ""))
+    return chosen
+
+
+def segment(session: Session, seg: Segmenter, *, steps, learning_rate, formats=("png",),
             on_progress: Callable[[float, str], None] | None = None) -> tuple[str, str]:
     """Adapt to the session's examples, segment its images, write masks and weights.
 
@@ -325,6 +343,7 @@ def segment(session: Session, seg: Segmenter, *, steps, learning_rate,
         seg: the server's segmenter (shared; held under its lock).
         steps: adaptation steps.
         learning_rate: adaptation learning rate.
+        formats: what masks.zip holds, any of segmenter.outputs.FORMATS (as --mask_format).
         on_progress: (fraction done, description) callback; it may raise PressAbandoned (the
             server is stopping) to end the press, which then writes nothing.
 
@@ -342,6 +361,7 @@ def segment(session: Session, seg: Segmenter, *, steps, learning_rate,
     if not session.queries:
         raise UserError("Add the images to segment first.")
     steps, learning_rate = check_schedule(steps, learning_rate)
+    formats = check_formats(formats)
     report = on_progress or (lambda fraction, text: None)
     with seg.lock:
         seg.configure(steps=steps, learning_rate=learning_rate)
@@ -354,26 +374,32 @@ def segment(session: Session, seg: Segmenter, *, steps, learning_rate,
                                 0.5 + 0.45 * done / total, f"Segmenting: image {done}/{total}"))
         report(0.95, "Writing the masks and the adapted weights")
         with _writing(session):
-            results = _write_press(session, seg, masks)
+            results = _write_press(session, seg, masks, formats)
     session.results = results
     session.runs += 1
     return os.path.join(session.folder, "masks.zip"), os.path.join(session.folder, "weights.zip")
 
 
-def _write_press(session: Session, seg: Segmenter, masks) -> list[Result]:
+def _write_press(session: Session, seg: Segmenter, masks, formats) -> list[Result]:
     """Write a press's results, weights and zips into a staging folder, then swap them in."""
     os.makedirs(session.folder, exist_ok=True)
     staging = atomic.temp_dir(session.folder, ".press")
     try:
-        results, names = [], []
-        os.makedirs(os.path.join(staging, "results"))
+        results, rels, written = [], [], []
+        out = os.path.join(staging, "results")
         for (name, image), mask in zip(session.queries, masks):
-            names.append(f"{name}_mask.png")
-            Image.fromarray(mask).save(os.path.join(staging, "results", names[-1]))
+            rels.append(session.query_files.get(name, name + ".png"))
+            written += outputs.write_image(out, rels[-1], name, mask, formats,
+                                           photo=image)["files"]
             results.append(Result(name=name, image=image, mask=mask,
-                                  path=os.path.join(session.folder, "results", names[-1])))
+                                  path=os.path.join(session.folder, "results", f"{name}_mask.png")))
+        if "coco" in formats:
+            written.append(os.path.basename(outputs.write_coco(out, rels, "object")))
+        if "label_studio" in formats:
+            written.append(os.path.basename(outputs.write_label_studio(out, rels, "object")))
         seg.save(os.path.join(staging, "weights"))
-        _zip([(os.path.join(staging, "results", n), n) for n in names],
+        # in the images' order; the records (.metaseg/) are bookkeeping, not a download
+        _zip([(os.path.join(out, path), path) for path in written],
              os.path.join(staging, "masks.zip"))
         weights = os.path.join(staging, "weights")
         _zip([(os.path.join(root, f), os.path.relpath(os.path.join(root, f), staging))

@@ -50,6 +50,7 @@ def test_paint_two_examples_segment_and_download(tmp_path):
             add_example(page, expect, str(inputs / f"example{number}.png"), number=number)
         page.set_input_files("#images input[type=file]", str(inputs / "query.png"))
         expect(page.locator("#status")).to_contain_text("1 image(s) to segment", timeout=60_000)
+        page.locator("#mask-formats").get_by_label("coco").check()  # png stays checked
         page.click("#segment")
         expect(page.locator("#status")).to_contain_text(
             "Run 1: segmented 1 image(s) from 2 example(s)", timeout=300_000)
@@ -60,7 +61,7 @@ def test_paint_two_examples_segment_and_download(tmp_path):
         download.value.save_as(str(tmp_path / "masks.zip"))
         browser.close()
     with zipfile.ZipFile(tmp_path / "masks.zip") as archive:
-        assert archive.namelist() == ["query_mask.png"]
+        assert sorted(archive.namelist()) == ["instances.json", "query_mask.png"]
         with archive.open("query_mask.png") as f, Image.open(f) as mask:
             assert mask.size == (110, 70) and set(np.unique(mask)) <= {0, 255}
     with Image.open(tmp_path / "page.png") as shot:

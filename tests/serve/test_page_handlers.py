@@ -1,6 +1,7 @@
 """The page's handlers in-process: examples from paint or an uploaded mask, every bad input a
 message, segmenting into the session's own folder (masks at each image's size, weights that
 reload), corrections, two sessions apart, one Segment at a time."""
+import json
 import os
 import threading
 import zipfile
@@ -169,10 +170,59 @@ def test_two_sessions_stay_apart_and_segment_one_at_a_time(seg, tmp_path):
     assert {p.split("/")[0] for p in _tree(root)} == {"a", "b"}
 
 
+def test_the_masks_download_holds_every_format_chosen_each_equal_to_the_masks(seg, tmp_path):
+    """The page's formats are --mask_format's: COCO decodes to the PNG masks exactly, YOLO-seg
+    redraws them, Label Studio's pre-labels decode to them, each image named as uploaded."""
+    from pycocotools.coco import COCO
+
+    from data.annotations import read_yolo_polygons, yolo_mask
+    from data.label_studio_format import brush_mask
+    state = Session(str(tmp_path / "out"), "session-1")
+    images, masks = examples([(50, 40), (37, 61)])
+    for image, mask in zip(images, masks):
+        handlers.add_example(state, image, [_layer(mask)])
+    sizes = [(70, 45), (33, 90)]
+    handlers.add_images(state, _files(str(tmp_path), sizes))
+    for wrong in ([], ["png", "tiff"]):
+        with pytest.raises(UserError, match="Choose one or more mask formats of png, overlay"):
+            handlers.segment(state, seg, steps=2, learning_rate=0.05, formats=wrong)
+    masks_zip, _ = handlers.segment(state, seg, steps=2, learning_rate=0.05,
+                                    formats=["png", "overlay", "coco", "yolo", "label_studio"])
+    unzipped = tmp_path / "masks"
+    with zipfile.ZipFile(masks_zip) as archive:
+        assert sorted(archive.namelist()) == [
+            "instances.json", "label_studio.json", "labels/photo_0.txt", "labels/photo_1.txt",
+            "photo_0_mask.png", "photo_0_overlay.png", "photo_1_mask.png",
+            "photo_1_overlay.png"]  # no bookkeeping, no session id
+        archive.extractall(unzipped)
+    coco = COCO(str(unzipped / "instances.json"))
+    tasks = json.loads((unzipped / "label_studio.json").read_text())
+    assert [i["file_name"] for i in coco.dataset["images"]] == ["photo_0.jpg", "photo_1.jpg"]
+    assert [t["data"]["image"] for t in tasks] == ["photo_0.jpg", "photo_1.jpg"]
+    for k, result in enumerate(state.results):
+        png = np.asarray(Image.open(unzipped / f"photo_{k}_mask.png")) > 0
+        np.testing.assert_array_equal(png, result.mask > 0)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[k + 1]))
+        from_coco = coco.annToMask(anns[0]) > 0 if anns else np.zeros_like(png)
+        np.testing.assert_array_equal(from_coco, png)
+        results = tasks[k]["predictions"][0]["result"]
+        if results:
+            np.testing.assert_array_equal(brush_mask(results[0]) > 0, png)
+        if png.any():
+            drawn = yolo_mask(read_yolo_polygons(str(unzipped / "labels" / f"photo_{k}.txt")),
+                              *png.shape) > 0
+            assert (drawn & png).sum() / (drawn | png).sum() >= 0.9
+    # The next press with png alone holds png alone.
+    masks_zip, _ = handlers.segment(state, seg, steps=2, learning_rate=0.05)
+    with zipfile.ZipFile(masks_zip) as archive:
+        assert archive.namelist() == ["photo_0_mask.png", "photo_1_mask.png"]
+
+
 def test_the_page_builds_around_an_init(seg, tmp_path):
     from serve.app import build_page, header
     page = build_page(seg, str(tmp_path / "out"))
     assert "Segment your own object" in header(seg) and seg.init.path in header(seg)
     assert "FOMAML, 2 meta-iterations" in header(seg)
     assert {c.elem_id for c in page.blocks.values() if getattr(c, "elem_id", None)} >= {
-        "editor", "images", "segment", "results", "masks-zip", "weights-zip", "status"}
+        "editor", "images", "segment", "results", "masks-zip", "weights-zip", "status",
+        "mask-formats"}
