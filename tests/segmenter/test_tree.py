@@ -155,3 +155,16 @@ def test_the_reader_stays_a_bounded_number_of_images_ahead(photos, tmp_path, mon
     tree.predict_tree(slow_predict, SIZE, str(photos), str(tmp_path / "m"), formats=("png",),
                       key=KEY, parts=PARTS, batch_size=3)
     assert len(read) == 49 and max(ahead) <= (tree.PREFETCH_BATCHES + 2) * 3
+
+
+def test_a_one_pixel_photo_is_segmented_at_its_size_and_a_bad_one_named_by_its_path(tmp_path):
+    photos = tmp_path / "photos"
+    _photo(photos / "wide.png", 40, 30, 0)
+    (photos / "dot").mkdir()
+    Image.new("RGB", (1, 1), (230, 30, 30)).save(photos / "dot" / "one pixel.png")
+    (photos / "dot" / "empty.jpg").write_bytes(b"")
+    result = _run(photos, tmp_path / "m")
+    assert result["segmented"] == 2 and [r for r, _ in result["skipped"]] == [
+        os.path.join("dot", "empty.jpg")]
+    dot = _mask(tmp_path / "m" / "dot" / "one pixel_mask.png")
+    assert dot.shape == (1, 1) and dot.all()  # the red pixel is the object
