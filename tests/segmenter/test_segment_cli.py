@@ -95,6 +95,36 @@ def test_typed_flags_override_and_a_contradiction_writes_nothing(run, tmp_path, 
     assert "--checkpoint INIT is needed by --fine-tune-task" in capsys.readouterr().err
 
 
+def _files(root):
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+    return out
+
+
+def test_one_weights_folder_serves_one_task_and_never_lies_in_the_masks(run, tmp_path, capsys):
+    """Two task folders given one --fine-tuned-checkpoint: the second is refused before its fit,
+    the first one's weights and summary left as they were; weights inside --masks_dir are
+    refused before any work too."""
+    first, second = _folder(tmp_path / "first"), _folder(tmp_path / "second")
+    weights = str(tmp_path / "shared_weights")
+    assert main(["--fine-tune-task", str(first), "--checkpoint", run,
+                 "--fine-tuned-checkpoint", weights]) == 0
+    capsys.readouterr()
+    before = _files(tmp_path)
+    assert main(["--fine-tune-task", str(second), "--checkpoint", run,
+                 "--fine-tuned-checkpoint", weights]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"holds the weights adapted to the task folder {str(first)!r}"         in err[0], err
+    masks = tmp_path / "masks"
+    assert main(["--fine-tune-task", str(second), "--checkpoint", run, "--masks_dir", str(masks),
+                 "--fine-tuned-checkpoint", str(masks / "weights")]) == 2
+    assert "is inside the masks folder" in capsys.readouterr().err
+    assert _files(tmp_path) == before  # nothing written, nothing changed
+
+
 def test_empty_and_full_support_masks_warn_on_screen_and_in_the_summary(run, tmp_path, capsys):
     folder = _folder(tmp_path / "squares")
     Image.fromarray(np.zeros((40, 50), np.uint8)).save(folder / "support" / "1.png")
