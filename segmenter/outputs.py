@@ -146,23 +146,6 @@ def _elements(items):
         yield ("," if i else "") + json.dumps(item)
 
 
-def _write_chunks(path: str, chunks) -> str:
-    """Write the text chunks to `path` as one file, whole or not at all."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with atomic.naming(path), open(tmp, "w", encoding="utf-8") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _records(out: str, rels):
     """The records of the images in `rels` that have one, in that order (read one at a time)."""
     for rel in rels:
@@ -185,14 +168,14 @@ def write_coco(out: str, rels, category: str) -> str:
         yield '], "annotations": ['
         yield from _elements(annotations)
         yield f'], "categories": {json.dumps(coco_categories(category))}}}'
-    return _write_chunks(os.path.join(out, COCO_FILE), chunks())
+    return atomic.write_chunks(os.path.join(out, COCO_FILE), chunks())
 
 
 def write_label_studio(out: str, rels, label: str) -> str:
     """label_studio.json: a task per image with its mask as a brush pre-label (data.image is
     the image's path in the tree: point it at where Label Studio serves the images)."""
     tasks = (prediction_task(r["image"], record_mask(r), label) for r in _records(out, rels))
-    return _write_chunks(os.path.join(out, LABEL_STUDIO_FILE),
+    return atomic.write_chunks(os.path.join(out, LABEL_STUDIO_FILE),
                          itertools.chain(["["], _elements(tasks), ["]"]))
 
 
@@ -206,5 +189,5 @@ def write_summary(out: str, rels, summary: dict) -> str:
                    **({"iou": r["iou"]} if "iou" in r else {})}
 
     head = json.dumps(summary, indent=1, sort_keys=True)
-    return _write_chunks(os.path.join(out, SUMMARY_FILE), itertools.chain(
+    return atomic.write_chunks(os.path.join(out, SUMMARY_FILE), itertools.chain(
         [head[:-1].rstrip() + ',\n "queries": ['], _elements(queries()), ["]\n}\n"]))

@@ -31,6 +31,26 @@ def naming(path: str):
         raise
 
 
+@contextmanager
+def replacing(path: str, suffix: str = ""):
+    """Yield a temporary sibling of `path` to write; once the block ends, it replaces `path`.
+    On any error it is removed (a full disk leaves nothing behind) and `path` is as it was.
+
+    Args:
+        path: the file to write.
+        suffix: the temporary name's ending (savefig reads the format from it).
+    """
+    tmp = f"{path}.tmp-{os.getpid()}{suffix}"
+    try:
+        with naming(path):
+            yield tmp
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_text(path: str, text: str) -> str:
     """Write `text` to `path` atomically (flushed to disk before the rename).
 
@@ -55,17 +75,29 @@ def write_bytes(path: str, data: bytes) -> str:
     Returns:
         path.
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with naming(path), open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):  # a full disk leaves nothing behind
-            os.remove(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def write_chunks(path: str, chunks) -> str:
+    """Write text chunks to `path` as one file, atomically, holding one chunk at a time in
+    memory (a file as long as a folder of any size).
+
+    Args:
+        path: the file to write.
+        chunks: an iterable of str.
+
+    Returns:
+        path.
+    """
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -85,16 +117,10 @@ def save_figure(fig, path: str, **savefig_kwargs) -> str:
     Returns:
         path.
     """
-    tmp = f"{path}.tmp-{os.getpid()}.png"  # the suffix tells savefig the format
-    try:
-        with naming(path):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            fig.savefig(tmp, **savefig_kwargs)
-            os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with naming(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replacing(path, ".png") as tmp:  # the suffix tells savefig the format
+        fig.savefig(tmp, **savefig_kwargs)
     return path
 
 
