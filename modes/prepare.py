@@ -68,7 +68,7 @@ def _check_inputs(cfg: Config) -> None:
     if data_format(cfg.data.data_dir) == "metaseg":
         read_manifest(cfg.data.data_dir)  # the data's problems first: a missing or bad folder
     if cfg.run.fine_tune_task:
-        segment_cli.load_user_folder(cfg)  # a bad folder fails before training, not after
+        segment_cli.check_before_training(cfg)  # a bad folder fails before training
     if cfg.model.restore_efficient_net_weights_from == IMAGENET and \
             cfg.model.model_name == "efficientlab":
         imagenet_weights(cfg.model.feature_extractor_name)  # fetched before the data is read

@@ -87,13 +87,19 @@ def output_paths(cfg: Config) -> tuple[str, str, str | None]:
 def load_user_folder(cfg: Config) -> UserTask:
     """Read and check --fine-tune-task DIR's examples and its output paths (writes nothing)."""
     task = load_user_task(cfg.run.fine_tune_task)
-    images, masks, weights = output_paths(cfg)
+    _, masks, weights = output_paths(cfg)
     check_outputs(cfg.run.fine_tune_task, masks, weights)
-    # a file of the user's in the way is refused before meta-training or UHO (the weights' key,
-    # and so whether earlier masks are this run's, is known only after them)
+    return task
+
+
+def check_before_training(cfg: Config) -> None:
+    """What --fine-tune-task after meta-training or UHO refuses before that work: the folder,
+    and a file of the user's in the way in the masks folder (the weights' key, and so whether
+    earlier masks there are this run's, is known only after it)."""
+    load_user_folder(cfg)
+    images, masks, _ = output_paths(cfg)
     check_masks_folder(images, masks, formats=cfg.run.mask_format, key=None, parts={},
                        flag="--masks_dir")
-    return task
 
 
 def _segment(cfg: Config, seg: Segmenter, **details) -> dict:
