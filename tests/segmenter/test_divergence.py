@@ -18,21 +18,11 @@ from run_metasegnet import main
 from segmenter import from_checkpoint
 from serve import session as handlers
 from serve.app import as_message
+from tests.fixtures.folders import file_bytes
 from tests.segmenter.test_segment_cli import _folder
 from tests.segmenter.test_segmenter_api import examples, run, weights  # noqa: F401
 
 RUNAWAY = {"steps": 5, "learning_rate": 1e6}  # Adam at this rate: weights of ~1e26
-
-
-def _tree(root):
-    """Every file under root with its bytes."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +71,14 @@ def test_a_progress_callback_that_stops_the_fit_leaves_the_init(seg):
 
 def test_the_command_line_says_it_in_one_line_and_writes_nothing(run, tmp_path, capsys):  # noqa: F811,E501
     folder = _folder(tmp_path / "task")
-    before = _tree(folder)
+    before = file_bytes(folder)
     status = main(["--fine-tune-task", str(folder), "--checkpoint", run,
                    "--learning-rate", "1e6", "--eval-iters", "5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1
     assert len(err) == 1 and err[0].startswith("run_metasegnet.py: training failed: The "
                                                "adaptation diverged")
-    assert _tree(folder) == before and sorted(os.listdir(folder)) == ["query", "support"]
+    assert file_bytes(folder) == before and sorted(os.listdir(folder)) == ["query", "support"]
 
 
 def test_the_page_shows_one_line_and_keeps_the_previous_results(run, tmp_path):  # noqa: F811
@@ -104,13 +94,13 @@ def test_the_page_shows_one_line_and_keeps_the_previous_results(run, tmp_path): 
     Image.fromarray(queries[0]).save(tmp_path / "q.png")
     handlers.add_images(state, [str(tmp_path / "q.png")])
     handlers.segment(state, seg, steps=1, learning_rate=0.1)
-    before, results = _tree(state.folder), list(state.results)
+    before, results = file_bytes(state.folder), list(state.results)
     status = object()
     shown = as_message(lambda: handlers.segment(state, seg, steps=10, learning_rate=0.9),
                        status)()
     assert list(shown) == [status] and "The adaptation diverged (" in shown[status]
     assert "\n" not in shown[status] and "Traceback" not in shown[status]
-    assert _tree(state.folder) == before and state.results == results
+    assert file_bytes(state.folder) == before and state.results == results
 
 
 @pytest.mark.parametrize("steps, learning_rate", [

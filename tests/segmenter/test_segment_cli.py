@@ -11,6 +11,7 @@ from PIL import Image
 
 from run_metasegnet import main
 from segmenter import from_checkpoint
+from tests.fixtures.folders import file_bytes
 from tests.fixtures.tf1_synthetic import write_synthetic_checkpoint
 from tests.segmenter.test_segmenter_api import FIXTURE_RUN, examples, run  # noqa: F401
 
@@ -95,15 +96,6 @@ def test_typed_flags_override_and_a_contradiction_writes_nothing(run, tmp_path, 
     assert "--checkpoint INIT is needed by --fine-tune-task" in capsys.readouterr().err
 
 
-def _files(root):
-    out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            with open(os.path.join(folder, name), "rb") as f:
-                out[os.path.relpath(os.path.join(folder, name), root)] = f.read()
-    return out
-
-
 def test_one_weights_folder_serves_one_task_and_never_lies_in_the_masks(run, tmp_path, capsys):
     """Two task folders given one --fine-tuned-checkpoint: the second is refused before its fit,
     the first one's weights and summary left as they were; weights inside --masks_dir are
@@ -113,7 +105,7 @@ def test_one_weights_folder_serves_one_task_and_never_lies_in_the_masks(run, tmp
     assert main(["--fine-tune-task", str(first), "--checkpoint", run,
                  "--fine-tuned-checkpoint", weights]) == 0
     capsys.readouterr()
-    before = _files(tmp_path)
+    before = file_bytes(tmp_path)
     assert main(["--fine-tune-task", str(second), "--checkpoint", run,
                  "--fine-tuned-checkpoint", weights]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -122,7 +114,7 @@ def test_one_weights_folder_serves_one_task_and_never_lies_in_the_masks(run, tmp
     assert main(["--fine-tune-task", str(second), "--checkpoint", run, "--masks_dir", str(masks),
                  "--fine-tuned-checkpoint", str(masks / "weights")]) == 2
     assert "is inside the masks folder" in capsys.readouterr().err
-    assert _files(tmp_path) == before  # nothing written, nothing changed
+    assert file_bytes(tmp_path) == before  # nothing written, nothing changed
 
 
 def test_empty_and_full_support_masks_warn_on_screen_and_in_the_summary(run, tmp_path, capsys):

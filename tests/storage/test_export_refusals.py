@@ -15,6 +15,7 @@ from errors import UserError
 from models.build import build_model
 from models.config import ModelConfig
 from storage.export import check_target, export
+from tests.fixtures.folders import file_bytes
 
 SIZE = 32
 
@@ -29,15 +30,6 @@ def model():
 def exports(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     return {f: export(model, str(root), f) for f in ("saved_model", "tflite")}
-
-
-def _tree(root):
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                out[os.path.relpath(os.path.join(folder, name), root)] = f.read()
-    return out
 
 
 def test_the_saved_model_declares_its_size_and_names_it_when_refusing(model, exports):
@@ -81,12 +73,12 @@ def test_an_export_never_replaces_what_the_user_owns(model, tmp_path):
     with zipfile.ZipFile(users / "model.keras", "w") as archive:  # someone else's Keras file
         archive.writestr("config.json", '{"class_name": "Sequential"}')
     (users / "model.tflite").write_bytes(b"TFL3 another model")
-    before = _tree(users)
+    before = file_bytes(users)
     for format in ("saved_model", "keras", "tflite"):
         with pytest.raises(UserError, match=r"--export: .* exists and is not an export of this "
                                             r"tool, so it is left as it is"):
             export(model, str(users), format, "--export")
-    assert _tree(users) == before
+    assert file_bytes(users) == before
     # A file where a folder is needed, a suffix of another format: named, nothing written.
     (tmp_path / "afile").write_text("mine")
     with pytest.raises(UserError, match=r"--export '.*afile' is a file, not a folder"):
