@@ -339,10 +339,8 @@ class Segmenter:
             if ending > max(LOSS_GROWTH * float(losses[0]), LOSS_FLOOR):
                 what = f"the loss rose from {losses[0]:.3g} to {ending:.3g}"
         if what is None:
-            self._state.diverged = None
             return
-        self._init_state.restore()  # the runaway weights are dropped at once
-        self.steps_taken = self.num_examples = 0
+        self.reset()  # the runaway weights are dropped at once
         schedule = "" if adaptation.scheduler in ("fixed", "constant") else \
             f" ({adaptation.scheduler} schedule)"
         message = (f"the adaptation diverged ({what}) with learning_rate "
